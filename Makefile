@@ -1,0 +1,45 @@
+# phoenix.deploy — the two commands: `make demo` and `make test`.
+# Both run `make setup` first (idempotent; a no-op on a ready machine).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+ENV := source scripts/env.sh &&
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test sanity unit integration bench build destroy clean help
+
+help:
+	@echo "make demo   - set up, provision the local stack, run the main job, print where things are"
+	@echo "make test   - set up, then sanity + unit + integration tests"
+	@echo "make bench  - benchmarks (table on stdout, results in bench/results/)"
+	@echo "make setup  - install what is missing (Debian packages, .venv, Pulumi CLI)"
+	@echo "make destroy - tear the local demo down"
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	@$(ENV) scripts/demo.sh
+
+destroy: setup
+	@$(ENV) scripts/demo.sh --destroy
+
+test: setup
+	@$(ENV) scripts/test.sh $(PYTEST_ARGS)
+
+sanity: setup
+	@$(ENV) scripts/test.sh --only sanity
+
+unit: setup
+	@$(ENV) python -m pytest tests/unit -q $(PYTEST_ARGS)
+
+integration: setup
+	@$(ENV) python -m pytest tests/pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	@$(ENV) python bench/run.py
+
+build: setup
+	@$(ENV) ansible-galaxy collection build --force --output-path .tools/dist .
+
+clean:
+	rm -rf .tools/dist tests/output .pytest_cache

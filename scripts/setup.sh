@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# make setup: install everything phoenix.deploy needs on a Debian machine.
+# Idempotent: every step checks first and prints "ok" when nothing is to do.
+# Preflight runs first so that a machine missing something we cannot install
+# fails within seconds with the exact fix, never half-way through a run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+TOOLS="$ROOT/.tools"
+VENV="$ROOT/.venv"
+APT_PACKAGES=(haproxy postgresql packer ca-certificates)
+PYTHON="${PYTHON:-python3}"
+T0=$(date +%s)
+
+step() { STEP_T0=$(date +%s%N); printf '==> %-44s ' "$1"; }
+done_() {
+  local ms=$(( ($(date +%s%N) - STEP_T0) / 1000000 ))
+  printf '%s (%d.%01ds)\n' "$1" $((ms / 1000)) $((ms % 1000 / 100))
+}
+die() {
+  printf '\nSETUP FAILED: %s\n' "$1" >&2
+  shift
+  for line in "$@"; do printf '  %s\n' "$line" >&2; done
+  exit 1
+}
+
+# --- preflight: everything we cannot install ourselves -----------------------
+step "preflight"
+command -v "$PYTHON" >/dev/null || die "no $PYTHON on PATH" "install Python 3.11+: apt-get install -y python3 python3-venv"
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || die "$PYTHON is $("$PYTHON" -V 2>&1); phoenix.deploy needs Python 3.11 or newer" \
+         "install it (Debian 12: apt-get install -y python3) or run: make setup PYTHON=/path/to/python3.11"
+"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null \
+  || die "$PYTHON cannot create virtualenvs (venv/ensurepip missing)" "install it: apt-get install -y python3-venv"
+missing_apt=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing_apt+=("$p")
+done
+if ((${#missing_apt[@]})); then
+  if [[ $(id -u) -ne 0 ]] && ! sudo -n true 2>/dev/null; then
+    die "Debian packages missing and no root to install them: ${missing_apt[*]}" \
+        "run as root:  apt-get update && apt-get install -y ${missing_apt[*]}" \
+        "then run make again"
+  fi
+fi
+PULUMI_VERSION="$(sed -n 's/^pulumi==\([0-9.]*\).*/\1/p' requirements.txt)"
+[[ -n "$PULUMI_VERSION" ]] || die "requirements.txt does not pin pulumi==X.Y.Z"
+if ! "$ROOT/scripts/install-pulumi.sh" --check >/dev/null 2>&1 && ! command -v go >/dev/null \
+    && ! command -v curl >/dev/null; then
+  die "the Pulumi CLI v$PULUMI_VERSION is missing and neither Go nor curl is here to get it" \
+      "install Go 1.25+ (apt-get install -y golang-1.25 or from your distribution),"  \
+      "or install the Pulumi CLI v$PULUMI_VERSION on PATH yourself"
+fi
+done_ ok
+
+# --- Debian packages ----------------------------------------------------------
+step "debian packages (${APT_PACKAGES[*]})"
+if ((${#missing_apt[@]})); then
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo -n"
+  echo "installing ${missing_apt[*]}"
+  $SUDO apt-get update -qq >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing_apt[@]}" >/dev/null
+  # The Debian packages start system-wide services we do not use: phoenix.deploy
+  # starts its own PostgreSQL and HAProxy per stack, inside the stack's state dir.
+  done_ installed
+else
+  done_ ok
+fi
+
+# --- project virtualenv -------------------------------------------------------
+step "virtualenv .venv (requirements.lock)"
+want="$(cat requirements.txt requirements.lock | sha256sum | cut -c1-16)-$("$PYTHON" -V 2>&1)"
+if [[ -f "$VENV/.phoenix-stamp" && "$(cat "$VENV/.phoenix-stamp")" == "$want" ]]; then
+  done_ ok
+else
+  [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  "$VENV/bin/python" -m pip install -q -r requirements.txt -c requirements.lock
+  echo "$want" > "$VENV/.phoenix-stamp"
+  done_ installed
+fi
+
+# --- the collection on the collections path ----------------------------------
+step "collection phoenix.deploy -> .tools/collections"
+link="$TOOLS/collections/ansible_collections/phoenix/deploy"
+if [[ -L "$link" && "$(readlink "$link")" == "$ROOT" ]]; then
+  done_ ok
+else
+  mkdir -p "$(dirname "$link")"
+  ln -sfn "$ROOT" "$link"
+  done_ linked
+fi
+
+# --- ansible-test offline bootstrap ---------------------------------------------
+# ansible-test downloads a get-pip script into ~/.ansible/test/cache for every
+# sanity venv; that host is unreachable offline, so we provide a stand-in that
+# bootstraps pip with ensurepip and installs what ansible-test asks for.
+step "ansible-test pip bootstrap (offline)"
+pipver="$(sed -n "s/.*pip='\([0-9.]*\)'.*/\1/p" \
+  "$VENV"/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py | head -1)"
+[[ -n "$pipver" ]] || die "cannot find the pip version ansible-test wants"
+cache="$HOME/.ansible/test/cache/get_pip_${pipver//./_}.py"
+mkdir -p "$(dirname "$cache")"
+if cmp -s "$ROOT/scripts/get_pip_standin.py" "$cache"; then
+  done_ ok
+else
+  cp "$ROOT/scripts/get_pip_standin.py" "$cache"
+  done_ "written (pip $pipver)"
+fi
+
+# --- Pulumi CLI -----------------------------------------------------------------
+step "pulumi CLI v$PULUMI_VERSION"
+if "$ROOT/scripts/install-pulumi.sh" --check >/dev/null 2>&1; then
+  done_ "ok ($("$ROOT/scripts/install-pulumi.sh" --which))"
+else
+  echo "building (first time only; several minutes)"
+  "$ROOT/scripts/install-pulumi.sh"
+  done_ "installed ($("$ROOT/scripts/install-pulumi.sh" --which))"
+fi
+
+printf '==> setup complete in %ss\n' "$(( $(date +%s) - T0 ))"
