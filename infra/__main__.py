@@ -1,0 +1,14 @@
+"""phoenix.deploy infrastructure: compose the platform's components and export
+the outputs contract (see README, "Stack outputs contract")."""
+import importlib
+
+import pulumi
+
+import config
+from phoenix_infra import contract
+
+cfg = config.load()
+platform = importlib.import_module(f"phoenix_infra.{cfg.platform}")
+outputs = contract.complete(platform.build(cfg))
+for key, value in outputs.items():
+    pulumi.export(key, value)

@@ -1,0 +1,28 @@
+"""The stack outputs contract shared by every platform.
+
+The rollout engine reads these keys (and nothing else) from a stack. Keys a
+platform does not have are exported as ``None``.
+
+- platform:          "local" | "gce" | "kubernetes"
+- network:           {name, cidr, [port_range: [first, last]] (local)}
+- database:          {host, port, name, user, password (Pulumi secret)}
+- load_balancer:     {address, url, backends: {artifact: backend name},
+                      [stats_url, runtime_api (unix socket path)] (local)}
+- instance_manager:  local: {kind: "supervisord", endpoint: "unix://...", include_dir}
+- gce:               {project, region, zone?, network, subnetwork, service_account,
+                      network_tags, backend_services: {artifact: name}, health_check}
+- kubernetes:        {namespace, service_names: {artifact: name}, deployer_service_account,
+                      labels}
+- state_dir:         local: the stack's runtime directory (data, configs, sockets)
+"""
+KEYS = ("platform", "network", "database", "load_balancer", "instance_manager",
+        "gce", "kubernetes", "state_dir")
+
+
+def complete(outputs: dict) -> dict:
+    """Return outputs with every contract key present (missing ones as None);
+    reject keys outside the contract so drift is caught in unit tests."""
+    unknown = set(outputs) - set(KEYS)
+    if unknown:
+        raise ValueError(f"outputs outside the contract: {sorted(unknown)}")
+    return {key: outputs.get(key) for key in KEYS}
