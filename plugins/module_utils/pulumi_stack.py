@@ -1,0 +1,252 @@
+# -*- coding: utf-8 -*-
+# Copyright: phoenix.deploy contributors
+# Apache License 2.0 (see LICENSE)
+"""Drive a Pulumi stack through Pulumi's Automation API.
+
+Used by the ``phoenix.deploy.pulumi_stack`` module and the
+``phoenix.deploy.pulumi_output`` lookup. ``changed`` is decided from the
+engine's structured change summary and step events, never from CLI text.
+Secrets stay masked (``[secret]`` at the exact nested place) unless the
+caller asks for them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
+
+try:
+    from pulumi import automation as auto
+    HAS_PULUMI = True
+    PULUMI_IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - exercised by sanity's import test
+    auto = None
+    HAS_PULUMI = False
+    PULUMI_IMPORT_ERROR = exc
+
+LOCAL_STACK_PASSPHRASE = "phoenix-local"  # documented default, for the `local` stack only
+STACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+NO_CHANGE_OPS = ("same", "read", "refresh")
+
+
+def _find_repo_root(project_path):
+    """The checkout that holds ``project_path`` (where .tools/ and .state/ live)."""
+    path = os.path.abspath(project_path)
+    while path != os.path.dirname(path):
+        if os.path.isdir(os.path.join(path, ".tools")) or os.path.isfile(os.path.join(path, "galaxy.yml")):
+            return path
+        path = os.path.dirname(path)
+    return os.path.dirname(os.path.abspath(project_path))
+
+
+def pulumi_environment(project_path, stack, backend_url=None, passphrase=None, environ=None):
+    """The environment every Pulumi call gets: offline file backend inside
+    the project state dir, no update checks, no plugin downloads, and a
+    passphrase (the default exists for the ``local`` stack only)."""
+    environ = dict(os.environ if environ is None else environ)
+    root = os.environ.get("PHOENIX_ROOT") or _find_repo_root(project_path)
+    state_dir = environ.get("PHOENIX_STATE_DIR") or os.path.join(root, ".state")
+    env = {
+        "PULUMI_SKIP_UPDATE_CHECK": "1",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        "PULUMI_BACKEND_URL": backend_url or environ.get("PULUMI_BACKEND_URL")
+        or "file://" + os.path.join(state_dir, "pulumi-backend"),
+        "PULUMI_HOME": environ.get("PULUMI_HOME") or os.path.join(state_dir, "pulumi-home"),
+        "PHOENIX_STATE_DIR": state_dir,
+    }
+    if passphrase:
+        env["PULUMI_CONFIG_PASSPHRASE"] = passphrase
+    elif not (environ.get("PULUMI_CONFIG_PASSPHRASE") or environ.get("PULUMI_CONFIG_PASSPHRASE_FILE")):
+        if stack != "local":
+            raise PhoenixError(
+                "stack '%s' needs a secrets passphrase: set PULUMI_CONFIG_PASSPHRASE (or "
+                "PULUMI_CONFIG_PASSPHRASE_FILE) in the environment or pass 'passphrase'; only the "
+                "'local' stack has a default" % stack, param="passphrase")
+        env["PULUMI_CONFIG_PASSPHRASE"] = LOCAL_STACK_PASSPHRASE
+    if env["PULUMI_BACKEND_URL"].startswith("file://"):
+        path = env["PULUMI_BACKEND_URL"][len("file://"):]
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    os.makedirs(env["PULUMI_HOME"], mode=0o700, exist_ok=True)
+    return env
+
+
+def find_pulumi_root(project_path):
+    """Directory whose ``bin/pulumi`` is the CLI to use: the project's own
+    build in .tools/ when present, else the one on PATH (None)."""
+    root = os.environ.get("PHOENIX_ROOT") or _find_repo_root(project_path)
+    tools = os.path.join(root, ".tools")
+    if os.access(os.path.join(tools, "bin", "pulumi"), os.X_OK):
+        return tools
+    return None
+
+
+def config_values(config):
+    """Module ``config`` → {key: (string value, secret)}. A value is a scalar,
+    a list/dict (stored as JSON, read with Config.get_object), or
+    ``{value: ..., secret: true}``."""
+    out = {}
+    for key, value in (config or {}).items():
+        secret = False
+        if isinstance(value, dict) and set(value) <= {"value", "secret"} and "value" in value:
+            secret = bool(value.get("secret"))
+            value = value["value"]
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, (list, dict)):
+            value = json.dumps(value, sort_keys=True)
+        elif value is None:
+            raise PhoenixError("config key '%s' has no value; give a string, number, bool, list or "
+                               "dict, or {value: ..., secret: true}" % key, param="config")
+        out[key] = (str(value), secret)
+    return out
+
+
+class StackRunner:
+    """One stack of one Pulumi project on disk."""
+
+    def __init__(self, project_path, stack, backend_url=None, passphrase=None):
+        if not HAS_PULUMI:
+            raise PhoenixError("the Python package 'pulumi' is required: %s" % PULUMI_IMPORT_ERROR)
+        if not os.path.isfile(os.path.join(project_path, "Pulumi.yaml")):
+            raise PhoenixError("project_path '%s' is not a Pulumi project (no Pulumi.yaml there)"
+                               % project_path, param="project_path")
+        if not STACK_NAME.match(stack or ""):
+            raise PhoenixError("stack '%s' is not a valid stack name: use letters, digits, '-', '_' "
+                               "and '.', starting with a letter or digit" % stack, param="stack")
+        self.project_path = os.path.abspath(project_path)
+        self.name = stack
+        self.env = pulumi_environment(self.project_path, stack, backend_url, passphrase)
+        root = find_pulumi_root(self.project_path)
+        try:
+            command = auto.PulumiCommand(root=root)
+        except (OSError, ValueError) as exc:
+            raise PhoenixError("cannot run the Pulumi CLI (%s): run `make setup` to build it" % exc)
+        self.workspace = auto.LocalWorkspace(work_dir=self.project_path, env_vars=self.env,
+                                             pulumi_command=command)
+        self._stack = None
+
+    # -- stack and config ---------------------------------------------------
+    def exists(self):
+        return any(s.name == self.name for s in self.workspace.list_stacks())
+
+    def stack(self):
+        if self._stack is None:
+            self._stack = auto.Stack.create_or_select(self.name, self.workspace)
+        return self._stack
+
+    def settings_file(self):
+        return os.path.join(self.project_path, "Pulumi.%s.yaml" % self.name)
+
+    def config_changes(self, config):
+        """{key: (before, after)} for keys whose value differs (secrets compared, never returned)."""
+        current = self.stack().get_all_config()
+        changes = {}
+        for key, (value, secret) in config_values(config).items():
+            full = key if ":" in key else "%s:%s" % (self._project_name(), key)
+            old = current.get(full)
+            if old is None or old.value != value or bool(old.secret) != secret:
+                changes[full] = ("[secret]" if secret or (old and old.secret) else (old.value if old else None),
+                                 "[secret]" if secret else value)
+        return changes
+
+    def apply_config(self, config):
+        values = config_values(config)
+        if values:
+            self.stack().set_all_config(
+                dict((k, auto.ConfigValue(value=v, secret=s)) for k, (v, s) in values.items()))
+
+    def _project_name(self):
+        return self.workspace.project_settings().name
+
+    # -- operations -----------------------------------------------------------
+    @staticmethod
+    def _collector(steps):
+        def on_event(event):
+            pre = event.resource_pre_event
+            if pre is not None and pre.metadata.op.value not in NO_CHANGE_OPS:
+                md = pre.metadata
+                steps.append({"op": md.op.value, "urn": md.urn, "type": md.type,
+                              "diffs": list(md.diffs or [])})
+        return on_event
+
+    @staticmethod
+    def _changed(resource_changes):
+        return any(count and op not in NO_CHANGE_OPS for op, count in (resource_changes or {}).items())
+
+    def _run(self, fn, **kw):
+        try:
+            return fn(**kw)
+        except auto.errors.CommandError as exc:
+            raise PhoenixError("pulumi failed for stack '%s': %s" % (self.name, _short_error(exc)))
+
+    def refresh(self):
+        steps = []
+        result = self._run(self.stack().refresh, on_event=self._collector(steps), show_secrets=False,
+                           color="never")
+        return {"summary": dict(result.summary.resource_changes or {}), "steps": steps}
+
+    def preview(self, target=None):
+        steps = []
+        result = self._run(self.stack().preview, target=target or None, diff=True,
+                           on_event=self._collector(steps), color="never")
+        return {"changed": self._changed(result.change_summary),
+                "summary": dict(result.change_summary or {}), "steps": steps}
+
+    def up(self, target=None):
+        steps = []
+        result = self._run(self.stack().up, target=target or None, on_event=self._collector(steps),
+                           show_secrets=False, color="never")
+        return {"changed": self._changed(result.summary.resource_changes),
+                "summary": dict(result.summary.resource_changes or {}), "steps": steps}
+
+    def preview_destroy(self, target=None):
+        steps = []
+        result = self._run(self.stack().preview_destroy, target=target or None,
+                           on_event=self._collector(steps), color="never")
+        return {"changed": self._changed(result.change_summary),
+                "summary": dict(result.change_summary or {}), "steps": steps}
+
+    def destroy(self, target=None):
+        steps = []
+        result = self._run(self.stack().destroy, target=target or None, on_event=self._collector(steps),
+                           show_secrets=False, color="never")
+        return {"changed": self._changed(result.summary.resource_changes),
+                "summary": dict(result.summary.resource_changes or {}), "steps": steps}
+
+    def outputs(self, show_secrets=False):
+        """Stack outputs; secret leaves read "[secret]" unless ``show_secrets``."""
+        def read(reveal):
+            args = ["stack", "output", "--json", "--stack", self.name]
+            if reveal:
+                args.append("--show-secrets")
+            res = self.workspace.pulumi_command.run(args, self.project_path, self.env)
+            return json.loads(res.stdout or "{}")
+        return read(show_secrets)
+
+
+def _short_error(exc):
+    """The useful part of a CLI failure: its diagnostics, not the whole log."""
+    text = (getattr(exc, "stderr", "") or "") + "\n" + (getattr(exc, "stdout", "") or "")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    keep = [ln for ln in lines if "error" in ln.lower()] or lines[-5:]
+    return " | ".join(keep[-6:])[:2000]
+
+
+def get_output(outputs, path):
+    """Look up ``a.b.c`` in an outputs dict; a clear error names missing keys."""
+    value = outputs
+    walked = []
+    for part in path.split("."):
+        walked.append(part)
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            have = sorted(value) if isinstance(value, dict) else type(value).__name__
+            raise PhoenixError("stack output '%s' not found (at '%s'; available: %s)"
+                               % (path, ".".join(walked), have), param="path")
+    return value

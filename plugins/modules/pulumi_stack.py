@@ -1,0 +1,237 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: phoenix.deploy contributors
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pulumi_stack
+short_description: Deploy or destroy a Pulumi stack with the Automation API
+version_added: 0.1.0
+description:
+  - Brings a stack of a Pulumi project on disk to the wanted state, in the manner of
+    C(community.general.terraform), through Pulumi's Automation API.
+  - C(changed) is decided from the engine's structured change summary, never from the CLI text.
+  - Check mode runs a preview; diff mode shows the config and resource changes of that preview.
+  - The stack's secrets passphrase comes from E(PULUMI_CONFIG_PASSPHRASE) or
+    O(passphrase); only the stack named V(local) has a default.
+author:
+  - phoenix.deploy maintainers (@phoenix-deploy)
+options:
+  project_path:
+    description: Directory holding the project's C(Pulumi.yaml).
+    type: path
+    required: true
+  stack:
+    description: Stack name, for example V(local) or V(gcp-prod).
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) runs C(pulumi up); V(absent) runs C(pulumi destroy) (the stack and its config are kept).
+    type: str
+    choices: [present, absent]
+    default: present
+  config:
+    description:
+      - Stack configuration to set before the update. Keys without a namespace belong to the project.
+      - A value is a string, number, bool, list or dict (lists and dicts are stored as JSON), or
+        a dict C({value: ..., secret: true}) for a secret.
+    type: dict
+    default: {}
+  refresh:
+    description: Refresh the stack's state from the real resources before the update.
+    type: bool
+    default: false
+  target:
+    description: Only update (or destroy) these resource URNs.
+    type: list
+    elements: str
+    default: []
+  show_secrets:
+    description: Return secret outputs in clear text. By default they read V([secret]).
+    type: bool
+    default: false
+  passphrase:
+    description: Passphrase of the stack's secrets provider. Overrides E(PULUMI_CONFIG_PASSPHRASE).
+    type: str
+  backend_url:
+    description:
+      - State backend. Defaults to E(PULUMI_BACKEND_URL), else a file backend in the project's C(.state) dir.
+    type: str
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+notes:
+  - Needs the Pulumi CLI (C(make setup) builds it into C(.tools/bin)) and the C(pulumi) Python package.
+requirements:
+  - pulumi
+"""
+
+EXAMPLES = r"""
+- name: Provision the local stack
+  phoenix.deploy.pulumi_stack:
+    project_path: "{{ playbook_dir }}/../infra"
+    stack: local
+    config:
+      platform: local
+      artifacts: [catalog]
+  register: infra
+
+- name: Show where the load balancer listens
+  ansible.builtin.debug:
+    msg: "{{ infra.outputs.load_balancer.url }}"
+
+- name: Preview a production change (check mode)
+  phoenix.deploy.pulumi_stack:
+    project_path: infra
+    stack: gcp-prod
+    config:
+      db_password:
+        value: "{{ vault_db_password }}"
+        secret: true
+  check_mode: true
+  diff: true
+
+- name: Destroy the local stack
+  phoenix.deploy.pulumi_stack:
+    project_path: infra
+    stack: local
+    state: absent
+"""
+
+RETURN = r"""
+outputs:
+  description: Stack outputs after the run (the preview's current outputs in check mode). Secrets read V([secret]).
+  returned: always
+  type: dict
+  sample: {"platform": "local", "database": {"host": "127.20.0.1", "password": "[secret]"}}
+summary:
+  description: The engine's change summary, operation to count.
+  returned: always
+  type: dict
+  sample: {"create": 4, "same": 1}
+steps:
+  description: The resource steps that change something (operation, URN, type, changed properties).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"op": "create", "urn": "urn:pulumi:local::phoenix-infra::...", "type": "...", "diffs": []}]
+config_changes:
+  description: Config keys set by this run, before and after (secret values read V([secret])).
+  returned: always
+  type: dict
+refreshed:
+  description: What the refresh found changed, when O(refresh) was set.
+  returned: when refresh is true
+  type: dict
+"""
+
+import os
+
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
+from ansible_collections.phoenix.deploy.plugins.module_utils.module import PhoenixModule, argspec
+from ansible_collections.phoenix.deploy.plugins.module_utils import pulumi_stack as engine
+
+ARGUMENT_SPEC = dict(
+    project_path=dict(type="path", required=True),
+    stack=dict(type="str", required=True),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    config=dict(type="dict", default={}),
+    refresh=dict(type="bool", default=False),
+    target=dict(type="list", elements="str", default=[]),
+    show_secrets=dict(type="bool", default=False),
+    passphrase=dict(type="str", no_log=True),
+    backend_url=dict(type="str"),
+)
+
+
+class StackManager:
+    def __init__(self, module):
+        self.module = module
+        p = module.params
+        self.runner = engine.StackRunner(p["project_path"], p["stack"], p["backend_url"], p["passphrase"])
+        self.result = dict(changed=False, outputs={}, summary={}, steps=[], config_changes={})
+
+    def run(self):
+        p = self.module.params
+        if p["state"] == "absent":
+            return self.absent()
+        if self.module.check_mode:
+            return self.preview_present()
+        return self.present()
+
+    def present(self):
+        p = self.module.params
+        changes = self.runner.config_changes(p["config"])
+        self.runner.apply_config(p["config"])
+        if p["refresh"]:
+            self.result["refreshed"] = self.runner.refresh()
+        res = self.runner.up(p["target"])
+        self._finish(res, changes)
+
+    def preview_present(self):
+        """Preview with the wanted config, then put the stack's settings file back."""
+        p = self.module.params
+        settings = self.runner.settings_file()
+        saved = None
+        if os.path.exists(settings):
+            with open(settings, "rb") as handle:
+                saved = handle.read()
+        try:
+            changes = self.runner.config_changes(p["config"])
+            self.runner.apply_config(p["config"])
+            res = self.runner.preview(p["target"])
+        finally:
+            _restore(settings, saved)
+        self._finish(res, changes)
+
+    def absent(self):
+        p = self.module.params
+        if not self.runner.exists():
+            return
+        res = self.runner.preview_destroy(p["target"]) if self.module.check_mode else self.runner.destroy(p["target"])
+        self._finish(res, {})
+
+    def _finish(self, res, config_changes):
+        self.result.update(summary=res["summary"], steps=res["steps"], config_changes=config_changes,
+                           changed=bool(res["changed"] or config_changes))
+        self.result["outputs"] = self.runner.outputs(self.module.params["show_secrets"])
+        if self.module._diff:
+            self.result["diff"] = dict(
+                before=dict(config=dict((k, v[0]) for k, v in config_changes.items()),
+                            resources=sorted(s["urn"] for s in res["steps"] if s["op"] != "create")),
+                after=dict(config=dict((k, v[1]) for k, v in config_changes.items()),
+                           resources=sorted(s["urn"] for s in res["steps"] if s["op"] != "delete")),
+            )
+
+
+def _restore(path, content):
+    if content is None:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    with open(path, "wb") as handle:
+        handle.write(content)
+
+
+def main():
+    module = PhoenixModule(argument_spec=argspec(ARGUMENT_SPEC), supports_check_mode=True)
+    if not engine.HAS_PULUMI:
+        module.fail_json(msg=missing_required_lib("pulumi"), exception=str(engine.PULUMI_IMPORT_ERROR))
+    try:
+        manager = StackManager(module)
+        manager.run()
+    except PhoenixError as exc:
+        module.fail_phoenix(exc)
+    module.exit_json(**manager.result)
+
+
+if __name__ == "__main__":
+    main()
