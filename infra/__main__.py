@@ -8,7 +8,8 @@ import config
 from phoenix_infra import contract
 
 cfg = config.load()
-platform = importlib.import_module(f"phoenix_infra.{cfg.platform}")
+PACKAGES = {"local": "local", "gce": "gcp", "kubernetes": "kubernetes"}
+platform = importlib.import_module(f"phoenix_infra.{PACKAGES[cfg.platform]}")
 outputs = contract.complete(platform.build(cfg))
 for key, value in outputs.items():
     pulumi.export(key, value)

@@ -13,7 +13,7 @@ APT_PACKAGES=(haproxy postgresql packer ca-certificates)
 PYTHON="${PYTHON:-python3}"
 T0=$(date +%s)
 
-step() { STEP_T0=$(date +%s%N); printf '==> %-44s ' "$1"; }
+step() { STEP_T0=$(date +%s%N); printf "==> %-52s " "$1"; }
 done_() {
   local ms=$(( ($(date +%s%N) - STEP_T0) / 1000000 ))
   printf '%s (%d.%01ds)\n' "$1" $((ms / 1000)) $((ms % 1000 / 100))

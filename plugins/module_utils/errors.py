@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: phoenix.deploy contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Errors raised by the phoenix.deploy engine.
 
 Every error that comes from user input names the parameter and what is

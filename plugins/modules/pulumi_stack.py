@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: phoenix.deploy contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ options:
   config:
     description:
       - Stack configuration to set before the update. Keys without a namespace belong to the project.
-      - A value is a string, number, bool, list or dict (lists and dicts are stored as JSON), or
-        a dict C({value: ..., secret: true}) for a secret.
+      - "A value is a string, number, bool, list or dict (lists and dicts are stored as JSON), or
+        a dict C({value: ..., secret: true}) for a secret."
     type: dict
     default: {}
   refresh:
@@ -63,8 +63,10 @@ options:
     type: str
 attributes:
   check_mode:
+    description: Runs C(pulumi preview) with the wanted config; the stack's settings file is put back afterwards.
     support: full
   diff_mode:
+    description: Shows config keys and resource URNs before and after.
     support: full
 notes:
   - Needs the Pulumi CLI (C(make setup) builds it into C(.tools/bin)) and the C(pulumi) Python package.
