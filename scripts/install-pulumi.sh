@@ -43,6 +43,16 @@ esac
 which_dir >/dev/null && exit 0
 mkdir -p "$BIN"
 
+# A build is shared by every checkout of this user through a per-version cache
+# (so a fresh clone, e.g. in CI, does not rebuild a CLI it already built).
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/phoenix-deploy/pulumi-v$VERSION-$(uname -m)"
+FILES=(pulumi pulumi-language-python pulumi-language-python-exec pulumi-resource-pulumi-python .version)
+if [[ -f "$CACHE/.version" && "$(cat "$CACHE/.version")" == "$VERSION" ]]; then
+  echo "    from the build cache $CACHE"
+  for f in "${FILES[@]}"; do cp -p "$CACHE/$f" "$BIN/$f"; done
+  ours_ready && { "$BIN/pulumi" version; exit 0; }
+fi
+
 if command -v go >/dev/null; then
   cd "$ROOT/tools/pulumi"
   export GOFLAGS=-mod=mod CGO_ENABLED=0
@@ -67,4 +77,6 @@ else
 fi
 echo "$VERSION" > "$BIN/.version"
 ours_ready || { echo "Pulumi CLI install incomplete in $BIN" >&2; exit 1; }
+mkdir -p "$CACHE.tmp" && for f in "${FILES[@]}"; do cp -p "$BIN/$f" "$CACHE.tmp/$f"; done \
+  && rm -rf "$CACHE" && mv "$CACHE.tmp" "$CACHE"
 "$BIN/pulumi" version
