@@ -1,0 +1,53 @@
+"""Platform ``kubernetes`` (GKE): the GCP Network and Database components,
+a private Autopilot cluster in that network, and the in-cluster pieces the
+rollout engine drives (namespace, Services, Gateway/HTTPRoutes, egress
+NetworkPolicy, deployer RBAC). Deployments (one per release) are the
+engine's, not declared here.
+
+Config: everything the ``gce`` platform reads (see ``phoenix_infra.gcp``),
+plus optional ``namespace``, ``gateway_class``, ``pods_cidr``,
+``services_cidr`` and ``master_cidr``."""
+import pulumi
+
+from ..gcp import Database, Network
+from ..gcp import settings as gcp_settings
+from .app import AppPlatform
+from .cluster import Cluster
+
+__all__ = ["build", "AppPlatform", "Cluster"]
+
+
+def build(cfg) -> dict:
+    settings = gcp_settings.read(cfg)
+    prefix = settings.prefix
+    namespace = cfg.get("namespace", prefix)
+    gateway_class = cfg.get("gateway_class", "gke-l7-global-external-managed")
+    secondary = {"pods": cfg.get("pods_cidr", "10.20.0.0/16"),
+                 "services": cfg.get("services_cidr", "10.24.0.0/20")}
+    master_cidr = cfg.get("master_cidr", "172.16.0.32/28")
+    labels = {"app.kubernetes.io/part-of": "phoenix-deploy", "phoenix.deploy/stack": cfg.stack}
+
+    network = Network(prefix, settings, secondary_ranges=secondary)
+    database = Database(prefix, settings, network)
+    cluster = Cluster(prefix, settings, network, master_cidr)
+    app = AppPlatform(
+        prefix,
+        namespace=namespace,
+        artifacts=cfg.artifacts,
+        labels=labels,
+        port=settings.port,
+        db_range=database.private_range,
+        db_port=database.outputs["port"],
+        gateway_class=gateway_class,
+        opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}))
+    return {
+        "platform": "kubernetes",
+        "network": {"name": network.vpc.name, "cidr": network.subnet.ip_cidr_range},
+        "database": database.outputs,
+        "load_balancer": {
+            "address": app.address.address,
+            "url": app.address.address.apply(lambda ip: f"http://{ip}/"),
+            "backends": app.outputs["service_names"],
+        },
+        "kubernetes": app.outputs,
+    }
