@@ -1,0 +1,470 @@
+# -*- coding: utf-8 -*-
+# Copyright: phoenix.deploy contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Release records, history and locks per (artifact, environment).
+
+The store is the only state the engine trusts after a crash.  ``ReleaseStore``
+is the interface; ``FileReleaseStore`` keeps one directory per (artifact,
+environment) with ``history.json`` (written atomically: temp + fsync + rename
++ fsync dir, mode 0600) and a ``lock`` file naming its holder.  Cloud-side
+backends (a GCS object with generation preconditions, a ConfigMap with
+resourceVersion) map onto the same interface: ``History.revision`` is the
+compare-and-swap token and a lock is an object created only if absent.
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+import fcntl
+import getpass
+import json
+import os
+import re
+import socket
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
+
+# release status (lifecycle) and outcome (result)
+IN_PROGRESS = "in_progress"
+PAUSED = "paused"
+LIVE = "live"
+RETIRED = "retired"
+ACTIVE = (IN_PROGRESS, PAUSED)
+
+SUCCEEDED = "succeeded"
+ROLLED_BACK = "rolled_back"
+ABORTED = "aborted"
+INTERRUPTED = "interrupted"
+FAILED = "failed"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class StoreError(PhoenixError):
+    """The release store is unreadable or was changed concurrently."""
+
+
+class ConflictError(StoreError):
+    """The history changed since it was read (lost compare-and-swap)."""
+
+
+class LockHeld(StoreError):
+    """Another rollout holds the lock; the message names the holder."""
+
+    def __init__(self, message, holder=None):
+        super().__init__(message)
+        self.holder = holder
+
+
+def iso(ts: Optional[float]) -> Optional[str]:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + (
+        ".%03dZ" % int(round((ts % 1) * 1000) % 1000))
+
+
+def check_name(value: str, option: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError("%s: %r is not a valid name; use letters, digits, "
+                         "'.', '_' or '-' (max 63, starting with a letter or "
+                         "digit)" % (option, value))
+    return value
+
+
+@dataclass
+class Release:
+    release_id: str
+    artifact: str
+    environment: str
+    version: str
+    image: str
+    strategy: str
+    track: str = "stable"
+    kind: str = "deploy"  # deploy | rollback
+    status: str = IN_PROGRESS
+    outcome: Optional[str] = None
+    reason: Optional[str] = None
+    started: Optional[float] = None
+    finished: Optional[float] = None
+    group: Optional[str] = None
+    size: int = 0
+    settings: dict = field(default_factory=dict)
+    analysis: Optional[dict] = None
+    position: int = 0
+    plan: list = field(default_factory=list)
+    old_group: Optional[str] = None
+    weight: int = 0
+    previous_release_id: Optional[str] = None
+    warm_until: Optional[float] = None
+    ci_build_url: Optional[str] = None
+    events: list = field(default_factory=list)
+
+    def event(self, at: float, message: str, **data) -> dict:
+        entry = {"at": at, "time": iso(at), "message": message}
+        entry.update(data)
+        self.events.append(entry)
+        return entry
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["started_iso"] = iso(self.started)
+        data["finished_iso"] = iso(self.finished)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Release":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class History:
+    artifact: str
+    environment: str
+    releases: list = field(default_factory=list)
+    live: Optional[str] = None
+    next_seq: int = 1
+    revision: int = 0
+
+    def get(self, release_id: Optional[str]) -> Optional[Release]:
+        for rel in self.releases:
+            if rel.release_id == release_id:
+                return rel
+        return None
+
+    def live_release(self) -> Optional[Release]:
+        return self.get(self.live)
+
+    def active(self) -> list:
+        return [r for r in self.releases if r.status in ACTIVE]
+
+    def new_release_id(self) -> str:
+        rid = "v%03d" % self.next_seq
+        self.next_seq += 1
+        return rid
+
+    def add(self, release: Release) -> Release:
+        self.releases.append(release)
+        return release
+
+    def trim(self, keep: int) -> None:
+        """Drop the oldest retired records beyond ``keep`` (never live,
+        active or warm ones)."""
+        excess = len(self.releases) - keep
+        if excess <= 0:
+            return
+        kept = []
+        for rel in self.releases:
+            droppable = (rel.status == RETIRED and rel.release_id != self.live
+                         and rel.warm_until is None)
+            if excess > 0 and droppable:
+                excess -= 1
+                continue
+            kept.append(rel)
+        self.releases = kept
+
+    def as_dict(self) -> dict:
+        return {"artifact": self.artifact, "environment": self.environment,
+                "live": self.live, "next_seq": self.next_seq,
+                "revision": self.revision,
+                "releases": [r.as_dict() for r in self.releases]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "History":
+        return cls(artifact=data["artifact"], environment=data["environment"],
+                   live=data.get("live"), next_seq=data.get("next_seq", 1),
+                   revision=data.get("revision", 0),
+                   releases=[Release.from_dict(r) for r in data.get("releases", [])])
+
+
+def _proc_start(pid: int) -> Optional[str]:
+    """Start time of ``pid`` in clock ticks (to detect pid reuse), or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _proc_state(pid: int) -> Optional[str]:
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def pid_alive(pid: int, proc_start: Optional[str] = None) -> bool:
+    """True when ``pid`` runs on this host (and is the same process)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if _proc_state(pid) == "Z":
+        return False
+    if proc_start is not None:
+        current = _proc_start(pid)
+        if current is not None and current != proc_start:
+            return False
+    return True
+
+
+@dataclass
+class LockHolder:
+    pid: int
+    host: str
+    user: str
+    started: float
+    action: str = ""
+    release_id: Optional[str] = None
+    proc_start: Optional[str] = None
+    token: str = ""
+
+    @classmethod
+    def current(cls, action: str = "", release_id: Optional[str] = None,
+                pid: Optional[int] = None) -> "LockHolder":
+        pid = os.getpid() if pid is None else pid
+        try:
+            user = getpass.getuser()
+        except Exception:  # no passwd entry in some containers
+            user = str(os.getuid())
+        return cls(pid=pid, host=socket.gethostname(), user=user,
+                   started=time.time(), action=action, release_id=release_id,
+                   proc_start=_proc_start(pid), token=uuid.uuid4().hex)
+
+    def describe(self) -> str:
+        what = self.action or "rollout"
+        if self.release_id:
+            what += " of release %s" % self.release_id
+        return "%s by pid %d on host %s (user %s) since %s" % (
+            what, self.pid, self.host, self.user, iso(self.started))
+
+    def is_stale(self) -> bool:
+        """Only provable on the same host: the holder's process is gone."""
+        return self.host == socket.gethostname() and not pid_alive(
+            self.pid, self.proc_start)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LockHolder":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Lock:
+    artifact: str
+    environment: str
+    holder: LockHolder
+    recovered_from: Optional[LockHolder] = None
+
+
+class ReleaseStore(abc.ABC):
+    """History and locks of one (artifact, environment)."""
+
+    @abc.abstractmethod
+    def load(self, artifact: str, environment: str) -> History:
+        """The history (an empty one when nothing was deployed yet)."""
+
+    @abc.abstractmethod
+    def save(self, history: History) -> None:
+        """Write ``history`` if its ``revision`` is still current, then bump
+        it; raise ``ConflictError`` otherwise."""
+
+    @abc.abstractmethod
+    def acquire(self, artifact: str, environment: str, holder: LockHolder) -> Lock:
+        """Take the lock or raise ``LockHeld`` naming the holder; a lock
+        whose holder provably died is recovered."""
+
+    @abc.abstractmethod
+    def release(self, lock: Lock) -> None:
+        """Give the lock back (only if it is still ours)."""
+
+    @abc.abstractmethod
+    def lock_holder(self, artifact: str, environment: str) -> Optional[LockHolder]:
+        """Who holds the lock, or None."""
+
+    @abc.abstractmethod
+    def update_lock(self, lock: Lock, **changes) -> None:
+        """Rewrite the holder info of a lock we hold (e.g. its release id)."""
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_temp(directory: str, name: str, data: bytes) -> str:
+    fd, tmp = tempfile.mkstemp(prefix="." + name + ".", suffix=".tmp",
+                               dir=directory)  # mkstemp: mode 0600
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash at any point leaves
+    either the old or the new content, never a partial file."""
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = _write_temp(directory, name, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+class FileReleaseStore(ReleaseStore):
+    """``<root>/<artifact>/<environment>/{history.json,lock}``."""
+
+    HISTORY = "history.json"
+    LOCK = "lock"
+
+    def __init__(self, root: str, keep: int = 100):
+        self.root = os.path.abspath(root)
+        self.keep = keep
+
+    def directory(self, artifact: str, environment: str, create: bool = True) -> str:
+        path = os.path.join(self.root, check_name(artifact, "artifact"),
+                            check_name(environment, "environment"))
+        if create:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
+
+    # -- history -----------------------------------------------------------
+    def _read(self, path: str) -> Optional[dict]:
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+        except FileNotFoundError:
+            return None
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except ValueError as exc:
+            raise StoreError("release history %s is not valid JSON (%s); it "
+                             "is only ever replaced atomically, so it was "
+                             "edited by hand or the disk is damaged" % (path, exc))
+
+    def load(self, artifact: str, environment: str) -> History:
+        path = os.path.join(self.directory(artifact, environment), self.HISTORY)
+        data = self._read(path)
+        if data is None:
+            return History(artifact=artifact, environment=environment)
+        return History.from_dict(data)
+
+    def save(self, history: History) -> None:
+        directory = self.directory(history.artifact, history.environment)
+        path = os.path.join(directory, self.HISTORY)
+        current = self._read(path)
+        on_disk = current.get("revision", 0) if current else 0
+        if on_disk != history.revision:
+            raise ConflictError("release history %s changed concurrently "
+                                "(revision %s on disk, %s expected)"
+                                % (path, on_disk, history.revision))
+        history.trim(self.keep)
+        history.revision += 1
+        data = json.dumps(history.as_dict(), indent=1, sort_keys=True)
+        try:
+            atomic_write(path, data.encode("utf-8"))
+        except BaseException:
+            history.revision -= 1
+            raise
+
+    # -- locks -------------------------------------------------------------
+    @contextmanager
+    def _guard(self, directory: str):
+        """Serialises lock check/break/create between processes of a host."""
+        fd = os.open(os.path.join(directory, ".guard"),
+                     os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _lock_path(self, artifact, environment) -> str:
+        return os.path.join(self.directory(artifact, environment), self.LOCK)
+
+    def lock_holder(self, artifact: str, environment: str) -> Optional[LockHolder]:
+        data = self._read(self._lock_path(artifact, environment))
+        return LockHolder.from_dict(data) if data else None
+
+    def acquire(self, artifact: str, environment: str, holder: LockHolder) -> Lock:
+        directory = self.directory(artifact, environment)
+        path = os.path.join(directory, self.LOCK)
+        recovered = None
+        with self._guard(directory):
+            data = json.dumps(asdict(holder), sort_keys=True).encode("utf-8")
+            tmp = _write_temp(directory, self.LOCK, data)
+            try:
+                for _attempt in range(2):
+                    try:
+                        os.link(tmp, path)  # atomic create-if-absent, full content
+                        break
+                    except OSError as exc:
+                        if exc.errno != errno.EEXIST:
+                            raise
+                    other = self.lock_holder(artifact, environment)
+                    if other is None:
+                        continue
+                    if not other.is_stale():
+                        hint = ("" if other.host == socket.gethostname() else
+                                "; if that controller is gone for good, remove %s"
+                                % path)
+                        raise LockHeld("%s/%s is locked by %s%s"
+                                       % (artifact, environment, other.describe(),
+                                          hint), other)
+                    os.unlink(path)  # holder died: safe under the guard
+                    recovered = other
+                else:
+                    raise StoreError("could not create lock %s" % path)
+            finally:
+                os.unlink(tmp)
+            fsync_dir(directory)
+        return Lock(artifact, environment, holder, recovered)
+
+    def update_lock(self, lock: Lock, **changes) -> None:
+        """Rewrite our lock's holder info (e.g. once the release id is known)."""
+        for key, value in changes.items():
+            setattr(lock.holder, key, value)
+        directory = self.directory(lock.artifact, lock.environment)
+        with self._guard(directory):
+            current = self.lock_holder(lock.artifact, lock.environment)
+            if current is None or current.token != lock.holder.token:
+                raise StoreError("lock of %s/%s is no longer ours"
+                                 % (lock.artifact, lock.environment))
+            atomic_write(os.path.join(directory, self.LOCK),
+                         json.dumps(asdict(lock.holder), sort_keys=True).encode())
+
+    def release(self, lock: Lock) -> None:
+        directory = self.directory(lock.artifact, lock.environment)
+        with self._guard(directory):
+            current = self.lock_holder(lock.artifact, lock.environment)
+            if current is not None and current.token == lock.holder.token:
+                os.unlink(os.path.join(directory, self.LOCK))
+                fsync_dir(directory)

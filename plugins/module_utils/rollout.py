@@ -1,0 +1,489 @@
+# -*- coding: utf-8 -*-
+# Copyright: phoenix.deploy contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The rollout engine: deploy / promote / abort / rollback one artifact in
+one environment, recording every event in the release store.
+
+Every action takes the (artifact, environment) lock, then *converges*:
+releases left ``in_progress`` by a controller that died are finished (when
+the new release had already been recorded live) or undone (the previous live
+release gets 100 % again), expired warm groups and orphan groups are
+destroyed, and the live group gets its traffic back.  The store and the
+platform's ``list_groups`` are the only inputs, so re-running after a crash
+ends with exactly one live release at 100 % (or a paused canary) and no
+orphan groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
+from ansible_collections.phoenix.deploy.plugins.module_utils.analysis import (
+    AnalysisSpec)
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
+    Clock)
+from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
+    ABORTED, IN_PROGRESS, INTERRUPTED, LIVE, PAUSED, RETIRED, ROLLED_BACK,
+    SUCCEEDED, FAILED, LockHolder, Release, check_name)
+from ansible_collections.phoenix.deploy.plugins.module_utils.strategies import (
+    Executor, Hooks, Step, StepFailed, build_plan, parse_settings)
+
+
+class RolloutError(PhoenixError):
+    """The action cannot run in the current state (nothing was changed)."""
+
+
+@dataclass
+class Result:
+    action: str
+    changed: bool = False
+    failed: bool = False
+    state: str = ""  # live | paused | rolled_back | aborted | failed | planned
+    msg: str = ""
+    release: Optional[dict] = None
+    live: Optional[dict] = None
+    events: list = field(default_factory=list)
+    plan: list = field(default_factory=list)
+
+
+def group_name(artifact: str, environment: str, release_id: str) -> str:
+    return "%s-%s-%s" % (artifact, environment, release_id)
+
+
+class _ReleaseHooks(Hooks):
+    def __init__(self, rollout, history, release, old):
+        self.rollout, self.history, self.release, self.old = rollout, history, release, old
+
+    def event(self, message, **data):
+        weights = data.get("weights") or {}
+        if self.release.group in weights:
+            self.release.weight = weights[self.release.group]
+        self.rollout._record(self.history, self.release, message, **data)
+
+    def progress(self, position):
+        self.release.position = position
+        self.rollout._save(self.history)
+
+    def live(self):
+        self.rollout._make_live(self.history, self.release)
+
+    def keep_warm(self, group, seconds):
+        if seconds <= 0 or self.old is None:
+            return False
+        self.old.warm_until = self.rollout.clock.now() + seconds
+        self.rollout._record(self.history, self.release,
+                             "keeping %s warm for %gs for an instant rollback"
+                             % (group, seconds), group=group)
+        return True
+
+
+class Rollout:
+    """Engine entry point for one (artifact, environment)."""
+
+    def __init__(self, platform, store, artifact: str, environment: str,
+                 clock: Optional[Clock] = None, env: Optional[dict] = None,
+                 timeout: Optional[float] = None,
+                 owner: Optional[Callable] = None):
+        self.platform = platform
+        self.store = store
+        self.artifact = check_name(artifact, "artifact")
+        self.environment = check_name(environment, "environment")
+        self.clock = clock or Clock()
+        self.env = dict(env or {})
+        self.timeout = timeout
+        self.owner = owner or LockHolder.current
+        self.events = []
+        self._lock = None
+
+    # -- bookkeeping -----------------------------------------------------------
+    def _save(self, history):
+        self.store.save(history)
+
+    def _record(self, history, release, message, **data):
+        if release is None:
+            release = history.live_release() or (history.releases[-1]
+                                                 if history.releases else None)
+        if release is None:
+            entry = {"at": self.clock.now(), "message": message}
+            entry.update(data)
+        else:
+            entry = release.event(self.clock.now(), message, **data)
+            entry = dict(entry, release_id=release.release_id)
+            self._save(history)
+        self.events.append(entry)
+
+    def _observed(self) -> dict:
+        return {g.name: g for g in self.platform.list_groups(self.artifact,
+                                                             self.environment)}
+
+    def _executor(self, release, hooks=None, groups=None, name=None) -> Executor:
+        settings = release.settings or {}
+        deadline = self.clock.now() + self.timeout if self.timeout else None
+        spec = AnalysisSpec.from_dict(release.analysis) if release.analysis else None
+        return Executor(self.platform, self.clock, groups or {}, create={
+            "artifact": self.artifact, "environment": self.environment,
+            "release_id": release.release_id, "image": release.image,
+            "env": self.env, "name": name}, hooks=hooks or Hooks(), analysis=spec,
+            progress_deadline=settings.get("progress_deadline", 600.0),
+            deadline=deadline)
+
+    def _result(self, history, action, release=None, **kwargs) -> Result:
+        live = history.live_release()
+        return Result(action=action, release=release.as_dict() if release else None,
+                      live=live.as_dict() if live else None, events=list(self.events),
+                      **kwargs)
+
+    def _make_live(self, history, release):
+        old = history.live_release()
+        if old is not None and old is not release:
+            old.status = RETIRED
+        history.live = release.release_id
+        release.status = LIVE
+        release.track = "stable"
+        release.warm_until = None
+        self._record(history, release, "release %s (%s) is live"
+                     % (release.release_id, release.version))
+
+    # -- locking + convergence ------------------------------------------------
+    def _run(self, action: str, body: Callable) -> Result:
+        self.events = []
+        lock = self.store.acquire(self.artifact, self.environment, self.owner(action))
+        self._lock = lock
+        try:
+            history = self.store.load(self.artifact, self.environment)
+            if lock.recovered_from is not None:
+                self._record(history, None, "recovered the lock of a dead rollout: %s"
+                             % lock.recovered_from.describe())
+            self._converge(history)
+            return body(history)
+        finally:
+            self._lock = None
+            self.store.release(lock)
+
+    def converge(self) -> Result:
+        """Only converge (also done at the start of every action)."""
+        return self._run("converge", lambda h: self._result(
+            h, "converge", changed=bool(self.events), state=self._state(h),
+            msg="converged"))
+
+    def _state(self, history) -> str:
+        return PAUSED if any(r.status == PAUSED for r in history.releases) else (
+            LIVE if history.live else "empty")
+
+    def _converge(self, history):
+        for release in [r for r in history.releases if r.status == IN_PROGRESS or
+                        (r.status == LIVE and r.outcome is None)]:
+            self._recover(history, release)
+        now = self.clock.now()
+        observed = self._observed()
+        live = history.live_release()
+        paused = [r for r in history.releases if r.status == PAUSED]
+        keep = set()
+        for rel in history.releases:
+            if rel.warm_until is not None:
+                if rel.warm_until > now and rel.group in observed:
+                    keep.add(rel.group)
+                    continue
+                rel.warm_until = None
+                self._save(history)
+        if live is not None:
+            keep.add(live.group)
+        keep.update(r.group for r in paused)
+        dummy = Release("-", self.artifact, self.environment, "-", "-", "-")
+        executor = self._executor(live or dummy, _ReleaseHooks(
+            self, history, live or (history.releases[-1] if history.releases else dummy),
+            None))
+        for name in sorted(set(observed) - keep):
+            self._record(history, live, "destroying %s: not the live, paused or "
+                         "warm group of any release" % name, group=name)
+            executor.groups["x"] = name
+            if observed[name].attached:
+                executor.drain("x")
+            executor.destroy(name=name)
+        if live is not None and not paused:
+            group = observed.get(live.group)
+            if group is None or group.weight != 100 or not group.attached:
+                self._restore(history, live, live, cause="converge")
+
+    def _recover(self, history, release):
+        """A release left in progress by a controller that died."""
+        step = release.position
+        where = "step %d/%d" % (step + 1, len(release.plan)) if release.plan else "start"
+        if history.live == release.release_id:
+            self._record(history, release, "controller died at %s after the release "
+                         "was live; finishing it" % where)
+            warm = (release.settings or {}).get("scale_down_delay") or 0
+            old = history.get(release.previous_release_id)
+            if old is not None and warm > 0 and release.strategy == "blue_green":
+                old.warm_until = self.clock.now() + warm
+            release.outcome, release.finished = SUCCEEDED, self.clock.now()
+            self._save(history)
+            return
+        live = history.live_release()
+        reason = "interrupted at %s: the controller died" % where
+        release.status, release.outcome, release.reason = RETIRED, INTERRUPTED, reason
+        release.finished = self.clock.now()
+        self._record(history, release, reason + "; restoring %s" % (
+            live.release_id if live else "nothing (no live release)"))
+        if live is not None:
+            self._restore(history, live, release, cause="recovery")
+
+    def _restore(self, history, target, record_on, cause):
+        """Give ``target`` (a live or previous release) all traffic at its
+        size, re-creating its group from its image when it is gone; drain and
+        destroy every other group except warm ones."""
+        observed = self._observed()
+        executor = self._executor(target, _ReleaseHooks(self, history, record_on, None),
+                                  groups={"target": target.group})
+        if target.group not in observed:
+            name, n = group_name(self.artifact, self.environment, target.release_id), 1
+            while name in observed or any(r.group == name for r in history.releases
+                                          if r is not target):
+                name = "%s-r%d" % (group_name(self.artifact, self.environment,
+                                              target.release_id), n)
+                n += 1
+            self._record(history, record_on, "%s: group %s is gone; creating %s "
+                         "from image %s" % (cause, target.group, name, target.image))
+            executor.create("target", target.size, name=name)
+            target.group = name
+            self._save(history)
+        elif observed[target.group].size < target.size:
+            executor.resize("target", target.size)
+        executor.wait_healthy("target", target.size)
+        now = self.clock.now()
+        warm = {r.group for r in history.releases
+                if r.warm_until and r.warm_until > now and r is not target}
+        others = [n for n in observed if n != target.group]
+        weights = {target.group: 100}
+        weights.update({n: 0 for n in others if observed[n].attached})
+        executor.groups.update({"w%d" % i: n for i, n in enumerate(weights)})
+        executor.set_weights({"w%d" % i: w for i, w in enumerate(weights.values())})
+        self._record(history, record_on, "%s: %s (%s) has 100%% of the traffic"
+                     % (cause, target.release_id, target.version))
+        for name in others:
+            executor.groups["x"] = name
+            if observed[name].attached:
+                executor.drain("x")
+            if name not in warm:
+                executor.destroy(name=name)
+        target.warm_until = None
+        if history.live != target.release_id:
+            self._make_live(history, target)
+        self._save(history)
+
+    # -- actions ---------------------------------------------------------------
+    def _validate(self, version, image, size, strategy, settings, analysis):
+        if not isinstance(version, str) or not version or version.lower() == "latest":
+            raise RolloutError("version: %r; a fixed version is required "
+                               "(MAJOR.MINOR.PATCH[-pre][+build]); mutable tags "
+                               "like 'latest' are refused" % (version,))
+        if not isinstance(image, str) or not image:
+            raise RolloutError("image: a baked image reference (content digest) "
+                               "is required")
+        return (parse_settings(strategy, settings, size),
+                AnalysisSpec.from_dict(analysis) if analysis else None)
+
+    def _paused(self, history) -> Optional[Release]:
+        paused = [r for r in history.releases if r.status == PAUSED]
+        return paused[-1] if paused else None
+
+    def _live_matches(self, live, image, size) -> bool:
+        if live is None or live.image != image or live.size != size:
+            return False
+        group = self._observed().get(live.group)
+        return group is not None and group.weight == 100 and group.attached
+
+    def plan(self, version, image, size, strategy="rolling", settings=None,
+             analysis=None) -> Result:
+        """Check mode: validate and describe the steps; touches nothing."""
+        settings, spec = self._validate(version, image, size, strategy, settings, analysis)
+        history = self.store.load(self.artifact, self.environment)
+        live = history.live_release()
+        self.events = []
+        if self._live_matches(live, image, size):
+            return self._result(history, "deploy", state=LIVE,
+                                msg="%s is already live" % version)
+        old = self._observed().get(live.group) if live else None
+        steps = build_plan(strategy, settings, size, old.size if old else 0, bool(spec))
+        names = {"old": old.name if old else None,
+                 "new": group_name(self.artifact, self.environment,
+                                   "v%03d" % history.next_seq)}
+        return self._result(history, "deploy", changed=True, state="planned",
+                            msg="would deploy %s with %s" % (version, strategy),
+                            plan=[dict(s.as_dict(), description=s.describe(names))
+                                  for s in steps])
+
+    def deploy(self, version, image, size, strategy="rolling", settings=None,
+               analysis=None, ci_build_url=None) -> Result:
+        settings, spec = self._validate(version, image, size, strategy, settings, analysis)
+
+        def body(history):
+            paused = self._paused(history)
+            if paused is not None:
+                raise RolloutError(
+                    "release %s (%s) is paused (%s); run action: promote or action: "
+                    "abort first" % (paused.release_id, paused.version, paused.reason))
+            live = history.live_release()
+            if self._live_matches(live, image, size):
+                return self._result(history, "deploy", state=LIVE, release=live,
+                                    msg="%s is already live (%s)"
+                                    % (version, live.release_id))
+            old = self._observed().get(live.group) if live else None
+            release_id = history.new_release_id()
+            release = history.add(Release(
+                release_id=release_id, artifact=self.artifact,
+                environment=self.environment, version=version, image=image,
+                strategy=strategy, size=size, settings=settings,
+                analysis=spec.as_dict() if spec else None,
+                track="canary" if strategy == "canary" and old else "stable",
+                started=self.clock.now(), ci_build_url=ci_build_url,
+                group=group_name(self.artifact, self.environment, release_id),
+                old_group=old.name if old else None,
+                previous_release_id=live.release_id if live else None))
+            release.plan = [s.as_dict() for s in build_plan(
+                strategy, settings, size, old.size if old else 0, bool(spec))]
+            self.store.update_lock(self._lock, release_id=release_id)
+            self._record(history, release, "deploy %s (image %s) with %s, %d instance(s)%s"
+                         % (version, image, strategy, size,
+                            ", replacing %s" % live.release_id if live else ""))
+            return self._execute(history, release, "deploy")
+        return self._run("deploy", body)
+
+    def _execute(self, history, release, action) -> Result:
+        old = history.get(release.previous_release_id)
+        hooks = _ReleaseHooks(self, history, release, old)
+        executor = self._executor(release, hooks, name=release.group, groups={
+            "old": release.old_group,
+            "new": release.group if release.position else None})
+        plan = [Step(**s) for s in release.plan]
+        release.status, release.reason = IN_PROGRESS, None
+        try:
+            outcome = executor.run(plan, release.position)
+        except StepFailed as exc:
+            return self._failed(history, release, action, exc)
+        if outcome.status == PAUSED:
+            release.status, release.reason = PAUSED, outcome.reason
+            self._record(history, release, "paused after step %d/%d: %s"
+                         % (outcome.position, len(plan), outcome.reason))
+            return self._result(history, action, release=release, changed=True,
+                                state=PAUSED, msg="%s paused at %d%%: %s" % (
+                                    release.release_id, release.weight, outcome.reason))
+        release.outcome, release.finished, release.weight = SUCCEEDED, self.clock.now(), 100
+        self._record(history, release, "rollout of %s finished in %.1fs"
+                     % (release.version, release.finished - release.started))
+        return self._result(history, action, release=release, changed=True, state=LIVE,
+                            msg="%s (%s) is live" % (release.version, release.release_id))
+
+    def _failed(self, history, release, action, exc) -> Result:
+        release.reason = exc.reason
+        if history.live == release.release_id:  # only clean-up failed
+            self._record(history, release, "clean-up after going live failed: %s; "
+                         "the next run destroys what is left" % exc.reason, cause=exc.cause)
+            release.outcome, release.finished = SUCCEEDED, self.clock.now()
+            self._save(history)
+            return self._result(history, action, release=release, changed=True,
+                                failed=True, state=LIVE, msg=exc.reason)
+        target = history.live_release()
+        self._record(history, release, "rollout failed (%s): %s; rolling back to %s"
+                     % (exc.cause, exc.reason, target.release_id if target else
+                        "nothing (first release)"), cause=exc.cause)
+        release.status, release.outcome = RETIRED, ROLLED_BACK if target else FAILED
+        if target is not None:
+            self._restore(history, target, release, cause="rollback")
+        else:
+            self._converge(history)
+        release.finished = self.clock.now()
+        self._save(history)
+        return self._result(history, action, release=release, changed=True, failed=True,
+                            state=ROLLED_BACK if target else FAILED,
+                            msg="%s of %s %s: %s" % (
+                                action, release.version,
+                                "rolled back to %s (%s)" % (target.release_id,
+                                                            target.version)
+                                if target else "failed", exc.reason))
+
+    def promote(self) -> Result:
+        def body(history):
+            release = self._paused(history)
+            if release is None:
+                return self._result(history, "promote", state=self._state(history),
+                                    msg="nothing to promote: no paused release")
+            self._record(history, release, "promoted after step %d/%d"
+                         % (release.position, len(release.plan)))
+            return self._execute(history, release, "promote")
+        return self._run("promote", body)
+
+    def abort(self, reason: str = "aborted by action: abort") -> Result:
+        def body(history):
+            release = self._paused(history)
+            if release is None:
+                return self._result(history, "abort", state=self._state(history),
+                                    msg="nothing to abort: no paused release")
+            release.status, release.outcome, release.reason = RETIRED, ABORTED, reason
+            release.finished = self.clock.now()
+            self._record(history, release, "abort: " + reason)
+            self._restore(history, history.live_release(), release, cause="abort")
+            return self._result(history, "abort", release=release, changed=True,
+                                state=ABORTED, msg="%s aborted: %s; %s has 100%% again"
+                                % (release.release_id, reason, history.live))
+        return self._run("abort", body)
+
+    def rollback(self) -> Result:
+        """Back to the release that was live before the live one: instant when
+        its group is still warm, else a fresh group from its image.  A paused
+        canary is aborted instead."""
+        def body(history):
+            if self._paused(history) is not None:
+                return None
+            live = history.live_release()
+            target = history.get(live.previous_release_id) if live else None
+            if target is None:
+                raise RolloutError("nothing to roll back to: %s" % (
+                    "no live release" if live is None else
+                    "%s has no previous live release in the history" % live.release_id))
+            release_id = history.new_release_id()
+            release = history.add(Release(
+                release_id=release_id, artifact=self.artifact,
+                environment=self.environment, version=target.version,
+                image=target.image, strategy="rollback", kind="rollback",
+                size=target.size, settings=dict(target.settings or {}),
+                started=self.clock.now(), group=target.group,
+                old_group=live.group, previous_release_id=live.release_id))
+            self.store.update_lock(self._lock, release_id=release_id)
+            warm = target.group in self._observed()
+            self._record(history, release, "rollback from %s (%s) to %s (%s): %s" % (
+                live.release_id, live.version, target.release_id, target.version,
+                "its group %s is still warm" % target.group if warm
+                else "re-creating it from image %s" % target.image))
+            try:
+                self._restore(history, release, release, cause="rollback")
+            except StepFailed as exc:
+                return self._failed(history, release, "rollback", exc)
+            live.status = RETIRED
+            release.outcome, release.finished = SUCCEEDED, self.clock.now()
+            self._save(history)
+            return self._result(history, "rollback", release=release, changed=True,
+                                state=LIVE, msg="rolled back to %s (%s)%s" % (
+                                    target.version, release_id,
+                                    " instantly (warm group)" if warm else ""))
+        result = self._run("rollback", body)
+        return result if result is not None else self.abort("aborted by action: rollback")
+
+    def info(self) -> dict:
+        """Live release, history and groups with instance health (read only)."""
+        history = self.store.load(self.artifact, self.environment)
+        holder = self.store.lock_holder(self.artifact, self.environment)
+        live = history.live_release()
+        groups = []
+        for group in self._observed().values():
+            entry = group.as_dict()
+            health = self.platform.health(group.name)
+            entry.update(ready=health.ready, total=health.total,
+                         instances=[vars(i) for i in health.instances])
+            groups.append(entry)
+        return {"live": live.as_dict() if live else None,
+                "history": [r.as_dict() for r in history.releases],
+                "groups": groups,
+                "lock": vars(holder) if holder else None}

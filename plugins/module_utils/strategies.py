@@ -1,0 +1,567 @@
+# -*- coding: utf-8 -*-
+# Copyright: phoenix.deploy contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Rollout strategies as plans of steps, and the executor that runs them.
+
+A plan is a list of ``Step`` objects over two roles, ``old`` (the live
+group) and ``new`` (the group of this release); check mode prints it.  The
+``Executor`` runs a plan against any ``Platform``, polling with deadlines.
+
+Invariant: the old group never loses capacity the new group has not yet
+replaced with *healthy* instances; the only exceptions are the explicit
+``max_unavailable`` budget of ``rolling`` and ``recreate`` (which exists to
+allow a gap).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+from ansible_collections.phoenix.deploy.plugins.module_utils.analysis import (
+    FAIL, INCONCLUSIVE, AnalysisRun, SettingsError, parse_duration)
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
+    HealthFailure, PlatformError, WaitTimeout, wait_until)
+
+STRATEGIES = ("rolling", "recreate", "blue_green", "canary")
+MAX_SIZE = 1000
+COMMON_OPTIONS = ("progress_deadline",)
+OPTIONS = {
+    "rolling": ("max_surge", "max_unavailable"),
+    "recreate": (),
+    "blue_green": ("scale_down_delay", "verify_period"),
+    "canary": ("steps",),
+}
+DEFAULTS = {
+    "rolling": {"max_surge": "25%", "max_unavailable": 0},
+    "recreate": {},
+    "blue_green": {"scale_down_delay": 30.0, "verify_period": 0.0},
+    "canary": {},
+}
+_PERCENT = re.compile(r"^\s*(\d{1,3})\s*%\s*$")
+
+
+# --------------------------------------------------------------------------
+# settings
+# --------------------------------------------------------------------------
+def check_size(size, option: str = "size") -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIZE:
+        raise SettingsError("%s: %r; allowed an integer from 1 to %d"
+                            % (option, size, MAX_SIZE))
+    return size
+
+
+def parse_count(value, option: str):
+    """An instance count (int) or a percentage string (``"25%"``)."""
+    if isinstance(value, str):
+        match = _PERCENT.match(value)
+        if match and int(match.group(1)) <= 100:
+            return "%d%%" % int(match.group(1))
+        if value.strip().isdigit():
+            value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SIZE:
+        raise SettingsError("%s: %r; allowed an instance count from 0 to %d or "
+                            "a percentage from '0%%' to '100%%'"
+                            % (option, value, MAX_SIZE))
+    return value
+
+
+def resolve_count(value, size: int, round_up: bool) -> int:
+    if isinstance(value, str):
+        exact = size * int(value[:-1]) / 100.0
+        return int(math.ceil(exact) if round_up else math.floor(exact))
+    return value
+
+
+def _parse_steps(steps) -> list:
+    if not isinstance(steps, list) or not steps:
+        raise SettingsError("strategy.steps: required for canary, a list like "
+                            "[{set_weight: 10}, {pause: {duration: 60}}, "
+                            "{set_weight: 50}, {pause: {}}]")
+    out, last = [], 0
+    for i, item in enumerate(steps):
+        where = "strategy.steps[%d]" % i
+        if not isinstance(item, dict) or len(item) != 1 or \
+                next(iter(item)) not in ("set_weight", "pause"):
+            raise SettingsError("%s: %r; each step is exactly one of "
+                                "{set_weight: 1..100} or {pause: {duration: S}} "
+                                "/ {pause: {}} (wait for promote)" % (where, item))
+        key, value = next(iter(item.items()))
+        if key == "set_weight":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 100:
+                raise SettingsError("%s.set_weight: %r; allowed an integer from 1 "
+                                    "to 100" % (where, value))
+            if value <= last:
+                raise SettingsError("%s.set_weight: %d; weights must increase "
+                                    "(previous %d)" % (where, value, last))
+            last = value
+            out.append({"set_weight": value})
+            continue
+        if not last:
+            raise SettingsError("%s: a pause before the first set_weight would "
+                                "judge a canary that has no traffic" % where)
+        if value is None or value == {}:
+            out.append({"pause": None})
+        elif isinstance(value, dict):
+            unknown = set(value) - {"duration"}
+            if unknown:
+                raise SettingsError("%s.pause: unknown option(s) %s; allowed: "
+                                    "duration" % (where, ", ".join(sorted(unknown))))
+            out.append({"pause": parse_duration(value["duration"],
+                                                where + ".pause.duration")})
+        else:
+            out.append({"pause": parse_duration(value, where + ".pause")})
+    return out
+
+
+def parse_settings(strategy: str, settings: Optional[dict], size: int) -> dict:
+    """Validate and normalise strategy settings; raise ``SettingsError``
+    naming the option and what is allowed.  Nothing is touched before this
+    succeeds."""
+    if strategy not in STRATEGIES:
+        raise SettingsError("strategy: %r is unknown; allowed: %s"
+                            % (strategy, ", ".join(STRATEGIES)))
+    check_size(size)
+    data = dict(settings or {})
+    allowed = OPTIONS[strategy] + COMMON_OPTIONS
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise SettingsError("strategy: option(s) %s not valid for %s; allowed: %s"
+                            % (", ".join(unknown), strategy, ", ".join(allowed)))
+    out = dict(DEFAULTS[strategy])
+    out.update(data)
+    out["progress_deadline"] = parse_duration(
+        data.get("progress_deadline", 600), "strategy.progress_deadline", 86400)
+    if out["progress_deadline"] <= 0:
+        raise SettingsError("strategy.progress_deadline: must be above 0 seconds")
+    if strategy == "rolling":
+        surge = parse_count(out["max_surge"], "strategy.max_surge")
+        unavailable = parse_count(out["max_unavailable"], "strategy.max_unavailable")
+        if resolve_count(surge, size, True) == 0 and \
+                resolve_count(unavailable, size, False) == 0:
+            raise SettingsError(
+                "strategy.max_surge (%s) and strategy.max_unavailable (%s) are "
+                "both 0 for size %d: no instance could ever be replaced; allow "
+                "max_surge >= 1 (extra instances) or max_unavailable >= 1"
+                % (surge, unavailable, size))
+        out.update(max_surge=surge, max_unavailable=unavailable)
+    elif strategy == "blue_green":
+        out["scale_down_delay"] = parse_duration(out["scale_down_delay"],
+                                                 "strategy.scale_down_delay")
+        out["verify_period"] = parse_duration(out["verify_period"],
+                                              "strategy.verify_period", 3600)
+    elif strategy == "canary":
+        out["steps"] = _parse_steps(data.get("steps"))
+    return out
+
+
+# --------------------------------------------------------------------------
+# plans
+# --------------------------------------------------------------------------
+@dataclass
+class Step:
+    kind: str  # create resize wait_healthy set_weights pause verify
+    #            mark_live drain destroy keep_warm
+    role: Optional[str] = None
+    size: Optional[int] = None
+    weights: Optional[dict] = None
+    duration: Optional[float] = None
+    analyze: bool = False
+
+    def describe(self, names: Optional[dict] = None) -> str:
+        names = names or {}
+
+        def name(role):
+            return names.get(role) or "%s group" % role
+        if self.kind == "create":
+            return "create %s with %d instance(s)" % (name(self.role), self.size)
+        if self.kind == "resize":
+            return "resize %s to %d instance(s)" % (name(self.role), self.size)
+        if self.kind == "wait_healthy":
+            return "wait until %s has %d healthy instance(s)" % (name(self.role), self.size)
+        if self.kind == "set_weights":
+            return "set traffic weights " + ", ".join(
+                "%s=%d%%" % (name(r), w) for r, w in sorted(self.weights.items()))
+        if self.kind == "pause":
+            if self.duration is None:
+                return "pause until promoted (action: promote)"
+            return "pause %gs%s" % (self.duration, " with analysis of %s"
+                                    % name("new") if self.analyze else "")
+        if self.kind == "verify":
+            return "verify %s stays healthy for %gs" % (name(self.role), self.duration)
+        if self.kind == "mark_live":
+            return "record the new release as live"
+        if self.kind == "drain":
+            return "drain and detach %s" % name(self.role)
+        if self.kind == "destroy":
+            return "destroy %s" % name(self.role)
+        if self.kind == "keep_warm":
+            return "keep %s warm for %gs (instant rollback), then destroy it" % (
+                name(self.role), self.duration)
+        return self.kind
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def _first_deploy(size: int) -> list:
+    return [Step("create", "new", size=size), Step("wait_healthy", "new", size=size),
+            Step("set_weights", weights={"new": 100}), Step("mark_live")]
+
+
+def _share(new: int, old: int) -> dict:
+    if not old:
+        return {"new": 100}
+    weight = int(round(100.0 * new / (new + old)))
+    return {"new": weight, "old": 100 - weight}
+
+
+def plan_rolling(settings: dict, size: int, old_size: int) -> list:
+    """Batches: grow the new group by at most ``max_surge`` above ``size``,
+    shrink the old one only by what healthy new instances (plus the
+    ``max_unavailable`` budget) already replace."""
+    surge = resolve_count(settings["max_surge"], size, True)
+    unavailable = resolve_count(settings["max_unavailable"], size, False)
+    floor = max(0, min(size, old_size) - unavailable)  # healthy capacity kept
+    new, old, live = 0, old_size, False
+    steps = [Step("create", "new", size=max(0, min(size, size + surge - old)))]
+    while new < size or old > 0:
+        target_new = max(new, min(size, size + surge - old))
+        if target_new > new:
+            if steps[-1].kind != "create":
+                steps.append(Step("resize", "new", size=target_new))
+            steps.append(Step("wait_healthy", "new", size=target_new))
+        target_old = 0 if target_new >= size else min(old, max(0, floor - target_new))
+        if target_new == new and target_old == old:  # refused by parse_settings
+            raise SettingsError("strategy: max_surge/max_unavailable allow no "
+                                "progress for size %d" % size)
+        new = target_new
+        if target_old == 0 and old:
+            if new:  # with nothing healthy yet the drain alone moves traffic away
+                steps.append(Step("set_weights", weights={"new": 100, "old": 0}))
+            if new >= size:
+                steps.append(Step("mark_live"))
+                live = True
+            steps += [Step("drain", "old"), Step("destroy", "old")]
+        elif old:
+            steps.append(Step("set_weights", weights=_share(new, target_old)))
+            if target_old < old:
+                steps.append(Step("resize", "old", size=target_old))
+        old = target_old
+    if not live:
+        steps += [Step("set_weights", weights={"new": 100}), Step("mark_live")]
+    return steps
+
+
+def plan_recreate(settings: dict, size: int, old_size: int) -> list:
+    return [Step("drain", "old"), Step("destroy", "old")] + _first_deploy(size)
+
+
+def plan_blue_green(settings: dict, size: int, old_size: int) -> list:
+    steps = [Step("create", "new", size=size), Step("wait_healthy", "new", size=size)]
+    if settings.get("verify_period"):
+        steps.append(Step("verify", "new", duration=settings["verify_period"]))
+    return steps + [Step("set_weights", weights={"new": 100, "old": 0}),
+                    Step("mark_live"), Step("drain", "old"),
+                    Step("keep_warm", "old", duration=settings["scale_down_delay"])]
+
+
+def canary_size(weight: int, size: int) -> int:
+    """Canary instances for a traffic weight (the stable group stays full)."""
+    return size if weight >= 100 else max(1, int(math.ceil(size * weight / 100.0)))
+
+
+def plan_canary(settings: dict, size: int, old_size: int, analysis: bool = False) -> list:
+    steps = []
+    state = {"current": 0, "weight": 0}
+
+    def grow(want):
+        if want > state["current"]:
+            steps.append(Step("create" if not state["current"] else "resize", "new",
+                              size=want))
+            steps.append(Step("wait_healthy", "new", size=want))
+            state["current"] = want
+
+    for item in settings["steps"]:
+        if "set_weight" in item:
+            state["weight"] = item["set_weight"]
+            grow(canary_size(state["weight"], size))
+            steps.append(Step("set_weights", weights={
+                "new": state["weight"], "old": 100 - state["weight"]}))
+        else:
+            steps.append(Step("pause", duration=item["pause"],
+                              analyze=analysis and item["pause"] is not None))
+    if state["weight"] < 100:
+        grow(size)
+        steps.append(Step("set_weights", weights={"new": 100, "old": 0}))
+    return steps + [Step("mark_live"), Step("drain", "old"), Step("destroy", "old")]
+
+
+def build_plan(strategy: str, settings: dict, size: int, old_size: int,
+               analysis: bool = False) -> list:
+    """Steps for ``strategy``; a first deploy (no old group) is the same for
+    all strategies: create, wait healthy, send traffic, record live."""
+    if not old_size:
+        return _first_deploy(size)
+    if strategy == "rolling":
+        return plan_rolling(settings, size, old_size)
+    if strategy == "recreate":
+        return plan_recreate(settings, size, old_size)
+    if strategy == "blue_green":
+        return plan_blue_green(settings, size, old_size)
+    return plan_canary(settings, size, old_size, analysis)
+
+
+# --------------------------------------------------------------------------
+# executor
+# --------------------------------------------------------------------------
+class StepFailed(Exception):
+    """A step failed; ``cause`` is health / analysis / deadline / platform."""
+
+    def __init__(self, reason: str, cause: str):
+        super().__init__(reason)
+        self.reason = reason
+        self.cause = cause
+
+
+@dataclass
+class Outcome:
+    status: str  # done | paused
+    position: int
+    reason: str = ""
+
+
+class Hooks:
+    """What the executor tells its caller (the rollout records it)."""
+
+    def event(self, message: str, **data) -> None:
+        pass
+
+    def progress(self, position: int) -> None:
+        pass
+
+    def live(self) -> None:
+        pass
+
+    def keep_warm(self, group: str, seconds: float) -> bool:
+        """Return False when the group should be destroyed now."""
+        return False
+
+
+class Executor:
+    """Runs plan steps against a platform; also the primitive operations
+    (create, resize, wait healthy, weights, drain, destroy) rollback uses.
+
+    ``groups`` maps a role (``old``/``new``) to a group name; ``create``
+    holds the create_group arguments of the new group.
+    """
+
+    def __init__(self, platform, clock, groups: dict, create: Optional[dict] = None,
+                 hooks: Optional[Hooks] = None, analysis=None,
+                 progress_deadline: float = 600.0, deadline: Optional[float] = None,
+                 interval: Optional[float] = None):
+        self.platform = platform
+        self.clock = clock
+        self.groups = groups
+        self.create_args = create or {}
+        self.hooks = hooks or Hooks()
+        self.analysis = analysis
+        self.progress_deadline = progress_deadline
+        self.deadline = deadline
+        self.interval = interval or getattr(platform, "poll_interval", 1.0)
+
+    # -- primitives ----------------------------------------------------------
+    def name(self, role: str) -> Optional[str]:
+        return self.groups.get(role)
+
+    def observed(self, name: str):
+        for group in self.platform.list_groups(self.create_args["artifact"],
+                                               self.create_args["environment"]):
+            if group.name == name:
+                return group
+        return None
+
+    def wait(self, predicate: Callable, describe) -> None:
+        deadline = self.clock.now() + self.progress_deadline
+        limit = "progress deadline %gs" % self.progress_deadline
+        if self.deadline is not None and self.deadline < deadline:
+            deadline, limit = self.deadline, "timeout"
+        try:
+            wait_until(predicate, deadline, self.interval, describe, self.clock)
+        except WaitTimeout as exc:
+            raise StepFailed("%s exceeded: %s" % (limit, exc), "deadline")
+        except HealthFailure as exc:
+            raise StepFailed(str(exc), "health")
+
+    def create(self, role: str, size: int, name: Optional[str] = None) -> str:
+        args = dict(self.create_args)
+        args["name"] = name or args.get("name")
+        group = self.platform.create_group(size=size, **args)
+        self.groups[role] = group.name
+        self.hooks.event("created %s (%d instance(s)) from %s"
+                         % (group.name, size, args["image"]), group=group.name)
+        return group.name
+
+    def resize(self, role: str, size: int) -> None:
+        name = self.name(role)
+        self.platform.resize(name, size)
+
+        def done():
+            group = self.observed(name)
+            return group is not None and group.size == size
+        self.wait(done, "%s to have size %d" % (name, size))
+
+    def wait_healthy(self, role: str, size: int) -> None:
+        name = self.name(role)
+        last = {"health": None}
+
+        def ready():
+            health = self.platform.health(name)
+            last["health"] = health
+            if health.failed:
+                raise HealthFailure("%s is failing: %s" % (name, health.summary()))
+            return health.ready >= size
+
+        self.wait(ready, lambda: "%s to have %d healthy instance(s) (%s)" % (
+            name, size, last["health"].summary() if last["health"] else "no health yet"))
+
+    def set_weights(self, weights: dict) -> None:
+        named = {self.name(r): w for r, w in weights.items() if self.name(r)}
+        if not named:
+            return
+        self.platform.set_weights(named)
+
+        def applied():
+            seen = {g.name: g for g in self.platform.list_groups(
+                self.create_args["artifact"], self.create_args["environment"])}
+            return all(n in seen and seen[n].weight == w and (w == 0 or seen[n].attached)
+                       for n, w in named.items())
+        self.wait(applied, "traffic weights " + ", ".join(
+            "%s=%d%%" % item for item in sorted(named.items())))
+        self.hooks.event("traffic weights " + ", ".join(
+            "%s=%d%%" % item for item in sorted(named.items())), weights=named)
+
+    def drain(self, role: str) -> None:
+        name = self.name(role)
+        if not name:
+            return
+        self.platform.drain_and_detach(name)
+
+        def detached():
+            group = self.observed(name)
+            return group is None or not group.attached
+        self.wait(detached, "%s to be drained and detached" % name)
+
+    def destroy(self, role: Optional[str] = None, name: Optional[str] = None) -> None:
+        name = name or self.name(role)
+        if not name:
+            return
+        self.platform.destroy(name)
+        self.wait(lambda: self.observed(name) is None, "%s to be destroyed" % name)
+        for key, value in list(self.groups.items()):
+            if value == name:
+                self.groups[key] = None
+        self.hooks.event("destroyed %s" % name, group=name)
+
+    # -- pauses and analysis -------------------------------------------------
+    def _check_failing(self, name: str) -> None:
+        health = self.platform.health(name)
+        if health.failed:
+            raise StepFailed("%s is failing: %s" % (name, health.summary()), "health")
+        return health
+
+    def verify(self, role: str, duration: float) -> None:
+        name = self.name(role)
+        end = self.clock.now() + duration
+        while True:
+            health = self._check_failing(name)
+            group = self.observed(name)
+            if group is None or health.ready < group.size:
+                raise StepFailed("%s did not stay healthy during verification: %s"
+                                 % (name, health.summary()), "health")
+            if self.clock.now() >= end:
+                return
+            self.clock.sleep(min(self.interval, end - self.clock.now()))
+
+    def pause(self, step: Step) -> Optional[str]:
+        """None when finished; a reason string when the rollout must pause."""
+        if step.duration is None:
+            return "waiting for action: promote"
+        name = self.name("new")
+        run = AnalysisRun(self.analysis, "canary") if step.analyze and self.analysis else None
+        interval = self.analysis.interval if run else self.interval
+        end = self.clock.now() + step.duration
+        while self.clock.now() < end:
+            started = self.clock.now()
+            self.clock.sleep(min(interval, end - started))
+            if name:
+                self._check_failing(name)
+            if run is None:
+                continue
+            sample = run.add(self.platform.metrics(name, self.clock.now() - started))
+            self.hooks.event("analysis %s: %s" % (sample.result, sample.reason),
+                             verdict=sample.result, requests=sample.requests)
+            if run.failed:
+                raise StepFailed("analysis failed: " + run.verdict().reason, "analysis")
+        if run is None:
+            return None
+        verdict = run.verdict()
+        if verdict.result == FAIL:
+            raise StepFailed("analysis failed: " + verdict.reason, "analysis")
+        if verdict.result == INCONCLUSIVE:
+            if self.analysis.on_inconclusive == "pause":
+                return "analysis inconclusive: %s; promote or abort" % verdict.reason
+            raise StepFailed("analysis inconclusive (not promoted): " + verdict.reason,
+                             "analysis")
+        return None
+
+    # -- the plan ------------------------------------------------------------
+    def _do(self, step: Step) -> Optional[str]:
+        kind = step.kind
+        if kind == "create":
+            self.create(step.role, step.size)
+        elif kind == "resize":
+            self.resize(step.role, step.size)
+        elif kind == "wait_healthy":
+            self.wait_healthy(step.role, step.size)
+        elif kind == "set_weights":
+            self.set_weights(step.weights)
+        elif kind == "pause":
+            return self.pause(step)
+        elif kind == "verify":
+            self.verify(step.role, step.duration)
+        elif kind == "mark_live":
+            self.hooks.live()
+        elif kind == "drain":
+            self.drain(step.role)
+        elif kind == "destroy":
+            self.destroy(step.role)
+        elif kind == "keep_warm":
+            name = self.name(step.role)
+            if name and not self.hooks.keep_warm(name, step.duration or 0):
+                self.destroy(step.role)
+        else:
+            raise ValueError("unknown step kind %r" % kind)
+        return None
+
+    def run(self, plan: list, start: int = 0) -> Outcome:
+        for index in range(start, len(plan)):
+            step = plan[index]
+            if self.deadline is not None and self.clock.now() > self.deadline:
+                raise StepFailed("timeout exceeded before step %d/%d (%s)"
+                                 % (index + 1, len(plan), step.describe(self.groups)),
+                                 "deadline")
+            self.hooks.event("step %d/%d: %s" % (index + 1, len(plan),
+                                                 step.describe(self.groups)),
+                             step=index + 1, kind=step.kind)
+            try:
+                paused = self._do(step)
+            except PlatformError as exc:
+                raise StepFailed("%s failed: %s" % (step.describe(self.groups), exc),
+                                 "platform")
+            self.hooks.progress(index + 1)
+            if paused:
+                return Outcome("paused", index + 1, paused)
+        return Outcome("done", len(plan))

@@ -1,0 +1,189 @@
+"""Deterministic in-memory platform for engine unit tests (not shipped).
+
+Time is a ``FakeClock`` whose ``sleep`` advances it; every request takes
+effect later (instances become ready after ``start_delay``, weights after
+``weight_delay``, ...) so the engine's polling is exercised.  Every mutating
+call is logged with a snapshot, and ``crash_at`` raises ``Crash`` (a
+BaseException, like the controller being killed) at the n-th mutating call.
+"""
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
+    FAILED, READY, STARTING, Health, InstanceHealth, Metrics, Platform,
+    PlatformError, ServerGroup)
+
+
+class Crash(BaseException):
+    """The controller died here."""
+
+
+class FakeClock:
+    def __init__(self, start=1_700_000_000.0):
+        self.t = start
+
+    def now(self):
+        return self.t
+
+    def sleep(self, seconds):
+        self.t += max(seconds, 0)
+
+
+class FakePlatform(Platform):
+    name = "double"
+    poll_interval = 0.5
+
+    def __init__(self, clock, start_delay=2.0, weight_delay=0.5, drain_delay=1.0,
+                 destroy_delay=1.0, rps=100.0):
+        self.clock = clock
+        self.start_delay, self.weight_delay = start_delay, weight_delay
+        self.drain_delay, self.destroy_delay = drain_delay, destroy_delay
+        self.rps = rps
+        self.groups = {}
+        self.behaviour = {}  # image -> {error_rate, p99, crash, never_ready}
+        self.log = []
+        self.ops = 0
+        self.crash_at = None
+        self.seq = 0
+
+    # -- internals -----------------------------------------------------------
+    def _mutating(self, op, *args):
+        self.ops += 1
+        if self.crash_at is not None and self.ops == self.crash_at:
+            raise Crash("%s%r" % (op, args))
+
+    def _logged(self, op, *args):
+        self.log.append((self.clock.now(), op, args, self.snapshot()))
+
+    def _group(self, name):
+        self._refresh()
+        group = self.groups.get(name)
+        if group is None or group["deleting_at"] is not None:
+            raise PlatformError("no server group %r" % name)
+        return group
+
+    def _refresh(self):
+        now = self.clock.now()
+        for name, g in list(self.groups.items()):
+            if g["deleting_at"] is not None and now >= g["deleting_at"]:
+                del self.groups[name]
+                continue
+            if g["pending"] is not None and now >= g["pending"][1]:
+                g["weight"] = g["pending"][0]
+                g["pending"] = None
+            if g["detach_at"] is not None and now >= g["detach_at"]:
+                g["attached"], g["detach_at"] = False, None
+
+    def _beh(self, g):
+        return self.behaviour.get(g["image"], {})
+
+    def _ready(self, g):
+        if g["deleting_at"] is not None or self._beh(g).get("crash") or \
+                self._beh(g).get("never_ready"):
+            return 0
+        now = self.clock.now()
+        return sum(1 for i in g["instances"] if now >= i["started"] + self.start_delay)
+
+    def _new_instance(self, g):
+        self.seq += 1
+        return {"name": "%s-i%d" % (g["name"], self.seq), "started": self.clock.now()}
+
+    def snapshot(self):
+        """{group: (size, ready, target weight, attached, deleting)}"""
+        self._refresh()
+        out = {}
+        for name, g in self.groups.items():
+            target = g["pending"][0] if g["pending"] else g["weight"]
+            serving = g["attached"] and g["detach_at"] is None and g["deleting_at"] is None
+            out[name] = {"size": len(g["instances"]), "ready": self._ready(g),
+                         "weight": target, "serving": serving,
+                         "deleting": g["deleting_at"] is not None}
+        return out
+
+    def serving_capacity(self, snapshot=None):
+        snap = snapshot or self.snapshot()
+        return sum(s["ready"] for s in snap.values() if s["serving"] and s["weight"] > 0)
+
+    def live_names(self):
+        return sorted(n for n, s in self.snapshot().items() if not s["deleting"])
+
+    # -- the interface -------------------------------------------------------
+    def create_group(self, artifact, environment, release_id, image, size, env, name=None):
+        self._mutating("create_group", name)
+        self._refresh()
+        name = name or "%s-%s-%s" % (artifact, environment, release_id)
+        if name in self.groups:
+            raise PlatformError("server group %r already exists" % name)
+        g = {"name": name, "artifact": artifact, "environment": environment,
+             "release_id": release_id, "image": image, "env": dict(env),
+             "instances": [], "weight": 0, "pending": None, "attached": True,
+             "detach_at": None, "deleting_at": None}
+        g["instances"] = [self._new_instance(g) for _index in range(size)]
+        self.groups[name] = g
+        self._logged("create_group", name, size)
+        return ServerGroup(name, artifact, environment, release_id, image, size)
+
+    def resize(self, group, size):
+        self._mutating("resize", group, size)
+        g = self._group(group)
+        while len(g["instances"]) < size:
+            g["instances"].append(self._new_instance(g))
+        del g["instances"][size:]
+        self._logged("resize", group, size)
+
+    def health(self, group):
+        g = self._group(group)
+        now, beh, out = self.clock.now(), self._beh(g), []
+        for inst in g["instances"]:
+            up = now >= inst["started"] + self.start_delay
+            if beh.get("crash") and up:
+                out.append(InstanceHealth(inst["name"], FAILED, "exited 3 times (crash loop)", 3))
+            elif up and not beh.get("never_ready"):
+                out.append(InstanceHealth(inst["name"], READY))
+            else:
+                out.append(InstanceHealth(inst["name"], STARTING, "health check failing"))
+        return Health(sum(1 for i in out if i.state == READY), len(out), out)
+
+    def set_weights(self, weights):
+        self._mutating("set_weights", dict(weights))
+        for name, weight in weights.items():
+            g = self._group(name)
+            if not 0 <= weight <= 100:
+                raise PlatformError("weight %r out of range" % weight)
+            g["pending"] = (weight, self.clock.now() + self.weight_delay)
+            if weight > 0:
+                g["attached"], g["detach_at"] = True, None
+        self._logged("set_weights", dict(weights))
+
+    def drain_and_detach(self, group):
+        self._mutating("drain_and_detach", group)
+        g = self._group(group)
+        g["pending"] = (0, self.clock.now())
+        g["weight"] = 0
+        g["detach_at"] = self.clock.now() + self.drain_delay
+        self._logged("drain_and_detach", group)
+
+    def destroy(self, group):
+        self._mutating("destroy", group)
+        self._refresh()
+        g = self.groups.get(group)
+        if g is not None and g["deleting_at"] is None:
+            g["deleting_at"] = self.clock.now() + self.destroy_delay
+        self._logged("destroy", group)
+
+    def list_groups(self, artifact, environment):
+        self._refresh()
+        return [ServerGroup(g["name"], g["artifact"], g["environment"], g["release_id"],
+                            g["image"], len(g["instances"]), g["weight"],
+                            g["attached"] and g["detach_at"] is None
+                            and g["deleting_at"] is None)
+                for g in self.groups.values()
+                if g["artifact"] == artifact and g["environment"] == environment]
+
+    def metrics(self, group, window):
+        g = self._group(group)
+        if not g["attached"] or self._ready(g) == 0:
+            return Metrics(0, 0, None, window)
+        beh = self._beh(g)
+        requests = int(self.rps * window * g["weight"] / 100.0)
+        errors = int(round(requests * beh.get("error_rate", 0.0)))
+        latency = {"p50": beh.get("p99", 40.0) / 2, "p99": beh.get("p99", 40.0)} \
+            if requests else None
+        return Metrics(requests, errors, latency, window)
