@@ -1,0 +1,38 @@
+"""`make demo`'s main job (scripts/demo.sh) provisions the local stack, prints
+where things are, and `--destroy` removes it all. Runs in a private state dir
+so it never touches the user's own demo."""
+import os
+import re
+import shutil
+import tempfile
+import urllib.request
+
+import pytest
+
+
+@pytest.fixture
+def private_state():
+    state = tempfile.mkdtemp(prefix="phx-demo-")  # short: unix socket paths are limited
+    yield state
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def test_demo_provisions_and_destroys(private_state, run, repo_root):
+    env = dict(os.environ, PHOENIX_STATE_DIR=private_state,
+               PULUMI_BACKEND_URL=f"file://{private_state}/pulumi-backend",
+               PULUMI_HOME=f"{private_state}/pulumi-home")
+    env.pop("PULUMI_CONFIG_PASSPHRASE", None)  # the local stack's documented default applies
+    try:
+        out = run(["bash", "scripts/demo.sh"], cwd=repo_root, env=env).stdout
+        stats = re.search(r"HAProxy stats:\s+(http://127\.[0-9.]+:\d+/stats)", out)
+        lb = re.search(r"load balancer:\s+(http://127\.[0-9.]+:\d+/)", out)
+        assert stats and lb, out
+        assert re.search(r"database:\s+\w+@127\.[0-9.]+:\d+/\w+ \(password: secret\)", out)
+        assert f"state dir:         {private_state}/stacks/local" in out
+        with urllib.request.urlopen(stats.group(1), timeout=5) as resp:
+            assert resp.status == 200
+        again = run(["bash", "scripts/demo.sh"], cwd=repo_root, env=env).stdout
+        assert "changed=0" in again
+    finally:
+        run(["bash", "scripts/demo.sh", "--destroy"], cwd=repo_root, env=env)
+    assert not os.path.exists(f"{private_state}/stacks/local")
