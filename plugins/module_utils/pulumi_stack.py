@@ -137,6 +137,11 @@ class StackRunner:
             self._stack = auto.Stack.create_or_select(self.name, self.workspace)
         return self._stack
 
+    def remove_stack(self):
+        """Forget a stack that holds no resources (used after a check-mode preview created it)."""
+        self.workspace.remove_stack(self.name)
+        self._stack = None
+
     def settings_file(self):
         return os.path.join(self.project_path, "Pulumi.%s.yaml" % self.name)
 

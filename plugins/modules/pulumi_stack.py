@@ -186,13 +186,16 @@ class StackManager:
         if os.path.exists(settings):
             with open(settings, "rb") as handle:
                 saved = handle.read()
+        existed = self.runner.exists()
         try:
             changes = self.runner.config_changes(p["config"])
             self.runner.apply_config(p["config"])
             res = self.runner.preview(p["target"])
+            self._finish(res, changes)
         finally:
             _restore(settings, saved)
-        self._finish(res, changes)
+            if not existed:
+                self.runner.remove_stack()
 
     def absent(self):
         p = self.module.params

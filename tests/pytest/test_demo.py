@@ -1,6 +1,7 @@
 """`make demo`'s main job (scripts/demo.sh) provisions the local stack, prints
 where things are, and `--destroy` removes it all. Runs in a private state dir
 so it never touches the user's own demo."""
+import json
 import os
 import re
 import shutil
@@ -23,6 +24,8 @@ def test_demo_provisions_and_destroys(private_state, run, repo_root):
                PULUMI_HOME=f"{private_state}/pulumi-home")
     env.pop("PULUMI_CONFIG_PASSPHRASE", None)  # the local stack's documented default applies
     try:
+        check = run(["ansible-playbook", "playbooks/infra.yml", "--check"], cwd=repo_root, env=env).stdout
+        assert "changed=1" in check and not os.path.exists(f"{private_state}/stacks/local")
         out = run(["bash", "scripts/demo.sh"], cwd=repo_root, env=env).stdout
         stats = re.search(r"HAProxy stats:\s+(http://127\.[0-9.]+:\d+/stats)", out)
         lb = re.search(r"load balancer:\s+(http://127\.[0-9.]+:\d+/)", out)
@@ -31,8 +34,16 @@ def test_demo_provisions_and_destroys(private_state, run, repo_root):
         assert f"state dir:         {private_state}/stacks/local" in out
         with urllib.request.urlopen(stats.group(1), timeout=5) as resp:
             assert resp.status == 200
+        check_again = run(["ansible-playbook", "playbooks/infra.yml", "--check", "-vvv"], cwd=repo_root,
+                          env=env).stdout
         again = run(["bash", "scripts/demo.sh"], cwd=repo_root, env=env).stdout
-        assert "changed=0" in again
+        assert "changed=0" in check_again and "changed=0" in again
+        password = run(["pulumi", "stack", "output", "database", "--show-secrets", "--json", "-s", "local"],
+                       cwd=repo_root / "infra", env=dict(env, PULUMI_CONFIG_PASSPHRASE="phoenix-local")).stdout
+        password = json.loads(password)["password"]
+        assert len(password) >= 16
+        for text in (check, out, check_again, again):
+            assert password not in text
     finally:
         run(["bash", "scripts/demo.sh", "--destroy"], cwd=repo_root, env=env)
     assert not os.path.exists(f"{private_state}/stacks/local")
