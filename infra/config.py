@@ -58,6 +58,7 @@ def load() -> StackConfig:
     if not artifacts or not all(isinstance(a, str) and a.isidentifier() for a in artifacts):
         raise pulumi.RunError(
             "config 'phoenix-infra:artifacts' must be a non-empty list of artifact names "
-            "(letters, digits, underscores), e.g. [catalog]"
+            "(letters, digits, underscores), e.g. [catalog]: "
+            f"`pulumi config set --path 'artifacts[0]' catalog -s {stack}`"
         )
     return StackConfig(platform=platform, stack=stack, artifacts=list(artifacts), raw=raw)

@@ -4,7 +4,8 @@ The rollout engine reads these keys (and nothing else) from a stack. Keys a
 platform does not have are exported as ``None``.
 
 - platform:          "local" | "gce" | "kubernetes"
-- network:           {name, cidr, [port_range: [first, last]] (local)}
+- network:           {name, cidr, [address, port_range: [first, last] for instances,
+                      ports: {infra port name: port}] (local)}
 - database:          {host, port, name, user, password (Pulumi secret)}
 - load_balancer:     {address, url, backends: {artifact: backend name},
                       [stats_url, runtime_api (unix socket path)] (local)}
