@@ -111,7 +111,7 @@ def test_atomic_write_real_process_death_before_rename(tmp_path):
         h.add(Release("v002", "catalog", "ci", "2.0.0", "sha256:b", "rolling"))
         store.save(h)
     """) % (COLLECTIONS, str(tmp_path))
-    proc = subprocess.run([sys.executable, "-c", script], timeout=60)
+    proc = subprocess.run([sys.executable, "-c", script], timeout=60, check=False)
     assert proc.returncode == 137
     loaded = store.load("catalog", "ci")
     assert [r.release_id for r in loaded.releases] == ["v001"]
@@ -219,5 +219,5 @@ def test_update_and_release_only_our_lock(tmp_path):
 
 def test_store_interface_is_abstract():
     with pytest.raises(TypeError):
-        releases.ReleaseStore()
+        releases.ReleaseStore()  # pylint: disable=abstract-class-instantiated
     assert isinstance(History("a", "b").new_release_id(), str)

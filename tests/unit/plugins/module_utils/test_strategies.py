@@ -158,7 +158,7 @@ def test_rolling_never_scales_old_below_what_new_replaces(size, old_size, surge,
 @pytest.mark.parametrize("strategy, settings", [("blue_green", {}), ("canary", CANARY)])
 def test_blue_green_and_canary_keep_old_full_until_new_full(strategy, settings):
     plan = build_plan(strategy, parse_settings(strategy, settings, 6), 6, 6)
-    for step, new_ready, old, _ in simulate(plan, 6, 6):
+    for step, new_ready, old, _serving in simulate(plan, 6, 6):
         if step.kind in ("drain", "destroy", "keep_warm") and step.role == "old":
             assert new_ready == 6
         assert old in (0, 6)
@@ -230,7 +230,7 @@ def test_recreate_leaves_a_gap_by_design():
     clock, platform = running_old(2)
     plan = build_plan("recreate", parse_settings("recreate", {}, 2), 2, 2)
     executor_for(platform, clock, "catalog-ci-v001").run(plan)
-    capacities = [platform.serving_capacity(s) for _, _, _, s in platform.log]
+    capacities = [platform.serving_capacity(entry[3]) for entry in platform.log]
     assert 0 in capacities and capacities[-1] == 2
 
 

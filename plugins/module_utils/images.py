@@ -1,0 +1,627 @@
+# -*- coding: utf-8 -*-
+# Copyright: phoenix.deploy contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The image store and the bake engine (plain Python; the image_bake module is a thin shell).
+
+Words: an *image* is the baked, immutable result for one artifact version.
+
+Store layout (``store`` defaults to ``$PHOENIX_STATE_DIR/images``)::
+
+    <store>/<target>/<artifact>/<image name>/
+        image.json      artifact, version, git hash, build id, input digest,
+                        content digest, created_at, ... (the image's identity)
+        manifest.json   what Packer recorded (manifest post-processor)
+        rootfs/         the image root (local target only)
+
+A local bundle is made read-only once baked. Identity:
+
+* **input digest** (sha256 over the Packer template dir, the roles, the
+  artifact source and the bake parameters): the cache key. Same input digest
+  -> cache hit, no Packer run.
+* **content digest** (sha256 over ``rootfs``: paths, file contents, the
+  executable bit, symlink targets) is the image id. :func:`verify_image`
+  recomputes it; anything that deploys a local image must call it, and a
+  bundle whose files changed is refused (:class:`TamperError`).
+* An image name never points at other content: baking different inputs under
+  an existing name is an :class:`ImmutabilityError` (bake a new version).
+
+Retention: keep the newest N images per artifact plus every image that is live
+in some environment (given as a list of names or digests); :meth:`ImageStore.cleanup`
+removes the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+import time
+
+from ansible_collections.phoenix.deploy.plugins.module_utils import versioning
+from ansible_collections.phoenix.deploy.plugins.module_utils.packer_runner import (
+    PackerError, PackerRunner, template_variables,
+)
+
+__all__ = [
+    "ImageError", "TamperError", "ImmutabilityError", "ImageStore", "BakeRequest", "verify_image",
+    "content_digest", "input_digest", "bake", "default_store", "TARGETS", "validate_fault",
+]
+
+TARGETS = {
+    # target -> the Packer build to run (``-only``)
+    "local": "local.null.local",
+    "gce": "gce.googlecompute.gce",
+}
+# Packer variables the engine sets itself; callers may not pass them in ``vars``.
+RESERVED_VARS = frozenset(("artifact", "version", "image_name", "source_dir", "input_digest", "manifest_path",
+                           "image_root", "git_hash", "build_id"))
+# Packer variables that describe the machine, not the image; not part of the input digest.
+UNDIGESTED_VARS = frozenset(("ansible_playbook",))
+ROLES = ("base_image", "app_service")
+TEMPLATE = os.path.join("packer", "image.pkr.hcl")
+IMAGE_JSON = "image.json"
+SCHEMA = 1
+_IGNORED_NAMES = re.compile(r"^(__pycache__|\..*|.*\.py[co])$")
+_VAR_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+# Characters that may not appear in paths handed to Packer's shell-local step.
+_UNSAFE_PATH_RE = re.compile(r"['\"`$\\\n\r;&|<>*?!{}()\[\]]")
+
+
+class ImageError(Exception):
+    """A bake or store error. ``option`` names the module option at fault, if any."""
+
+    def __init__(self, msg, option=None):
+        Exception.__init__(self, msg)
+        self.option = option
+
+
+class TamperError(ImageError):
+    """A local image's files no longer match its content digest."""
+
+
+class ImmutabilityError(ImageError):
+    """An image name would point at other content."""
+
+
+def default_store():
+    """``$PHOENIX_STATE_DIR/images``, else ``$XDG_STATE_HOME/phoenix/images`` (``~/.local/state/...``)."""
+    state = os.environ.get("PHOENIX_STATE_DIR")
+    if not state:
+        base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+        state = os.path.join(base, "phoenix")
+    return os.path.join(state, "images")
+
+
+def default_python():
+    """The Python a local image's service runs with: ``python3`` beside the running interpreter.
+
+    (Not ``sys.executable`` itself: ``.venv/bin/python`` and ``.venv/bin/python3`` are the same runtime
+    and must not give different input digests.)"""
+    candidate = os.path.join(os.path.dirname(sys.executable), "python3")
+    return candidate if os.access(candidate, os.X_OK) else sys.executable
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _walk(root, ignore=True):
+    """Sorted (relpath, kind, extra) entries below root: kind d/f/l; extra = exec bit + sha | link target."""
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if ignore:
+            dirnames[:] = [d for d in dirnames if not _IGNORED_NAMES.match(d)]
+            filenames = [f for f in filenames if not _IGNORED_NAMES.match(f)]
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if os.path.islink(full):
+                entries.append((rel, "l", os.readlink(full)))
+            else:
+                entries.append((rel, "d", ""))
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                entries.append((rel, "l", os.readlink(full)))
+            elif stat.S_ISREG(st.st_mode):
+                entries.append((rel, "f", ("x" if st.st_mode & 0o111 else "-") + _sha256_file(full)))
+            else:
+                entries.append((rel, "?", "%o" % stat.S_IFMT(st.st_mode)))
+    entries.sort()
+    return entries
+
+
+def _tree_hash(h, label, root, ignore=True):
+    h.update(("tree %s\n" % label).encode())
+    for rel, kind, extra in _walk(root, ignore=ignore):
+        h.update(("%s %s %s\n" % (kind, rel, extra)).encode("utf-8", "surrogateescape"))
+
+
+def content_digest(rootfs):
+    """sha256 over an image root: every path, file content, executable bit and symlink target.
+
+    Owners, timestamps and write bits are not content (the bundle is made read-only after baking)."""
+    h = hashlib.sha256(b"phoenix-content-v1\n")
+    _tree_hash(h, "rootfs", rootfs, ignore=False)
+    return "sha256:" + h.hexdigest()
+
+
+def input_digest(project_dir, source, params):
+    """sha256 over the Packer template directory, the roles, the artifact source and the bake parameters."""
+    h = hashlib.sha256(b"phoenix-input-v1\n")
+    _tree_hash(h, "packer", os.path.join(project_dir, "packer"))
+    for role in ROLES:
+        _tree_hash(h, "role " + role, os.path.join(project_dir, "roles", role))
+    _tree_hash(h, "source", source)
+    h.update(json.dumps(params, sort_keys=True, separators=(",", ":")).encode())
+    return "sha256:" + h.hexdigest()
+
+
+def _make_read_only(path):
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in filenames + dirnames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, stat.S_IMODE(os.lstat(full).st_mode) & ~0o222)
+    os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) & ~0o222)
+
+
+def _make_writable(path):
+    """Owner write (and, for directories, search) permission back, e.g. before removal.
+
+    Only write bits for files: the executable bit is content."""
+    if not os.path.lexists(path) or os.path.islink(path):
+        return
+    os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) | 0o700)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, stat.S_IMODE(os.lstat(full).st_mode) | 0o700)
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, stat.S_IMODE(os.lstat(full).st_mode) | 0o200)
+
+
+def _rmtree(path):
+    _make_writable(path)
+    shutil.rmtree(path, ignore_errors=False)
+
+
+def _write_json(path, doc):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+
+
+def read_image_json(path):
+    try:
+        with open(os.path.join(path, IMAGE_JSON), "r", encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise TamperError("%s is not an image bundle: %s cannot be read (%s)" % (path, IMAGE_JSON, exc))
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise TamperError("%s: %s has an unknown format" % (path, IMAGE_JSON))
+    return doc
+
+
+def verify_image(path, expected_digest=None):
+    """Check a baked image before it is used; return its image.json document.
+
+    Raises :class:`TamperError` when image.json is unreadable, does not match the
+    bundle's place in the store, or (local images) when the files under
+    ``rootfs`` no longer match the recorded content digest, or when the digest
+    differs from ``expected_digest`` (e.g. the one a release recorded).
+    Anything that deploys an image must call this first.
+    """
+    path = os.path.abspath(path)
+    doc = read_image_json(path)
+    if doc.get("name") != os.path.basename(path):
+        raise TamperError("image %s: image.json names %r; the bundle was renamed or image.json replaced"
+                          % (path, doc.get("name")))
+    if doc.get("target") == "local":
+        rootfs = os.path.join(path, "rootfs")
+        if not os.path.isdir(rootfs):
+            raise TamperError("image %s has no rootfs directory" % path)
+        actual = content_digest(rootfs)
+        if actual != doc.get("content_digest"):
+            raise TamperError("image %s was modified after baking: content digest is %s, image.json records %s; "
+                              "refusing to use it. Rebake it with force=true or bake a new version."
+                              % (doc.get("name"), actual, doc.get("content_digest")))
+    if expected_digest and expected_digest not in (doc.get("content_digest"), doc.get("id")):
+        raise TamperError("image %s has digest %s, expected %s" % (doc.get("name"), doc.get("id"), expected_digest))
+    return doc
+
+
+def validate_fault(fault):
+    """A fault baked into an image: {error_rate: 0..1, latency_ms: 0..60000, crash_at_start: bool}."""
+    allowed = {"error_rate", "latency_ms", "crash_at_start"}
+    if fault in (None, "", {}):
+        return {}
+    if isinstance(fault, str):
+        try:
+            fault = json.loads(fault)
+        except ValueError:
+            fault = None
+    if not isinstance(fault, dict) or not set(fault) <= allowed:
+        raise ImageError("vars.fault must be a mapping with keys from %s, e.g. {error_rate: 0.5}, "
+                         "{latency_ms: 800} or {crash_at_start: true}; got %r" % (sorted(allowed), fault), "vars")
+    out = {}
+    if "error_rate" in fault:
+        rate = fault["error_rate"]
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise ImageError("vars.fault.error_rate must be a number from 0 to 1, got %r" % (rate,), "vars")
+        out["error_rate"] = float(rate)
+    if "latency_ms" in fault:
+        lat = fault["latency_ms"]
+        if isinstance(lat, bool) or not isinstance(lat, int) or not 0 <= lat <= 60000:
+            raise ImageError("vars.fault.latency_ms must be an integer from 0 to 60000, got %r" % (lat,), "vars")
+        out["latency_ms"] = lat
+    if "crash_at_start" in fault:
+        if not isinstance(fault["crash_at_start"], bool):
+            raise ImageError("vars.fault.crash_at_start must be true or false", "vars")
+        out["crash_at_start"] = fault["crash_at_start"]
+    return out
+
+
+class ImageStore(object):
+    """Local record of baked images, one directory per image (see the module docstring)."""
+
+    def __init__(self, root):
+        self.root = os.path.abspath(os.path.expanduser(root))
+
+    def artifact_dir(self, target, artifact):
+        return os.path.join(self.root, target, artifact)
+
+    def path(self, target, artifact, name):
+        return os.path.join(self.artifact_dir(target, artifact), name)
+
+    def get(self, target, artifact, name):
+        """image.json of an existing image (not verified), or None."""
+        p = self.path(target, artifact, name)
+        if not os.path.isdir(p):
+            return None
+        doc = read_image_json(p)
+        doc["path"] = p
+        return doc
+
+    def images(self, target, artifact):
+        """image.json of every image of an artifact, newest first (unreadable ones flagged ``broken``)."""
+        adir = self.artifact_dir(target, artifact)
+        out = []
+        if not os.path.isdir(adir):
+            return out
+        for name in os.listdir(adir):
+            p = os.path.join(adir, name)
+            if name.startswith(".") or not os.path.isdir(p):
+                continue
+            try:
+                doc = read_image_json(p)
+            except TamperError as exc:
+                doc = {"name": name, "broken": str(exc), "created_at": ""}
+            doc["path"] = p
+            out.append(doc)
+        out.sort(key=lambda d: (d.get("created_at") or "", d.get("name")), reverse=True)
+        return out
+
+    def find(self, target, artifact, input_digest_):
+        for doc in self.images(target, artifact):
+            if doc.get("input_digest") == input_digest_:
+                return doc
+        return None
+
+    @contextlib.contextmanager
+    def lock(self, target, artifact):
+        """Serialise bakes of one artifact (flock; released when the process dies)."""
+        adir = self.artifact_dir(target, artifact)
+        os.makedirs(adir, exist_ok=True)
+        fd = os.open(os.path.join(adir, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def retention_plan(self, target, artifact, keep, live=(), protect=()):
+        """(kept, removed) image docs: keep the newest ``keep`` plus every live or protected image.
+
+        ``live`` lists images live in some environment, by name or digest."""
+        if keep is None or keep < 0:
+            raise ImageError("retain must be 0 or more, got %r" % (keep,), "retain")
+        live = set(live or ()) | set(protect or ())
+        kept, removed = [], []
+        for i, doc in enumerate(self.images(target, artifact)):
+            ids = {doc.get("name"), doc.get("id"), doc.get("content_digest")}
+            if i < keep or ids & live:
+                kept.append(doc)
+            else:
+                removed.append(doc)
+        return kept, removed
+
+    def cleanup(self, target, artifact, keep, live=(), protect=(), check_mode=False):
+        """Remove what :meth:`retention_plan` does not keep; return the removed docs."""
+        kept, removed = self.retention_plan(target, artifact, keep, live, protect)
+        if not check_mode:
+            for doc in removed:
+                _rmtree(doc["path"])
+            adir = self.artifact_dir(target, artifact)
+            for name in os.listdir(adir) if os.path.isdir(adir) else ():
+                p = os.path.join(adir, name)
+                if name.startswith(".staging-") and time.time() - os.lstat(p).st_mtime > 3600:
+                    _rmtree(p)  # left behind by a bake that died
+        return removed
+
+
+class BakeRequest(object):
+    """Validated bake inputs. Raises :class:`ImageError` naming the option at fault; writes nothing."""
+
+    def __init__(self, artifact, version, source, target="local", variables=None, store=None, project_dir=None,
+                 force=False, python=None, template=None):
+        try:
+            self.artifact = versioning.check_artifact(artifact, "artifact")
+        except versioning.VersionError as exc:
+            raise ImageError(str(exc), "artifact")
+        try:
+            self.version = versioning.parse(version, "version")
+        except versioning.VersionError as exc:
+            raise ImageError(str(exc), "version")
+        self.name = versioning.image_name(self.version, self.artifact)
+        if target not in TARGETS:
+            raise ImageError("target %r is not supported; use one of: %s" % (target, ", ".join(sorted(TARGETS))),
+                             "target")
+        self.target = target
+        self.force = bool(force)
+
+        project_dir = project_dir or os.environ.get("PHOENIX_ROOT")
+        if not project_dir:
+            raise ImageError("project_dir is not set and PHOENIX_ROOT is not in the environment: point it at the "
+                             "phoenix.deploy checkout or installed collection (the directory holding packer/ and "
+                             "roles/)", "project_dir")
+        self.project_dir = self._safe_path(project_dir, "project_dir")
+        self.template = self._safe_path(template or os.path.join(self.project_dir, TEMPLATE), "template")
+        if not os.path.isfile(self.template):
+            raise ImageError("project_dir %s has no %s: point project_dir at the phoenix.deploy checkout or "
+                             "installed collection" % (self.project_dir, TEMPLATE), "project_dir")
+        for role in ROLES:
+            if not os.path.isdir(os.path.join(self.project_dir, "roles", role)):
+                raise ImageError("project_dir %s has no roles/%s" % (self.project_dir, role), "project_dir")
+
+        if not source:
+            raise ImageError("source is required: the directory holding the artifact to install, "
+                             "e.g. examples/catalog", "source")
+        self.source = self._safe_path(source, "source")
+        if not os.path.isdir(self.source):
+            raise ImageError("source %s is not a directory: give the directory holding the artifact to install"
+                             % self.source, "source")
+        self.store = ImageStore(self._safe_path(store or default_store(), "store"))
+        entry = (variables or {}).get("entrypoint") or "%s.py" % self.artifact
+        if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$", str(entry)) or ".." in str(entry).split("/"):
+            raise ImageError("vars.entrypoint %r must be a relative path inside source (letters, digits, '_', '.', "
+                             "'-', '/'; no '..')" % (entry,), "vars")
+        if not os.path.isfile(os.path.join(self.source, str(entry))):
+            raise ImageError("source %s has no %s, the script that starts %s: point source at the artifact's "
+                             "directory or set vars.entrypoint" % (self.source, entry, self.artifact), "source")
+
+        declared = set(template_variables(self.template))
+        self.variables = {}
+        for key, value in sorted((variables or {}).items()):
+            if not isinstance(key, str) or not _VAR_NAME_RE.match(key):
+                raise ImageError("vars key %r is not allowed: use lowercase letters, digits and '_'" % (key,), "vars")
+            if key in RESERVED_VARS:
+                raise ImageError("vars.%s is set by image_bake itself; use the %s option instead"
+                                 % (key, {"source_dir": "source", "image_root": "store"}.get(key, key)), "vars")
+            if key not in declared:
+                raise ImageError("vars.%s is not a variable of %s; allowed: %s"
+                                 % (key, self.template, ", ".join(sorted(declared - RESERVED_VARS))), "vars")
+            if key == "fault":
+                value = json.dumps(validate_fault(value), sort_keys=True)
+            elif isinstance(value, (dict, list)):
+                raise ImageError("vars.%s must be a string, number or boolean" % key, "vars")
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            else:
+                value = "" if value is None else str(value)
+            if "\n" in value or "\r" in value:
+                raise ImageError("vars.%s must be a single line" % key, "vars")
+            self.variables[key] = value
+        self.variables.setdefault("fault", "{}")
+        if target == "local":
+            self.variables.setdefault("python", python or default_python())
+            self.variables["python"] = self._safe_path(self.variables["python"], "vars", "vars.python")
+            playbook = shutil.which("ansible-playbook") or os.path.join(os.path.dirname(sys.executable),
+                                                                        "ansible-playbook")
+            self.variables.setdefault("ansible_playbook", playbook)
+            self.variables["ansible_playbook"] = self._safe_path(self.variables["ansible_playbook"], "vars",
+                                                                 "vars.ansible_playbook")
+        elif not self.variables.get("project_id"):
+            raise ImageError("target gce needs vars.project_id (the GCP project to bake in)", "vars")
+
+        self.git_hash = self.version.git_hash or ""
+        self.build_id = self.version.build_id or ""
+        self.params = {
+            "artifact": self.artifact, "version": str(self.version), "name": self.name, "target": self.target,
+            "vars": dict((k, v) for k, v in self.variables.items() if k not in UNDIGESTED_VARS),
+        }
+        self.input_digest = input_digest(self.project_dir, self.source, self.params)
+
+    @staticmethod
+    def _safe_path(path, option, label=None):
+        label = label or option
+        if not isinstance(path, str) or not path:
+            raise ImageError("%s must be a path" % label, option)
+        if _UNSAFE_PATH_RE.search(path):
+            raise ImageError("%s %r contains quotes or shell metacharacters; use a plain path" % (label, path),
+                             option)
+        return os.path.abspath(os.path.expanduser(path))
+
+    def packer_vars(self, image_root=""):
+        v = dict(self.variables)
+        v.update({"artifact": self.artifact, "version": str(self.version), "image_name": self.name,
+                  "source_dir": self.source, "input_digest": self.input_digest,
+                  "git_hash": self.git_hash, "build_id": self.build_id})
+        if self.target == "local":
+            v["image_root"] = image_root
+        return v
+
+    def describe(self):
+        return {"artifact": self.artifact, "version": str(self.version), "name": self.name, "target": self.target,
+                "input_digest": self.input_digest,
+                "path": self.store.path(self.target, self.artifact, self.name) if self.target == "local" else None}
+
+
+def _result(doc, cache_hit, changed, **extra):
+    image = dict((k, doc.get(k)) for k in ("name", "id", "artifact", "version", "target", "input_digest",
+                                           "content_digest", "created_at", "git_hash", "build_id", "fault"))
+    image["path"] = doc.get("path")
+    image["digest"] = doc.get("content_digest") or doc.get("id")
+    out = {"changed": changed, "cache_hit": cache_hit, "image": image, "packer_ran": False}
+    out.update(extra)
+    return out
+
+
+def bake(req, check_mode=False, runner=None, retain=None, live=(), cleanup=False):
+    """Bake ``req`` (a :class:`BakeRequest`) unless an image with its input digest exists.
+
+    Returns ``{changed, cache_hit, image: {...}, packer_ran, removed, duration}``.
+    """
+    t0 = time.monotonic()
+    store = req.store
+    existing = None
+    try:
+        existing = store.get(req.target, req.artifact, req.name)
+    except TamperError:
+        if not req.force:
+            raise
+        # A bundle whose image.json is gone or broken: force rebuilds it in place.
+        existing = {"path": store.path(req.target, req.artifact, req.name), "broken": True,
+                    "input_digest": req.input_digest}
+    if existing is not None and existing.get("input_digest") != req.input_digest:
+        raise ImmutabilityError(
+            "image %s already exists with input digest %s (baked %s); these inputs give %s. An image name never "
+            "points at other content: bake a new version (e.g. bump the build metadata: %s+<git hash>.b<next "
+            "build id>)" % (req.name, existing.get("input_digest"), existing.get("created_at"), req.input_digest,
+                            req.version.core + ("-" + ".".join(req.version.prerelease)
+                                                if req.version.prerelease else "")),
+            "version")
+
+    if existing is not None and not req.force:
+        verify_image(existing["path"])
+        result = _result(existing, True, False)
+    elif check_mode:
+        doc = req.describe()
+        doc.update({"id": existing.get("id") if existing else None, "created_at": None})
+        result = _result(doc, False, True)
+    else:
+        with store.lock(req.target, req.artifact):
+            again = None if req.force else store.get(req.target, req.artifact, req.name)
+            if again is not None and again.get("input_digest") == req.input_digest:
+                # another bake of the same inputs finished while we waited for the lock
+                verify_image(again["path"])
+                result = _result(again, True, False)
+            elif again is not None:
+                raise ImmutabilityError("image %s was baked with other inputs while waiting; bake a new version"
+                                        % req.name, "version")
+            else:
+                doc = _run_bake(req, runner or PackerRunner(), existing)
+                result = _result(doc, False, True, packer_ran=True)
+
+    removed = []
+    if cleanup:
+        removed = store.cleanup(req.target, req.artifact, retain, live, protect=[req.name], check_mode=check_mode)
+        if removed:
+            result["changed"] = True
+    result["removed"] = [{"name": d.get("name"), "id": d.get("id"), "path": d.get("path")} for d in removed]
+    result["duration"] = round(time.monotonic() - t0, 3)
+    return result
+
+
+def _run_bake(req, runner, existing):
+    store = req.store
+    adir = store.artifact_dir(req.target, req.artifact)
+    os.makedirs(adir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".staging-%s-" % req.name, dir=adir)
+    try:
+        os.chmod(staging, 0o755)
+        rootfs = os.path.join(staging, "rootfs")
+        manifest_path = os.path.join(staging, "manifest.json")
+        build = runner.build(req.template, TARGETS[req.target], req.packer_vars(image_root=rootfs), manifest_path)
+        data = build.get("custom_data") or {}
+        if data.get("input_digest") != req.input_digest or data.get("image_name") != req.name:
+            raise ImageError("packer manifest %s does not describe this bake (image %r, input %r)"
+                             % (manifest_path, data.get("image_name"), data.get("input_digest")))
+        doc = {
+            "schema": SCHEMA, "name": req.name, "artifact": req.artifact, "version": str(req.version),
+            "git_hash": req.git_hash or None, "build_id": req.build_id or None, "target": req.target,
+            "input_digest": req.input_digest, "created_at": _now(),
+            "fault": json.loads(req.variables.get("fault") or "{}"),
+            "packer": {"run_uuid": build.get("packer_run_uuid"), "builder_type": build.get("builder_type"),
+                       "artifact_id": build.get("artifact_id"), "build_time": build.get("build_time"),
+                       "duration": round(runner.last_duration or 0, 3)},
+        }
+        if req.target == "local":
+            if not os.path.isdir(rootfs):
+                raise ImageError("packer finished but produced no image root at %s" % rootfs)
+            doc["content_digest"] = content_digest(rootfs)
+            doc["id"] = doc["content_digest"]
+            doc["entrypoint"] = "rootfs/opt/phoenix/%s/bin/run" % req.artifact
+            doc["service"] = "rootfs/etc/phoenix/%s/service.json" % req.artifact
+        else:
+            doc["content_digest"] = None
+            doc["id"] = build.get("artifact_id")
+        if existing is not None and existing.get("content_digest") and doc["content_digest"] != existing.get(
+                "content_digest"):
+            raise ImmutabilityError("rebuilding image %s (force) gave content digest %s, but the image was baked "
+                                    "as %s: the build is not reproducible and the name may not change content; "
+                                    "bake a new version instead" % (req.name, doc["content_digest"],
+                                                                    existing["content_digest"]), "force")
+        _write_json(os.path.join(staging, IMAGE_JSON), doc)
+        _make_read_only(staging)
+        final = store.path(req.target, req.artifact, req.name)
+        if existing is not None:
+            trash = staging + ".old"
+            os.rename(final, trash)
+            os.rename(staging, final)
+            _rmtree(trash)
+        else:
+            try:
+                os.rename(staging, final)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise ImmutabilityError("image %s appeared while baking; run again" % req.name)
+                raise
+        staging = None
+        doc["path"] = final
+        verify_image(final, doc["id"] if req.target == "local" else None)
+        return doc
+    except PackerError as exc:
+        raise ImageError(str(exc))
+    finally:
+        if staging and os.path.lexists(staging):
+            _rmtree(staging)
