@@ -1,0 +1,111 @@
+# -*- coding: utf-8 -*-
+# Copyright: phoenix.deploy contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A tiny client for HAProxy's runtime API (stats socket, ``level admin``).
+
+The PyPI clients were checked first: ``haproxyadmin`` (last release 2021)
+predates dynamic servers (no ``add server`` / ``del server``), so this is a
+small line-protocol client instead.  Several commands can go over one
+connection separated by ``;`` (HAProxy runs them in order), which keeps a
+100-server weight change to one round trip.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+
+_SAFE = re.compile(r"^[A-Za-z0-9_.:/@-]+$")
+
+
+class RuntimeAPIError(Exception):
+    """HAProxy refused a command or the socket is unreachable."""
+
+
+class RuntimeAPI:
+    def __init__(self, path: str, timeout: float = 10.0):
+        self.path = path
+        self.timeout = timeout
+
+    def _send(self, line: str) -> str:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(self.timeout)
+                conn.connect(self.path)
+                conn.sendall(line.encode("ascii") + b"\n")
+                chunks = []
+                while True:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+        except OSError as exc:
+            raise RuntimeAPIError("HAProxy runtime API %s: %s" % (self.path, exc))
+        return b"".join(chunks).decode("utf-8", "replace")
+
+    def command(self, *words) -> str:
+        for word in words:
+            if not _SAFE.match(str(word)):
+                raise RuntimeAPIError("unsafe word %r in a runtime API command" % (word,))
+        return self._send(" ".join(str(w) for w in words))
+
+    def batch(self, commands: list) -> str:
+        """Run ``[(word, ...), ...]`` in order over one connection; raise on
+        any answer HAProxy gives for a refused command."""
+        if not commands:
+            return ""
+        lines = []
+        for words in commands:
+            for word in words:
+                if not _SAFE.match(str(word)):
+                    raise RuntimeAPIError("unsafe word %r in a runtime API command" % (word,))
+            lines.append(" ".join(str(w) for w in words))
+        out = ""
+        for start in range(0, len(lines), 200):  # keep each request line bounded
+            out += self._send("; ".join(lines[start:start + 200]))
+        check(out)
+        return out
+
+    # -- queries ---------------------------------------------------------------
+    def stat(self, backend: str) -> dict:
+        """``show stat`` rows of the servers of ``backend``, by server name."""
+        text = self.command("show", "stat", backend, "4", "-1")
+        header, rows = None, {}
+        for line in text.splitlines():
+            if line.startswith("# "):
+                header = line[2:].split(",")
+            elif line and header:
+                row = dict(zip(header, line.split(",")))
+                if row.get("pxname") == backend and row.get("svname") not in ("FRONTEND", "BACKEND"):
+                    rows[row["svname"]] = row
+        if header is None and text.strip():
+            raise RuntimeAPIError("show stat %s: %s" % (backend, text.strip()))
+        return rows
+
+    def servers_state(self, backend: str) -> dict:
+        """``show servers state``: admin state bits and user weight by server."""
+        text = self.command("show", "servers", "state", backend)
+        out = {}
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) > 18 and not line.startswith("#"):
+                out[fields[3]] = {"address": fields[4], "op_state": int(fields[5]),
+                                  "admin": int(fields[6]), "weight": int(fields[7]),
+                                  "port": int(fields[18])}
+            elif line.strip() and not line.startswith("#") and not line.strip().isdigit() \
+                    and len(fields) <= 18:
+                raise RuntimeAPIError("show servers state %s: %s" % (backend, line.strip()))
+        return out
+
+
+_OK = ("", "New server registered.", "Server deleted.")
+
+
+def check(output: str) -> None:
+    """HAProxy answers a successful admin command with an empty line (or a
+    short confirmation); anything else is an error message."""
+    for line in output.splitlines():
+        text = line.strip()
+        if text in _OK:
+            continue
+        raise RuntimeAPIError(text)

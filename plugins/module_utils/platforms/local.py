@@ -1,0 +1,663 @@
+# -*- coding: utf-8 -*-
+# Copyright: phoenix.deploy contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The local platform: server groups are supervisord programs started from a
+local image bundle, traffic goes through the infra's HAProxy (runtime API,
+no reloads).  Everything it needs comes from the infra stack outputs
+(``instance_manager``, ``load_balancer``, ``network``, ``database``,
+``state_dir``).
+
+Where state lives (all of it observable after a controller restart):
+
+* one ``<instance>.conf`` per instance in the supervisord include dir; its
+  ``; phoenix:`` comment line says which artifact, environment, group,
+  release, image, address and port it belongs to.  It is written before the
+  program is added and removed after it is gone, so every running program and
+  every HAProxy server of ours has one;
+* supervisord's process table (running / starting / backoff / fatal);
+* HAProxy's servers (``be_<artifact>/<instance>``): admin state, weight,
+  check status and counters.  A group's traffic weight is derived from its
+  servers' weights, so ``list_groups`` reports what HAProxy really does.
+
+An instance is the program ``<group>.<index>`` (also its HAProxy server name);
+its environment (PORT, BIND, DB_*, IMAGE_DIR, DRAIN_TIMEOUT and the caller's
+``env``) is injected at deploy time through a 0600 env file, never baked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import http.client
+import json
+import os
+import shlex
+import socket
+import time
+import xmlrpc.client
+from typing import Optional
+
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
+    DRAINING, FAILED, READY, STARTING, Health, InstanceHealth, Metrics, Platform,
+    PlatformError, ServerGroup)
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.haproxy import (
+    RuntimeAPI, RuntimeAPIError)
+
+try:
+    from supervisor.xmlrpc import SupervisorTransport
+    HAS_SUPERVISOR = True
+    SUPERVISOR_IMPORT_ERROR = None
+except ImportError as _exc:  # pragma: no cover - guarded for ansible-test sanity
+    HAS_SUPERVISOR = False
+    SUPERVISOR_IMPORT_ERROR = _exc
+
+try:
+    from ansible_collections.phoenix.deploy.plugins.module_utils import images as _images
+except ImportError:  # pragma: no cover - the image engine is optional here
+    _images = None
+
+MAX_WEIGHT = 256  # HAProxy's per-server maximum
+META = "; phoenix: "
+# supervisord states
+_RUNNING, _STARTING, _BACKOFF, _STOPPING = "RUNNING", "STARTING", "BACKOFF", "STOPPING"
+_STOPPED = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")
+# HAProxy admin state bits (show servers state)
+_ADMIN_MAINT = 0x01 | 0x02 | 0x04 | 0x20
+_ADMIN_DRAIN = 0x08 | 0x10 | 0x40
+
+
+def parse_image_ref(ref: str):
+    """``<image name>@sha256:<hex>`` -> (name, digest); a bare name has no digest."""
+    if not isinstance(ref, str) or not ref:
+        raise PlatformError("image: %r is not an image reference; use "
+                            "<image name>@sha256:<content digest>" % (ref,))
+    name, _sep, digest = ref.partition("@")
+    if "/" in name or name in (".", ".."):
+        raise PlatformError("image: %r; the name may not contain '/'" % ref)
+    return name, (digest or None)
+
+
+class LocalPlatform(Platform):
+    name = "local"
+    poll_interval = 0.2
+
+    def __init__(self, infra: dict, image_store: Optional[str] = None,
+                 data_dir: Optional[str] = None, drain_timeout: float = 10.0,
+                 verify_images: bool = True):
+        if not HAS_SUPERVISOR:
+            raise PlatformError("the local platform needs the supervisor Python package: %s"
+                                % SUPERVISOR_IMPORT_ERROR)
+        try:
+            self.infra = infra
+            manager = infra["instance_manager"]
+            balancer = infra["load_balancer"]
+            network = infra["network"]
+            self.include_dir = manager["include_dir"]
+            self.endpoint = manager["endpoint"]
+            self.backends = dict(balancer["backends"])
+            self.address = network["address"]
+            self.port_range = [int(p) for p in network["port_range"]]
+            self.state_dir = infra["state_dir"]
+            self.database = dict(infra.get("database") or {})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlatformError("infra: the stack outputs lack %s; pass the outputs of a "
+                                "local-platform stack (phoenix.deploy.pulumi_stack)" % exc)
+        if infra.get("platform", "local") != "local":
+            raise PlatformError("infra: platform is %r; the local driver needs a local stack"
+                                % infra.get("platform"))
+        if not str(self.address).startswith("127."):
+            raise PlatformError("infra: network.address %s is not a loopback address"
+                                % self.address)
+        self.api = RuntimeAPI(balancer["runtime_api"])
+        self.image_store = image_store
+        self.data_dir = data_dir or os.path.join(self.state_dir, "rollout")
+        self.drain_timeout = float(drain_timeout)
+        self.verify_images = verify_images
+        self._baseline = {}
+        self._rpc = None
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def rpc(self):
+        if self._rpc is None:
+            transport = SupervisorTransport(None, None, self.endpoint)
+            self._rpc = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        return self._rpc
+
+    def _call(self, what, fn, *args):
+        try:
+            return fn(*args)
+        except xmlrpc.client.Fault as exc:
+            raise PlatformError("supervisord %s: %s" % (what, exc.faultString))
+        except (OSError, xmlrpc.client.ProtocolError) as exc:
+            self._rpc = None
+            raise PlatformError("supervisord at %s unreachable (%s): %s"
+                                % (self.endpoint, what, exc))
+
+    def _processes(self) -> dict:
+        return {p["name"]: p for p in self._call("getAllProcessInfo",
+                                                 self.rpc.supervisor.getAllProcessInfo)}
+
+    def _backend(self, artifact: str) -> str:
+        try:
+            return self.backends[artifact]
+        except KeyError:
+            raise PlatformError("artifact %s has no load balancer backend in the infra "
+                                "(backends: %s); add it to the stack's artifacts config"
+                                % (artifact, ", ".join(sorted(self.backends)) or "none"))
+
+    def _haproxy(self, what, fn, *args):
+        try:
+            return fn(*args)
+        except RuntimeAPIError as exc:
+            raise PlatformError("haproxy %s: %s" % (what, exc))
+
+    def _instances(self) -> dict:
+        """Every instance of ours: conf metadata by instance name."""
+        out = {}
+        try:
+            names = os.listdir(self.include_dir)
+        except OSError as exc:
+            raise PlatformError("supervisord include dir %s: %s" % (self.include_dir, exc))
+        for fname in names:
+            if not fname.endswith(".conf"):
+                continue
+            path = os.path.join(self.include_dir, fname)
+            try:
+                with open(path) as handle:
+                    for line in handle:
+                        if line.startswith(META):
+                            meta = json.loads(line[len(META):])
+                            meta["conf"] = path
+                            out[meta["instance"]] = meta
+                            break
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def _members(self, group: str, instances: Optional[dict] = None) -> list:
+        instances = self._instances() if instances is None else instances
+        return sorted((m for m in instances.values() if m["group"] == group),
+                      key=lambda m: m["index"])
+
+    def _group_meta(self, group: str) -> list:
+        members = self._members(group)
+        if not members:
+            raise PlatformError("no server group %r" % group)
+        return members
+
+    def _servers(self, backend: str) -> dict:
+        return self._haproxy("show servers state", self.api.servers_state, backend)
+
+    def _stat(self, backend: str) -> dict:
+        return self._haproxy("show stat", self.api.stat, backend)
+
+    @contextlib.contextmanager
+    def _allocation_lock(self):
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(self.data_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _port_free(self, port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((self.address, port))
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    return False
+                raise PlatformError("cannot bind %s:%d: %s" % (self.address, port, exc))
+        return True
+
+    def _free_ports(self, count: int, taken: set) -> list:
+        first, last = self.port_range
+        ports = []
+        for port in range(first, last + 1):
+            if len(ports) == count:
+                break
+            if port not in taken and self._port_free(port):
+                ports.append(port)
+        if len(ports) < count:
+            raise PlatformError("network.port_range %d-%d has only %d free port(s) on %s, "
+                                "%d needed" % (first, last, len(ports), self.address, count))
+        return ports
+
+    def _resolve_image(self, artifact: str, ref: str) -> dict:
+        name, digest = parse_image_ref(ref)
+        root = self.image_store or (_images.default_store() if _images else None)
+        if not root:
+            raise PlatformError("image %s: no image store configured" % ref)
+        path = os.path.join(root, "local", artifact, name)
+        if not os.path.isdir(path):
+            raise PlatformError("image %s not found in the image store (%s); bake it first "
+                                "(phoenix.deploy.image_bake)" % (name, path))
+        if self.verify_images and _images is not None:
+            try:
+                doc = _images.verify_image(path, digest)
+            except Exception as exc:  # TamperError and unreadable bundles
+                raise PlatformError("image %s refused: %s" % (name, exc))
+        else:
+            with open(os.path.join(path, "image.json")) as handle:
+                doc = json.load(handle)
+        entry = os.path.join(path, doc.get("entrypoint") or os.path.join(
+            "rootfs", "opt", "phoenix", doc.get("artifact", ""), "bin", "run"))
+        if not os.access(entry, os.X_OK):
+            raise PlatformError("image %s has no executable entrypoint %s" % (name, entry))
+        return {"path": path, "entrypoint": entry, "doc": doc}
+
+    def _base_env(self) -> dict:
+        db = self.database
+        env = {"BIND": self.address, "DRAIN_TIMEOUT": "%g" % self.drain_timeout}
+        for key, var in (("host", "DB_HOST"), ("port", "DB_PORT"), ("name", "DB_NAME"),
+                         ("user", "DB_USER"), ("password", "DB_PASSWORD")):
+            if db.get(key) not in (None, ""):
+                env[var] = str(db[key])
+        return env
+
+    @staticmethod
+    def _write_private(path: str, text: str) -> None:
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    def _conf(self, meta: dict, image: dict, env_file: str, log: str) -> str:
+        inner = "set -a; . %s; set +a; exec %s" % (shlex.quote(env_file),
+                                                   shlex.quote(image["entrypoint"]))
+        command = "/bin/sh -c %s" % shlex.quote(inner)
+        lines = [
+            "; phoenix.deploy local platform: instance %s of %s (do not edit)"
+            % (meta["instance"], meta["group"]),
+            META + json.dumps(meta, sort_keys=True),
+            "[program:%s]" % meta["instance"],
+            "command=%s" % command.replace("%", "%%"),
+            'environment=PORT="%d",IMAGE_DIR="%s"' % (
+                meta["port"], image["path"].replace("%", "%%")),
+            "autostart=true",
+            "autorestart=true",  # auto-heal: a crashed instance restarts from the same image
+            "startsecs=1",
+            "startretries=2",
+            "stopsignal=TERM",
+            "stopwaitsecs=%d" % int(self.drain_timeout + 5),
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            "stdout_logfile=%s" % log.replace("%", "%%"),
+            "stdout_logfile_maxbytes=1MB",
+            "stdout_logfile_backups=1",
+            "",
+        ]
+        return "\n".join(lines)
+
+    def _start_instances(self, artifact, environment, release_id, group, image_ref,
+                         image, env, indexes):
+        """Write conf files, then reloadConfig + addProcessGroup; add each
+        instance to HAProxy with weight 0 and health checks on."""
+        backend = self._backend(artifact)
+        group_dir = os.path.join(self.data_dir, group)
+        os.makedirs(group_dir, mode=0o700, exist_ok=True)
+        env_file = os.path.join(group_dir, "env")
+        full_env = self._base_env()
+        full_env.update({k: str(v) for k, v in (env or {}).items()})
+        full_env.pop("PORT", None)
+        self._write_private(env_file, "".join(
+            "%s=%s\n" % (key, shlex.quote(value)) for key, value in sorted(full_env.items())
+            if key.replace("_", "").isalnum()))
+        metas = []
+        with self._allocation_lock():
+            existing = self._instances()
+            taken = {m["port"] for m in existing.values()}
+            ports = self._free_ports(len(indexes), taken)
+            for index, port in zip(indexes, ports):
+                meta = {"instance": "%s.%03d" % (group, index), "group": group,
+                        "artifact": artifact, "environment": environment,
+                        "release_id": release_id, "image": image_ref, "index": index,
+                        "address": self.address, "port": port, "backend": backend}
+                log = os.path.join(group_dir, "%03d.log" % index)
+                self._write_private(os.path.join(self.include_dir, meta["instance"] + ".conf"),
+                                    self._conf(meta, image, env_file, log))
+                metas.append(meta)
+        self._call("reloadConfig", self.rpc.supervisor.reloadConfig)
+        calls = [{"methodName": "supervisor.addProcessGroup", "params": [m["instance"]]}
+                 for m in metas]
+        for answer in self._call("addProcessGroup", self.rpc.system.multicall, calls):
+            if isinstance(answer, dict) and answer.get("faultCode") not in (None, 90):
+                raise PlatformError("supervisord addProcessGroup: %s" % answer.get("faultString"))
+        self._add_servers(backend, metas, weight=0)
+        return metas
+
+    def _add_servers(self, backend, metas, weight):
+        present = self._servers(backend)
+        commands = []
+        for meta in metas:
+            srv = "%s/%s" % (backend, meta["instance"])
+            if meta["instance"] not in present:
+                commands.append(("add", "server", srv, "%s:%d" % (meta["address"], meta["port"]),
+                                 "check", "weight", str(weight)))
+            commands += [("set", "server", srv, "weight", str(weight)),
+                         ("enable", "health", srv), ("enable", "server", srv)]
+        self._haproxy("add server", self.api.batch, commands)
+
+    # ------------------------------------------------------------ the interface
+    def create_group(self, artifact, environment, release_id, image, size, env,
+                     name=None) -> ServerGroup:
+        name = name or "%s-%s-%s" % (artifact, environment, release_id)
+        self._backend(artifact)
+        resolved = self._resolve_image(artifact, image)
+        if self._members(name):
+            raise PlatformError("server group %r already exists" % name)
+        self._start_instances(artifact, environment, release_id, name, image, resolved,
+                              env, list(range(1, size + 1)))
+        self._baseline.pop(name, None)
+        return ServerGroup(name, artifact, environment, release_id, image, size, 0, True)
+
+    def resize(self, group, size) -> None:
+        members = self._group_meta(group)
+        first = members[0]
+        if size > len(members):
+            resolved = self._resolve_image(first["artifact"], first["image"])
+            start = max(m["index"] for m in members) + 1
+            env = self._read_env(first["group"])
+            # new servers join with weight 0: HAProxy counts a freshly enabled
+            # server as UP before its first check, so they get traffic only
+            # from the next set_weights, which the engine calls once healthy
+            self._start_instances(first["artifact"], first["environment"], first["release_id"],
+                                  group, first["image"], resolved, env,
+                                  list(range(start, start + size - len(members))))
+        elif size < len(members):
+            self._remove(first["backend"], members[size:])
+
+    def _read_env(self, group) -> dict:
+        path = os.path.join(self.data_dir, group, "env")
+        env = {}
+        try:
+            with open(path) as handle:
+                for line in handle:
+                    key, _sep, value = line.rstrip("\n").partition("=")
+                    parts = shlex.split(value)
+                    env[key] = parts[0] if parts else ""
+        except OSError:
+            pass
+        base = self._base_env()
+        return {k: v for k, v in env.items() if base.get(k) != v}
+
+    def health(self, group) -> Health:
+        members = self._group_meta(group)
+        backend = members[0]["backend"]
+        procs = self._processes()
+        stats = self._stat(backend)
+        states = self._servers(backend)
+        out = []
+        for meta in members:
+            proc = procs.get(meta["instance"])
+            row = stats.get(meta["instance"])
+            srv = states.get(meta["instance"])
+            out.append(self._instance_health(meta, proc, row, srv))
+        self._snapshot(group, members, stats)
+        return Health(sum(1 for i in out if i.state == READY), len(out), out)
+
+    def _instance_health(self, meta, proc, row, srv) -> InstanceHealth:
+        name = meta["instance"]
+        if proc is None:
+            return InstanceHealth(name, STARTING, "not registered with supervisord")
+        state = proc["statename"]
+        if state in ("FATAL", _BACKOFF):
+            return InstanceHealth(name, FAILED, "%s: %s (crash loop; log %s)" % (
+                state.lower(), proc.get("spawnerr") or proc.get("description") or "exited",
+                proc.get("stdout_logfile")), 1)
+        if state != _RUNNING:
+            return InstanceHealth(name, STARTING, state.lower())
+        if srv is None or row is None:  # detached (warm): probe like HAProxy does
+            if self._probe(meta):
+                return InstanceHealth(name, READY, "running, detached")
+            return InstanceHealth(name, STARTING, "running, /healthz failing (detached)")
+        if srv["admin"] & _ADMIN_DRAIN:
+            return InstanceHealth(name, DRAINING, "draining")
+        status = row.get("status", "")
+        if status.startswith("UP") and row.get("check_status") == "L7OK":
+            return InstanceHealth(name, READY, "up")
+        return InstanceHealth(name, STARTING, "%s (check %s)" % (status, row.get("check_status")))
+
+    def _probe(self, meta) -> bool:
+        conn = http.client.HTTPConnection(meta["address"], meta["port"], timeout=1.0)
+        try:
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+
+    # -- weights ---------------------------------------------------------------
+    def _group_weights(self, backend: str, instances: Optional[dict] = None,
+                       servers: Optional[dict] = None) -> dict:
+        """Traffic share (0..100) of every group in ``backend``, derived from
+        the weights of its attached (not maint, not draining) servers."""
+        instances = self._instances() if instances is None else instances
+        servers = self._servers(backend) if servers is None else servers
+        sums = {}
+        for name, srv in servers.items():
+            meta = instances.get(name)
+            if meta is None:
+                continue
+            active = not srv["admin"] & (_ADMIN_MAINT | _ADMIN_DRAIN)
+            sums[meta["group"]] = sums.get(meta["group"], 0) + (srv["weight"] if active else 0)
+        total = float(sum(sums.values()))
+        return {g: (int(round(100.0 * s / total)) if total else 0) for g, s in sums.items()}
+
+    def set_weights(self, weights) -> None:
+        instances = self._instances()
+        by_backend = {}
+        for group, weight in weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+                raise PlatformError("weight %r of %s out of range 0..100" % (weight, group))
+            members = self._members(group, instances)
+            if not members:
+                raise PlatformError("no server group %r" % group)
+            by_backend.setdefault(members[0]["backend"], {})[group] = (weight, members)
+        for backend, wanted in by_backend.items():
+            self._apply_weights(backend, wanted, instances)
+        for backend, wanted in by_backend.items():  # metrics windows start now
+            stats = self._stat(backend)
+            for group, (_weight, members) in wanted.items():
+                self._baseline.pop(group, None)
+                self._snapshot(group, members, stats)
+
+    def _apply_weights(self, backend, wanted, instances):
+        servers = self._servers(backend)
+        current = self._group_weights(backend, instances, servers)
+        # re-attach detached groups that get traffic again: add their servers
+        # with weight 0, wait until HAProxy's checks pass, then weigh them
+        missing = [m for _g, (w, members) in wanted.items() if w > 0
+                   for m in members if m["instance"] not in servers
+                   or servers[m["instance"]]["admin"] & (_ADMIN_MAINT | _ADMIN_DRAIN)]
+        if missing:
+            self._add_servers(backend, missing, weight=0)
+            self._wait_up(backend, missing, deadline=time.time() + 30)
+            servers = self._servers(backend)
+        shares = {}
+        for name, srv in servers.items():
+            meta = instances.get(name)
+            if meta is not None:
+                shares.setdefault(meta["group"], current.get(meta["group"], 0))
+        for group, (weight, _members) in wanted.items():
+            shares[group] = weight
+        counts = {}
+        for name in servers:
+            meta = instances.get(name)
+            if meta is not None:
+                counts[meta["group"]] = counts.get(meta["group"], 0) + 1
+        per_server = {g: (shares[g] / float(counts[g])) for g in counts if shares.get(g)}
+        top = max(per_server.values()) if per_server else 0
+        raises, lowers = [], []
+        for name, srv in servers.items():
+            meta = instances.get(name)
+            if meta is None:
+                continue
+            group = meta["group"]
+            value = 0
+            if per_server.get(group):
+                value = max(1, int(round(MAX_WEIGHT * per_server[group] / top)))
+            if value == srv["weight"]:
+                continue
+            cmd = ("set", "server", "%s/%s" % (backend, name), "weight", str(value))
+            (raises if value > srv["weight"] else lowers).append(cmd)
+        # raise first, lower after: never a moment where every weight is 0
+        self._haproxy("set weight", self.api.batch, raises + lowers)
+
+    def _wait_up(self, backend, metas, deadline):
+        names = {m["instance"] for m in metas}
+        while True:
+            stats = self._stat(backend)
+            if all(stats.get(n, {}).get("check_status") == "L7OK"
+                   and stats[n].get("status", "").startswith("UP") for n in names):
+                return
+            if time.time() > deadline:
+                raise PlatformError("re-attached servers of %s did not pass HAProxy's health "
+                                    "check within 30s" % ", ".join(sorted(names)))
+            time.sleep(0.1)
+
+    # -- drain / remove ----------------------------------------------------------
+    def _drain_servers(self, backend, names):
+        """drain -> wait for no current sessions -> maint -> del server."""
+        servers = self._servers(backend)
+        names = [n for n in names if n in servers]
+        if not names:
+            return
+        self._haproxy("drain", self.api.batch, [
+            ("set", "server", "%s/%s" % (backend, n), "state", "drain") for n in names])
+        deadline = time.time() + self.drain_timeout
+        while time.time() < deadline:
+            stats = self._stat(backend)
+            if all(int(stats.get(n, {}).get("scur") or 0) == 0 for n in names):
+                break
+            time.sleep(0.05)
+        self._haproxy("maint", self.api.batch, [
+            ("set", "server", "%s/%s" % (backend, n), "state", "maint") for n in names])
+        self._haproxy("del server", self.api.batch, [
+            ("del", "server", "%s/%s" % (backend, n)) for n in names])
+
+    def _remove(self, backend, metas):
+        """Drain from HAProxy, SIGTERM (the service drains too), wait, remove."""
+        names = [m["instance"] for m in metas]
+        self._drain_servers(backend, names)
+        procs = self._processes()
+        calls = [{"methodName": "supervisor.stopProcess", "params": [n, False]}
+                 for n in names if n in procs and procs[n]["statename"] not in _STOPPED]
+        if calls:
+            self._call("stopProcess", self.rpc.system.multicall, calls)
+        deadline = time.time() + self.drain_timeout + 10
+        while True:
+            procs = self._processes()
+            running = [n for n in names if n in procs and procs[n]["statename"] not in _STOPPED]
+            if not running:
+                break
+            if time.time() > deadline:
+                raise PlatformError("instances %s did not stop within %gs"
+                                    % (", ".join(running), self.drain_timeout + 10))
+            time.sleep(0.05)
+        calls = [{"methodName": "supervisor.removeProcessGroup", "params": [n]}
+                 for n in names if n in procs]
+        if calls:
+            self._call("removeProcessGroup", self.rpc.system.multicall, calls)
+        for meta in metas:
+            try:
+                os.unlink(meta["conf"])
+            except FileNotFoundError:
+                pass
+            log = os.path.join(self.data_dir, meta["group"], "%03d.log" % meta["index"])
+            for path in (log, log + ".1"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+    def drain_and_detach(self, group) -> None:
+        members = self._group_meta(group)
+        self._drain_servers(members[0]["backend"], [m["instance"] for m in members])
+
+    def destroy(self, group) -> None:
+        members = self._members(group)
+        if not members:
+            return
+        self._remove(members[0]["backend"], members)
+        group_dir = os.path.join(self.data_dir, group)
+        for fname in ("env", "env.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(group_dir, fname))
+        with contextlib.suppress(OSError):
+            os.rmdir(group_dir)
+        self._baseline.pop(group, None)
+
+    # -- observation ---------------------------------------------------------------
+    def list_groups(self, artifact, environment) -> list:
+        instances = self._instances()
+        mine = [m for m in instances.values()
+                if m["artifact"] == artifact and m["environment"] == environment]
+        if not mine:
+            return []
+        procs = self._processes()
+        backend = self._backend(artifact)
+        servers = self._servers(backend)
+        weights = self._group_weights(backend, instances, servers)
+        groups = {}
+        for meta in mine:
+            entry = groups.setdefault(meta["group"], {"meta": meta, "size": 0, "attached": False})
+            if meta["instance"] in procs:
+                entry["size"] += 1
+            srv = servers.get(meta["instance"])
+            if srv is not None and not srv["admin"] & (_ADMIN_MAINT | _ADMIN_DRAIN):
+                entry["attached"] = True
+        return [ServerGroup(name, artifact, environment, e["meta"]["release_id"],
+                            e["meta"]["image"], e["size"], weights.get(name, 0)
+                            if e["attached"] else 0, e["attached"])
+                for name, e in sorted(groups.items())]
+
+    def _snapshot(self, group, members, stats):
+        counters = {}
+        for meta in members:
+            row = stats.get(meta["instance"])
+            if row is not None:
+                counters[meta["instance"]] = (int(row.get("req_tot") or 0),
+                                              int(row.get("hrsp_5xx") or 0))
+        self._baseline.setdefault(group, (time.time(), counters))
+        return counters
+
+    def metrics(self, group, window) -> Metrics:
+        """Requests and 5xx of ``group`` since the previous call (or since its
+        weights were last set), from ``show stat`` counter deltas.  HAProxy
+        only keeps averages of response times (over the last 1024 requests),
+        so ``latency_ms`` carries ``avg`` (and no percentiles): a percentile
+        check on this platform is inconclusive, never a pass."""
+        members = self._group_meta(group)
+        stats = self._stat(members[0]["backend"])
+        now = time.time()
+        base = self._baseline.get(group)
+        counters = {}
+        for meta in members:
+            row = stats.get(meta["instance"])
+            if row is not None:
+                counters[meta["instance"]] = (int(row.get("req_tot") or 0),
+                                              int(row.get("hrsp_5xx") or 0))
+        self._baseline[group] = (now, counters)
+        if base is None:
+            return Metrics(0, 0, None, window)
+        requests = errors = 0
+        for name, (req, err) in counters.items():
+            old = base[1].get(name)
+            if old is None:
+                continue
+            requests += max(0, req - old[0])
+            errors += max(0, err - old[1])
+        latency = None
+        if requests:
+            times = [int(stats[m["instance"]].get("ttime") or 0) for m in members
+                     if m["instance"] in stats]
+            latency = {"avg": sum(times) / float(len(times))} if times else None
+        return Metrics(requests, errors, latency, now - base[0])

@@ -1,0 +1,110 @@
+# -*- coding: utf-8 -*-
+# Copyright: phoenix.deploy contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the rollout and release_info modules share: the infra outputs (given
+or read from a Pulumi stack), the platform driver for them, the release
+store, and the image a version resolves to (verified before anything runs).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
+from ansible_collections.phoenix.deploy.plugins.module_utils import images, versioning
+from ansible_collections.phoenix.deploy.plugins.module_utils.releases import FileReleaseStore
+
+COMMON_SPEC = dict(
+    artifact=dict(type="str", required=True),
+    environment=dict(type="str", required=True),
+    infra=dict(type="dict"),
+    project_path=dict(type="path"),
+    stack=dict(type="str"),
+    store=dict(type="path"),
+    image_store=dict(type="path"),
+)
+
+
+def load_infra(params) -> dict:
+    infra = params.get("infra")
+    if infra:
+        _check_secrets(infra)
+        return infra
+    if not params.get("project_path") or not params.get("stack"):
+        raise PhoenixError("infra: give the stack outputs (infra: \"{{ stack.outputs }}\" from "
+                           "phoenix.deploy.pulumi_stack with show_secrets: true), or project_path "
+                           "and stack to read them", param="infra")
+    from ansible_collections.phoenix.deploy.plugins.module_utils import pulumi_stack
+    runner = pulumi_stack.StackRunner(params["project_path"], params["stack"])
+    infra = runner.outputs(show_secrets=True)
+    if not infra:
+        raise PhoenixError("stack %s of %s has no outputs: run phoenix.deploy.pulumi_stack first"
+                           % (params["stack"], params["project_path"]), param="stack")
+    return infra
+
+
+def _check_secrets(infra):
+    password = (infra.get("database") or {}).get("password")
+    if password == "[secret]":
+        raise PhoenixError("infra.database.password reads '[secret]': register the "
+                           "phoenix.deploy.pulumi_stack result with show_secrets: true, or pass "
+                           "project_path and stack instead of infra", param="infra")
+
+
+def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0):
+    platform = infra.get("platform")
+    if platform == "local":
+        from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local import (
+            LocalPlatform)
+        return LocalPlatform(infra, image_store=image_store, drain_timeout=drain_timeout)
+    raise PhoenixError("infra.platform: %r has no driver yet; allowed: local" % (platform,),
+                       param="infra")
+
+
+def make_store(params, infra) -> FileReleaseStore:
+    root = params.get("store")
+    if not root:
+        state = infra.get("state_dir") or os.environ.get("PHOENIX_STATE_DIR")
+        if not state:
+            raise PhoenixError("store: no release store path and the infra has no state_dir; "
+                               "set store", param="store")
+        root = os.path.join(state, "releases")
+    return FileReleaseStore(root)
+
+
+def resolve_image(artifact: str, version, image, image_store=None) -> dict:
+    """``{"ref": "<name>@<digest>", "version", "name", "path", "digest"}`` of a
+    baked local image, verified (content digest recomputed) before use."""
+    store = images.ImageStore(image_store or images.default_store())
+    digest = None
+    if image:
+        name, _sep, digest = str(image).partition("@")
+        if not name or "/" in name:
+            raise PhoenixError("image: %r; give an image name (e.g. catalog-v1-4-0--abc1234-b7), "
+                               "optionally with @sha256:<content digest>" % (image,), param="image")
+    else:
+        if version is None:
+            raise PhoenixError("version or image is required for action deploy", param="version")
+        try:
+            versioning.parse(version, "version")
+            name = versioning.image_name(version, artifact)
+        except versioning.VersionError as exc:
+            raise PhoenixError(str(exc), param="version")
+    path = store.path("local", artifact, name)
+    if not os.path.isdir(path):
+        what = "image %s" % name if image else "version %s of %s (image %s)" % (version, artifact, name)
+        raise PhoenixError("%s is not baked: no %s; bake it with phoenix.deploy.image_bake "
+                           "(image_store: %s)" % (what, path, store.root),
+                           param="image" if image else "version")
+    try:
+        doc = images.verify_image(path, digest or None)
+    except images.ImageError as exc:
+        raise PhoenixError(str(exc), param="image" if image else "version")
+    if doc.get("artifact") != artifact:
+        raise PhoenixError("image %s belongs to artifact %s, not %s"
+                           % (name, doc.get("artifact"), artifact), param="image")
+    if version is not None and image and doc.get("version") != version:
+        raise PhoenixError("image %s is version %s, but version is %s"
+                           % (name, doc.get("version"), version), param="version")
+    return {"ref": "%s@%s" % (name, doc["content_digest"]), "version": doc["version"],
+            "name": name, "path": path, "digest": doc["content_digest"]}

@@ -1,0 +1,474 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: phoenix.deploy contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: rollout
+short_description: Phoenix-style rollout of a baked image to an environment
+version_added: 0.1.0
+description:
+  - Rolls out one baked image of an artifact to one environment as a B(new) server group
+    (rolling, recreate, blue/green or canary with analysis), then drains and destroys the old group.
+    Running instances are never patched, only replaced.
+  - Failed health, failed analysis or the progress deadline roll back automatically to the live release.
+  - One rollout at a time per artifact and environment; a rollout whose controller died is
+    converged by the next run (finished if it was live, undone otherwise).
+  - Writes a rollout report (JSON) and a PNG timeline of traffic weights and error rate per group.
+  - The platform is chosen by the infra stack outputs; today V(local) (supervisord + HAProxy).
+author:
+  - phoenix.deploy maintainers (@phoenix-deploy)
+options:
+  artifact:
+    description: The deployable service, for example V(catalog).
+    type: str
+    required: true
+  environment:
+    description: Where the release runs, for example V(ci) or V(prod).
+    type: str
+    required: true
+  action:
+    description:
+      - V(deploy) rolls out O(version) or O(image).
+      - V(promote) continues a paused canary; V(abort) stops it and gives the stable release all traffic.
+      - V(rollback) returns to the release that was live before (instant while its group is warm).
+    type: str
+    choices: [deploy, promote, abort, rollback]
+    default: deploy
+  version:
+    description:
+      - Semver version to deploy (C(MAJOR.MINOR.PATCH[-pre][+build])); it must have been baked.
+        Mutable tags such as V(latest) are refused.
+    type: str
+  image:
+    description:
+      - Image name to deploy instead of O(version), optionally pinned as C(<name>@sha256:<content digest>).
+    type: str
+  size:
+    description: Number of instances of the new server group.
+    type: int
+    default: 2
+  strategy:
+    description: How the new group replaces the live one.
+    type: str
+    choices: [rolling, recreate, blue_green, canary]
+    default: rolling
+  strategy_settings:
+    description:
+      - Settings of O(strategy). Error messages name them C(strategy.<setting>).
+      - "V(rolling): C(max_surge), C(max_unavailable) (counts or percentages, not both 0)."
+      - "V(blue_green): C(scale_down_delay) (seconds the old group stays warm), C(verify_period)."
+      - "V(canary): C(steps), a list of C({set_weight: 1..100}) (increasing) and C({pause: {duration: S}});
+        C({pause: {}}) waits for O(action=promote)."
+      - "All: C(progress_deadline) (seconds or V(5m))."
+    type: dict
+    default: {}
+  analysis:
+    description:
+      - Metric checks of the canary during timed pauses. No data or fewer than C(min_requests) requests
+        is inconclusive, never a pass.
+      - "Keys: C(max_error_rate) (0..1), C(max_latency_ms), C(latency_percentile), C(min_requests),
+        C(interval), C(failure_limit), C(on_inconclusive) (V(abort) or V(pause))."
+    type: dict
+  env:
+    description:
+      - Environment configuration injected into every instance at deploy time (never baked).
+        Port, bind address and database credentials come from the infra outputs.
+    type: dict
+    default: {}
+  wait:
+    description:
+      - Wait until the rollout is finished (or paused). With V(false) the rollout continues in a
+        detached controller process and the module returns once it holds the lock;
+        follow it with M(phoenix.deploy.release_info).
+    type: bool
+    default: true
+  timeout:
+    description: Seconds the whole action may take; past it the rollout is rolled back.
+    type: int
+    default: 600
+  drain_timeout:
+    description: Seconds in-flight requests get when an instance is drained and stopped.
+    type: float
+    default: 10
+  infra:
+    description:
+      - The infra stack outputs (the C(outputs) of M(phoenix.deploy.pulumi_stack) registered with
+        C(show_secrets=true)). Either this or O(project_path) and O(stack).
+    type: dict
+  project_path:
+    description: Pulumi project to read the stack outputs from, with O(stack).
+    type: path
+  stack:
+    description: Stack of O(project_path), for example V(local).
+    type: str
+  store:
+    description: Release store directory (history and locks). Defaults to C(<infra state_dir>/releases).
+    type: path
+  image_store:
+    description: Image store of the bakes. Defaults to C($PHOENIX_STATE_DIR/images).
+    type: path
+  report_dir:
+    description: Where the rollout report and timeline go. Defaults to C(<store>/<artifact>/<environment>/reports).
+    type: path
+  ci_build_url:
+    description: URL of the CI build that asked for this rollout; recorded with the release.
+    type: str
+attributes:
+  check_mode:
+    description: Validates everything and returns the plan; touches nothing on the platform.
+    support: full
+  diff_mode:
+    description: Live release and traffic weights per group, before and after.
+    support: full
+notes:
+  - Events are returned in RV(events) with timestamps; run with C(-v) to see them per step.
+requirements:
+  - supervisor (local platform)
+  - matplotlib (for the PNG timeline; without it only the JSON report is written)
+"""
+
+EXAMPLES = r"""
+- name: Read the local stack
+  phoenix.deploy.pulumi_stack:
+    project_path: infra
+    stack: local
+    show_secrets: true
+  register: stack
+
+- name: Rolling deploy of catalog 1.4.0 to ci
+  phoenix.deploy.rollout:
+    artifact: catalog
+    environment: ci
+    version: 1.4.0+abc1234.b456
+    size: 4
+    strategy: rolling
+    strategy_settings:
+      max_surge: 1
+      max_unavailable: 0
+    infra: "{{ stack.outputs }}"
+    ci_build_url: "{{ lookup('env', 'BUILD_URL') }}"
+
+- name: Canary with analysis, rolled back automatically when 5xx exceed 5 %
+  phoenix.deploy.rollout:
+    artifact: catalog
+    environment: prod
+    version: 1.5.0+def5678.b470
+    strategy: canary
+    strategy_settings:
+      steps:
+        - set_weight: 10
+        - pause: {duration: 60}
+        - set_weight: 50
+        - pause: {}
+    analysis:
+      max_error_rate: 0.05
+      min_requests: 50
+      interval: 10
+    project_path: infra
+    stack: local
+
+- name: Promote the paused canary
+  phoenix.deploy.rollout:
+    artifact: catalog
+    environment: prod
+    action: promote
+    project_path: infra
+    stack: local
+
+- name: Roll back to the previous release
+  phoenix.deploy.rollout:
+    artifact: catalog
+    environment: prod
+    action: rollback
+    project_path: infra
+    stack: local
+"""
+
+RETURN = r"""
+state:
+  description: V(live), V(paused), V(rolled_back), V(aborted), V(failed), V(planned) (check mode) or V(in_progress) (O(wait=false)).
+  returned: always
+  type: str
+  sample: live
+msg:
+  description: What happened, with the reason of any rollback (metric, value and threshold).
+  returned: always
+  type: str
+  sample: "deploy of 1.0.1 rolled back to v001 (1.0.0): analysis failed: canary error_rate 0.5 > max 0.05 over 212 requests"
+release:
+  description: The release this action created or acted on (id, version, image, strategy, track, outcome, reason, timings).
+  returned: when a release was acted on
+  type: dict
+live:
+  description: The live release after the action.
+  returned: always
+  type: dict
+events:
+  description: Timestamped events of this action (C(at) epoch seconds, C(time) ISO 8601, C(message)).
+  returned: always
+  type: list
+  elements: dict
+plan:
+  description: Steps the rollout would run (check mode).
+  returned: in check mode for action deploy
+  type: list
+  elements: dict
+weights:
+  description: Traffic weight per server group after the action.
+  returned: always
+  type: dict
+  sample: {"catalog-ci-v007": 100}
+report:
+  description: Path of the rollout report (JSON).
+  returned: when the platform was changed
+  type: str
+timeline:
+  description: Path of the PNG timeline of traffic weights and error rate per group.
+  returned: when the platform was changed and matplotlib is available
+  type: str
+"""
+
+import os
+import time
+
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
+from ansible_collections.phoenix.deploy.plugins.module_utils.module import PhoenixModule, argspec
+from ansible_collections.phoenix.deploy.plugins.module_utils import targets
+
+try:
+    from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout
+    from ansible_collections.phoenix.deploy.plugins.module_utils.releases import LockHolder
+    from ansible_collections.phoenix.deploy.plugins.module_utils import report as reporting
+    from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import local as local_platform
+    HAS_SUPERVISOR = local_platform.HAS_SUPERVISOR
+    IMPORT_ERROR = local_platform.SUPERVISOR_IMPORT_ERROR
+except ImportError as exc:  # pragma: no cover
+    HAS_SUPERVISOR = False
+    IMPORT_ERROR = exc
+
+ARGUMENT_SPEC = dict(
+    targets.COMMON_SPEC,
+    action=dict(type="str", choices=["deploy", "promote", "abort", "rollback"], default="deploy"),
+    version=dict(type="str"),
+    image=dict(type="str"),
+    size=dict(type="int", default=2),
+    strategy=dict(type="str", choices=["rolling", "recreate", "blue_green", "canary"],
+                  default="rolling"),
+    strategy_settings=dict(type="dict", default={}),
+    analysis=dict(type="dict"),
+    env=dict(type="dict", default={}, no_log=False),
+    wait=dict(type="bool", default=True),
+    timeout=dict(type="int", default=600),
+    drain_timeout=dict(type="float", default=10),
+    report_dir=dict(type="path"),
+    ci_build_url=dict(type="str"),
+)
+
+
+class RolloutManager:
+    def __init__(self, module):
+        self.module = module
+        p = module.params
+        self.params = p
+        if p["timeout"] <= 0:
+            raise PhoenixError("timeout: %d; allowed a number of seconds above 0" % p["timeout"],
+                               param="timeout")
+        if p["drain_timeout"] < 0 or p["drain_timeout"] > 600:
+            raise PhoenixError("drain_timeout: %g; allowed 0 to 600 seconds" % p["drain_timeout"],
+                               param="drain_timeout")
+        self.infra = targets.load_infra(p)
+        self.platform = targets.make_platform(self.infra, p["image_store"], p["drain_timeout"])
+        self.store = targets.make_store(p, self.infra)
+        try:
+            self.engine = Rollout(self.platform, self.store, p["artifact"], p["environment"],
+                                  env={k: str(v) for k, v in p["env"].items()},
+                                  timeout=p["timeout"], owner=LockHolder.current)
+        except ValueError as exc:
+            raise PhoenixError(str(exc))
+        self.image = None
+        self.result = dict(changed=False)
+
+    def weights(self) -> dict:
+        return {g.name: g.weight for g in self.platform.list_groups(
+            self.params["artifact"], self.params["environment"]) if g.attached}
+
+    def snapshot(self) -> dict:
+        live = self.store.load(self.params["artifact"], self.params["environment"]).live_release()
+        return {"live": {"release_id": live.release_id, "version": live.version,
+                         "image": live.image} if live else None,
+                "weights": self.weights()}
+
+    def run(self):
+        p = self.params
+        if p["action"] == "deploy":
+            self.image = targets.resolve_image(p["artifact"], p["version"], p["image"],
+                                               p["image_store"])
+            if p["version"] is None:
+                p["version"] = self.image["version"]
+        before = self.snapshot()
+        if self.module.check_mode:
+            result = self.check()
+        elif not p["wait"] and p["action"] in ("deploy", "promote"):
+            result = self.detached()
+        else:
+            result = self.act()
+        self.result.update(result)
+        after = self.snapshot() if not self.module.check_mode else result.pop("predicted", before)
+        self.result.setdefault("weights", after["weights"])
+        if self.module._diff:
+            self.result["diff"] = dict(before=before, after=after)
+
+    # -- check mode -------------------------------------------------------------
+    def check(self) -> dict:
+        p = self.params
+        if p["action"] == "deploy":
+            res = self.engine.plan(p["version"], self.image["ref"], p["size"], p["strategy"],
+                                   p["strategy_settings"], p["analysis"])
+            out = self._engine_result(res)
+            if res.changed:
+                new = res.plan and [s for s in res.plan if s["kind"] == "create"]
+                name = "%s-%s-(next)" % (p["artifact"], p["environment"])
+                out["predicted"] = {"live": {"release_id": "(next)", "version": p["version"],
+                                             "image": self.image["ref"]},
+                                    "weights": {name: 100}} if new else None
+                if out["predicted"] is None:
+                    out.pop("predicted")
+            return out
+        info = self.engine.info()
+        paused = [r for r in info["history"] if r["status"] == "paused"]
+        live = info["live"]
+        if p["action"] in ("promote", "abort"):
+            changed = bool(paused)
+            msg = ("would %s %s" % (p["action"], paused[-1]["release_id"]) if changed else
+                   "nothing to %s: no paused release" % p["action"])
+        else:
+            changed = bool(paused) or bool(live and live.get("previous_release_id"))
+            msg = "would roll back %s" % (live["release_id"] if live else "nothing")
+        return dict(changed=changed, state="planned", msg=msg, live=live, events=[], plan=[])
+
+    # -- real runs ---------------------------------------------------------------
+    def act(self) -> dict:
+        p = self.params
+        sampler_platform = targets.make_platform(self.infra, p["image_store"], p["drain_timeout"])
+        sampler = reporting.TimelineSampler(sampler_platform, p["artifact"], p["environment"],
+                                            interval=0.5).start()
+        started = time.time()
+        try:
+            if p["action"] == "deploy":
+                res = self.engine.deploy(p["version"], self.image["ref"], p["size"], p["strategy"],
+                                         p["strategy_settings"], p["analysis"], p["ci_build_url"])
+            elif p["action"] == "promote":
+                res = self.engine.promote()
+            elif p["action"] == "abort":
+                res = self.engine.abort()
+            else:
+                res = self.engine.rollback()
+        finally:
+            samples = sampler.stop()
+        out = self._engine_result(res)
+        if res.changed:
+            out.update(self._write_report(out, samples, time.time() - started))
+        return out
+
+    def detached(self) -> dict:
+        """Run the action in a detached controller process (double fork); return
+        once it holds the lock (or has failed before taking it)."""
+        p = self.params
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # first child
+            os.close(read_fd)
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            code = 0
+            try:
+                self.engine.owner = self._notifying_owner(write_fd)
+                self.act()
+            except BaseException:  # the history records what happened
+                code = 1
+            os._exit(code)
+        os.close(write_fd)
+        os.waitpid(pid, 0)
+        deadline = time.time() + 60
+        data = b""
+        while time.time() < deadline:
+            chunk = os.read(read_fd, 64)
+            if not chunk:
+                break
+            data += chunk
+            if b"\n" in data:
+                break
+        os.close(read_fd)
+        if not data:
+            raise PhoenixError("the detached rollout controller did not take the lock; "
+                               "see phoenix.deploy.release_info for what it recorded")
+        holder = self.store.lock_holder(p["artifact"], p["environment"])
+        return dict(changed=True, state="in_progress",
+                    msg="%s continues in controller pid %s" % (p["action"], data.decode().strip()),
+                    lock=vars(holder) if holder else None, events=[])
+
+    @staticmethod
+    def _notifying_owner(fd):
+        def owner(action):
+            holder = LockHolder.current(action)
+            os.write(fd, b"%d\n" % holder.pid)
+            os.close(fd)
+            return holder
+        return owner
+
+    def _engine_result(self, res) -> dict:
+        return dict(changed=res.changed, failed=res.failed, state=res.state, msg=res.msg,
+                    release=res.release, live=res.live, events=res.events, plan=res.plan)
+
+    def _write_report(self, out, samples, duration) -> dict:
+        p = self.params
+        directory = p["report_dir"] or os.path.join(
+            self.store.directory(p["artifact"], p["environment"]), "reports")
+        release = out.get("release") or {}
+        stem = "%s-%s-%s" % (time.strftime("%Y%m%dT%H%M%S", time.gmtime()),
+                             release.get("release_id") or p["action"], p["action"])
+        data = reporting.build_report(out, samples, {"duration": duration,
+                                                     "artifact": p["artifact"],
+                                                     "environment": p["environment"]})
+        paths = {"report": reporting.write_json(os.path.join(directory, stem + ".json"), data)}
+        png = reporting.write_png(os.path.join(directory, stem + ".png"), data)
+        if png:
+            paths["timeline"] = png
+        else:
+            self.module.warn("matplotlib is missing: no PNG timeline (%s)"
+                             % missing_required_lib("matplotlib"))
+        return paths
+
+
+def main():
+    module = PhoenixModule(argument_spec=argspec(ARGUMENT_SPEC), supports_check_mode=True,
+                           mutually_exclusive=[("infra", "project_path")],
+                           required_together=[("project_path", "stack")])
+    if not HAS_SUPERVISOR:
+        module.fail_json(msg=missing_required_lib("supervisor"), exception=str(IMPORT_ERROR))
+    manager = None
+    try:
+        manager = RolloutManager(module)
+        manager.run()
+    except PhoenixError as exc:
+        module.fail_phoenix(exc, **(manager.result if manager else {}))
+    except ValueError as exc:  # names checked by the release store
+        module.fail_json(msg=str(exc))
+    result = manager.result
+    if result.get("failed"):
+        module.fail_json(**result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
