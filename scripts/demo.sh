@@ -1,15 +1,56 @@
 #!/usr/bin/env bash
 # make demo: the main job on the embedded local platform (no cloud account).
-#   scripts/demo.sh            provision the local stack and print where things are
-#   scripts/demo.sh --destroy  tear it down
+#   1. provision the local stack (PostgreSQL, HAProxy, supervisord) with Pulumi
+#   2. bake catalog 1.0.0 and deploy it
+#   3. bake 1.1.0 and roll it out as a canary under synthetic traffic
+#   4. bake a bad 1.2.0 (50 % HTTP 500, baked in) and watch it roll back by itself
+#   5. print where everything is
+# Safe to run twice. `scripts/demo.sh --destroy` (make destroy) removes it all.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+ENVIRONMENT=local
+ARTIFACT=catalog
+ap() { ansible-playbook "$@"; }
+
 if [[ "${1:-}" == "--destroy" ]]; then
-  ansible-playbook playbooks/infra.yml -e state=absent
+  ap playbooks/destroy.yml -e environment=$ENVIRONMENT
   exit 0
 fi
 T0=$(date +%s)
-echo "==> provisioning the local stack (PostgreSQL, HAProxy, supervisord) with Pulumi"
-ansible-playbook playbooks/infra.yml
+say() { printf '\n==> [%3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+
+say "1/5 provisioning the local stack (PostgreSQL, HAProxy, supervisord) with Pulumi"
+ap playbooks/infra.yml -e environment=$ENVIRONMENT
+
+say "2/5 bake $ARTIFACT 1.0.0 and deploy it"
+ap playbooks/bake.yml -e artifact=$ARTIFACT -e version=1.0.0+demo.b1
+ap playbooks/deploy.yml -e artifact=$ARTIFACT -e environment=$ENVIRONMENT -e version=1.0.0+demo.b1 -e strategy=rolling
+
+LB="$(cd infra && PULUMI_CONFIG_PASSPHRASE="${PULUMI_CONFIG_PASSPHRASE:-phoenix-local}" \
+      pulumi stack output load_balancer --json -s local | python -c 'import json,sys; print(json.load(sys.stdin)["url"])')"
+TRAFFIC="$PHOENIX_STATE_DIR/demo-traffic.json"
+
+say "3/5 bake 1.1.0 and roll it out as a canary under synthetic traffic ($LB)"
+ap playbooks/bake.yml -e artifact=$ARTIFACT -e version=1.1.0+demo.b2
+python scripts/traffic.py "$LB" --host $ARTIFACT --seconds 90 --out "$TRAFFIC" >/dev/null &
+traffic_pid=$!
+ap playbooks/deploy.yml -e artifact=$ARTIFACT -e environment=$ENVIRONMENT -e version=1.1.0+demo.b2 -e strategy=canary
+kill "$traffic_pid" 2>/dev/null || true; wait "$traffic_pid" 2>/dev/null || true
+[[ -s "$TRAFFIC" ]] && python -c "import json,sys; d=json.load(open(sys.argv[1])); print('    traffic during the canary: %(requests)d requests, %(errors)d errors' % d)" "$TRAFFIC" || true
+
+say "4/5 bake a bad 1.2.0 (50 % HTTP 500 baked in) and deploy it as a canary: analysis must roll it back"
+ap playbooks/bake.yml -e artifact=$ARTIFACT -e version=1.2.0+demo.b3 -e '{"fault": {"error_rate": 0.5}}'
+python scripts/traffic.py "$LB" --host $ARTIFACT --seconds 90 --out "$TRAFFIC" >/dev/null &
+traffic_pid=$!
+if ap playbooks/deploy.yml -e artifact=$ARTIFACT -e environment=$ENVIRONMENT -e version=1.2.0+demo.b3 -e strategy=canary; then
+  echo "    UNEXPECTED: the faulty 1.2.0 was not rolled back" >&2
+  kill "$traffic_pid" 2>/dev/null || true
+  exit 1
+fi
+kill "$traffic_pid" 2>/dev/null || true; wait "$traffic_pid" 2>/dev/null || true
+echo "    1.2.0 was rolled back automatically (the deploy above says why)"
+
+say "5/5 summary"
+ap playbooks/status.yml -e artifact=$ARTIFACT -e environment=$ENVIRONMENT
 echo "==> demo finished in $(( $(date +%s) - T0 ))s; tear down with: make destroy"

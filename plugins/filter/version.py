@@ -48,6 +48,11 @@ def semver(version):
     }
 
 
+def semver_valid(version):
+    """True when the version is semver and not a mutable tag (never raises)."""
+    return versioning.is_semver(version)
+
+
 class FilterModule(object):
     """phoenix.deploy version filters."""
 
@@ -57,4 +62,5 @@ class FilterModule(object):
             "image_name": _wrap(image_name),
             "oci_tag": _wrap(oci_tag),
             "semver": _wrap(semver),
+            "semver_valid": semver_valid,
         }

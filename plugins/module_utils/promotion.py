@@ -1,0 +1,116 @@
+# -*- coding: utf-8 -*-
+# Copyright: phoenix.deploy contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Promotion of a baked image from the test image store to the prod store.
+
+An image is promoted by content digest, and only after it had a successful
+release in one of the qualifying environments (``ci``, ``integrated_qa``).
+The copy is verified against the digest before it is made visible, so the
+prod store never holds an image whose files differ from the tested one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from ansible_collections.phoenix.deploy.plugins.module_utils import images, versioning
+from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
+from ansible_collections.phoenix.deploy.plugins.module_utils.releases import FileReleaseStore, SUCCEEDED
+
+TARGET = "local"
+
+
+def tested_image(artifact, version, test_store):
+    """image.json of the verified image of ``version`` in the test store."""
+    try:
+        versioning.parse(version, "version")
+        name = versioning.image_name(version, artifact)
+    except versioning.VersionError as exc:
+        raise PhoenixError(str(exc), param="version")
+    path = images.ImageStore(test_store).path(TARGET, artifact, name)
+    if not os.path.isdir(path):
+        raise PhoenixError("version %s of %s is not baked in the test store (%s): bake it first"
+                           % (version, artifact, path), param="version")
+    try:
+        doc = images.verify_image(path)
+    except images.ImageError as exc:
+        raise PhoenixError(str(exc), param="version")
+    doc["path"] = path
+    return doc
+
+
+def qualifying_release(artifact, digest, release_store, sources):
+    """The newest successful release of this digest in one of ``sources``, or None."""
+    store = FileReleaseStore(release_store)
+    best = None
+    for environment in sources:
+        for release in store.load(artifact, environment).releases:
+            if release.outcome == SUCCEEDED and release.image.endswith("@" + digest):
+                if best is None or (release.finished or 0) > (best.finished or 0):
+                    best = release
+    return best
+
+
+def promote(artifact, version, test_store, prod_store, release_store, sources, check_mode=False):
+    """Copy the tested image into the prod store. Returns a result dict."""
+    if not sources:
+        raise PhoenixError("sources: give at least one environment whose successful release "
+                           "qualifies an image, e.g. [ci, integrated_qa]", param="sources")
+    doc = tested_image(artifact, version, test_store)
+    digest = doc["content_digest"]
+    release = qualifying_release(artifact, digest, release_store, sources)
+    if release is None:
+        raise PhoenixError("version %s of %s (image %s, %s) has no successful release in %s: deploy it "
+                           "there first, e.g. ansible-playbook playbooks/deploy.yml -e artifact=%s "
+                           "-e environment=%s -e version=%s"
+                           % (version, artifact, doc["name"], digest, ", ".join(sources), artifact,
+                              sources[0], version), param="version")
+    prod = images.ImageStore(prod_store)
+    dest = prod.path(TARGET, artifact, doc["name"])
+    result = {"image": doc["name"], "digest": digest, "path": dest,
+              "qualified_by": {"environment": release.environment, "release_id": release.release_id}}
+    if os.path.isdir(dest):
+        existing = images.verify_image(dest)
+        if existing["content_digest"] != digest:
+            raise PhoenixError("the prod store already holds %s with digest %s, but the tested image has %s; "
+                               "an image name never points at other content: bake a new version"
+                               % (doc["name"], existing["content_digest"], digest), param="version")
+        return dict(result, changed=False)
+    if check_mode:
+        return dict(result, changed=True)
+    parent = os.path.dirname(dest)
+    os.makedirs(parent, mode=0o755, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".promote-", dir=parent)
+    try:
+        copy = os.path.join(staging, doc["name"])
+        shutil.copytree(doc["path"], copy, symlinks=True)
+        images.verify_image(copy, digest)  # the copy must be the tested bytes
+        os.rename(copy, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dict(result, changed=True)
+
+
+def require_promoted(artifact, version, test_store, prod_store):
+    """For environments that deploy only promoted images: the prod copy must
+    exist and carry the digest of the tested image. Returns ``name@digest``."""
+    name = versioning.image_name(version, artifact)
+    dest = images.ImageStore(prod_store).path(TARGET, artifact, name)
+    if not os.path.isdir(dest):
+        raise PhoenixError("version %s of %s was not promoted (no %s in the prod image store): run "
+                           "ansible-playbook playbooks/promote.yml -e artifact=%s -e version=%s after a "
+                           "successful release in ci or integrated_qa" % (version, artifact, name, artifact, version),
+                           param="version")
+    try:
+        doc = images.verify_image(dest)
+    except images.ImageError as exc:
+        raise PhoenixError(str(exc), param="version")
+    tested = images.ImageStore(test_store).path(TARGET, artifact, name)
+    if os.path.isdir(tested):
+        tested_digest = images.read_image_json(tested).get("content_digest")
+        if tested_digest != doc["content_digest"]:
+            raise PhoenixError("digest mismatch for %s: prod store has %s, test store has %s; refusing to "
+                               "deploy" % (name, doc["content_digest"], tested_digest), param="version")
+    return "%s@%s" % (name, doc["content_digest"])

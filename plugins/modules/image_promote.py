@@ -1,0 +1,121 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: phoenix.deploy contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: image_promote
+short_description: Promote a tested image from the test image store to the prod store
+version_added: 0.1.0
+description:
+  - Copies the image of O(artifact) O(version) from the test store to the prod store, by content
+    digest, only after it had a successful release in one of O(sources).
+  - The copy is verified against the tested digest before it becomes visible.
+  - With O(verify_only=true) nothing is copied; the module fails unless the prod store holds the
+    image with the tested digest (the guard a prod deploy runs first).
+author:
+  - phoenix.deploy maintainers (@phoenix-deploy)
+options:
+  artifact:
+    description: The deployable service, for example V(catalog).
+    type: str
+    required: true
+  version:
+    description: Semver version of the baked image.
+    type: str
+    required: true
+  test_store:
+    description: Image store the bakes land in.
+    type: path
+    required: true
+  prod_store:
+    description: Image store of promoted images.
+    type: path
+    required: true
+  release_store:
+    description: Release store (history per artifact and environment). Needed unless O(verify_only=true).
+    type: path
+  sources:
+    description: Environments whose successful release qualifies an image.
+    type: list
+    elements: str
+    default: [ci, integrated_qa]
+  verify_only:
+    description: Only check that the image is promoted and matches the tested digest.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    description: Reports whether the image would be copied; copies nothing.
+    support: full
+  diff_mode:
+    description: Not supported.
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Promote catalog 1.4.0+b456 after its ci release
+  phoenix.deploy.image_promote:
+    artifact: catalog
+    version: 1.4.0+b456
+    test_store: .state/images
+    prod_store: .state/images-prod
+    release_store: .state/releases
+
+- name: Refuse a prod deploy of an unpromoted image
+  phoenix.deploy.image_promote:
+    artifact: catalog
+    version: 1.4.0+b456
+    test_store: .state/images
+    prod_store: .state/images-prod
+    verify_only: true
+"""
+
+RETURN = r"""
+image:
+  description: Image reference C(<name>@<content digest>) in the prod store.
+  returned: success
+  type: str
+  sample: catalog-v1-4-0--b456@sha256:0f3c...
+qualified_by:
+  description: The release that qualified the image (environment, release id).
+  returned: success and not verify_only
+  type: dict
+"""
+
+from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
+from ansible_collections.phoenix.deploy.plugins.module_utils.module import PhoenixModule, argspec
+from ansible_collections.phoenix.deploy.plugins.module_utils import promotion
+
+ARGUMENT_SPEC = dict(
+    artifact=dict(type="str", required=True),
+    version=dict(type="str", required=True),
+    test_store=dict(type="path", required=True),
+    prod_store=dict(type="path", required=True),
+    release_store=dict(type="path"),
+    sources=dict(type="list", elements="str", default=["ci", "integrated_qa"]),
+    verify_only=dict(type="bool", default=False),
+)
+
+
+def main():
+    module = PhoenixModule(argument_spec=argspec(ARGUMENT_SPEC), supports_check_mode=True,
+                           required_if=[("verify_only", False, ("release_store",))])
+    p = module.params
+    try:
+        if p["verify_only"]:
+            ref = promotion.require_promoted(p["artifact"], p["version"], p["test_store"], p["prod_store"])
+            module.exit_json(changed=False, image=ref)
+        result = promotion.promote(p["artifact"], p["version"], p["test_store"], p["prod_store"],
+                                   p["release_store"], p["sources"], check_mode=module.check_mode)
+    except PhoenixError as exc:
+        module.fail_phoenix(exc)
+    result["image"] = "%s@%s" % (result["image"], result["digest"])
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
