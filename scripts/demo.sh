@@ -33,7 +33,7 @@ TRAFFIC="$PHOENIX_STATE_DIR/demo-traffic.json"
 
 say "3/5 bake 1.1.0 and roll it out as a canary under synthetic traffic ($LB)"
 ap playbooks/bake.yml -e artifact=$ARTIFACT -e version=1.1.0+demo.b2
-python scripts/traffic.py "$LB" --host $ARTIFACT --seconds 90 --out "$TRAFFIC" >/dev/null &
+python scripts/traffic.py "$LB" --host $ARTIFACT --path /items --seconds 150 --rate 40 --out "$TRAFFIC" >/dev/null &
 traffic_pid=$!
 ap playbooks/deploy.yml -e artifact=$ARTIFACT -e environment=$ENVIRONMENT -e version=1.1.0+demo.b2 -e strategy=canary
 kill "$traffic_pid" 2>/dev/null || true; wait "$traffic_pid" 2>/dev/null || true
@@ -41,7 +41,7 @@ kill "$traffic_pid" 2>/dev/null || true; wait "$traffic_pid" 2>/dev/null || true
 
 say "4/5 bake a bad 1.2.0 (50 % HTTP 500 baked in) and deploy it as a canary: analysis must roll it back"
 ap playbooks/bake.yml -e artifact=$ARTIFACT -e version=1.2.0+demo.b3 -e '{"fault": {"error_rate": 0.5}}'
-python scripts/traffic.py "$LB" --host $ARTIFACT --seconds 90 --out "$TRAFFIC" >/dev/null &
+python scripts/traffic.py "$LB" --host $ARTIFACT --path /items --seconds 150 --rate 40 --out "$TRAFFIC" >/dev/null &
 traffic_pid=$!
 if ap playbooks/deploy.yml -e artifact=$ARTIFACT -e environment=$ENVIRONMENT -e version=1.2.0+demo.b3 -e strategy=canary; then
   echo "    UNEXPECTED: the faulty 1.2.0 was not rolled back" >&2

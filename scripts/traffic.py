@@ -2,7 +2,7 @@
 """Synthetic HTTP traffic through a load balancer, bounded in time and count.
 
     traffic.py URL [--host catalog] [--seconds 20] [--max-requests 20000]
-                   [--concurrency 2] [--path /items] [--out result.json]
+                   [--rate 50] [--concurrency 2] [--path /items] [--out result.json]
 
 Loopback only: refuses any URL whose host is not in 127.0.0.0/8 (or
 localhost). Prints (and writes with --out) a JSON summary: requests, ok,
@@ -40,11 +40,13 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--max-requests", type=int, default=20000)
     ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--rate", type=float, default=50.0, help="requests per second in all (0: as fast as possible)")
     ap.add_argument("--timeout", type=float, default=5.0)
     ap.add_argument("--out")
     args = ap.parse_args(argv)
-    if not 0 < args.seconds <= 3600 or not 0 < args.max_requests <= 1_000_000 or not 0 < args.concurrency <= 32:
-        sys.exit("traffic.py: --seconds (0,3600], --max-requests (0,1e6], --concurrency (0,32]")
+    if (not 0 < args.seconds <= 3600 or not 0 < args.max_requests <= 1_000_000 or not 0 < args.concurrency <= 32
+            or not 0 <= args.rate <= 10_000):
+        sys.exit("traffic.py: --seconds (0,3600], --max-requests (0,1e6], --concurrency (0,32], --rate [0,10000]")
     url = urllib.parse.urljoin(args.url, args.path)
     loopback_only(url)
     headers = {"Host": args.host} if args.host else {}
@@ -54,12 +56,17 @@ def main(argv=None):
     deadline = time.monotonic() + args.seconds
     sent = [0]
 
+    start = time.monotonic()
+
     def worker():
         while time.monotonic() < deadline:
             with lock:
                 if sent[0] >= args.max_requests:
                     return
                 sent[0] += 1
+                due = start + sent[0] / args.rate if args.rate else 0
+            if due:
+                time.sleep(max(0.0, due - time.monotonic()))
             req = urllib.request.Request(url, headers=headers)
             try:
                 with urllib.request.urlopen(req, timeout=args.timeout) as resp:

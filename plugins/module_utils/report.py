@@ -53,6 +53,10 @@ class TimelineSampler:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(10)
+        try:  # the final state (e.g. 100 % back on stable after a rollback)
+            self.sample()
+        except Exception:  # the report must never break a rollout
+            self.errors += 1
         return self.samples
 
     def sample(self) -> None:
@@ -135,8 +139,9 @@ def write_png(path: str, report: dict) -> Optional[str]:
             if "weights" in event or "verdict" in event or "cause" in event:
                 top.axvline(event["at"] - t0, color="0.85", linewidth=0.8, zorder=0)
         release = report.get("release") or {}
-        top.set_title("%s %s: %s (%s)" % (release.get("artifact", ""), release.get("version", ""),
-                                          report.get("state"), report.get("action")))
+        top.set_title("%s %s (%s): %s" % (release.get("artifact", ""), release.get("version", ""),
+                                          release.get("strategy") or report.get("action") or "-",
+                                          report.get("state")))
         top.set_ylabel("traffic weight %")
         top.set_ylim(-5, 105)
         bottom.set_ylabel("5xx error rate %")

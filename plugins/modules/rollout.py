@@ -70,7 +70,7 @@ options:
     description:
       - Metric checks of the canary during timed pauses. No data or fewer than C(min_requests) requests
         is inconclusive, never a pass.
-      - "Keys: C(max_error_rate) (0..1), C(max_latency_ms), C(latency_percentile), C(min_requests),
+      - "Keys: C(max_error_rate) (0..1), C(max_latency_ms), C(latency_percentile) (V(avg), V(p50)..V(p99); the local platform has V(avg) only), C(min_requests),
         C(interval), C(failure_limit), C(on_inconclusive) (V(abort) or V(pause))."
     type: dict
   env:

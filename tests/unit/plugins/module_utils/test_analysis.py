@@ -89,7 +89,7 @@ def test_run_of_only_no_data_never_passes():
     ({"max_error_rate": "lots"}, "analysis.max_error_rate"),
     ({"min_requests": -1}, "analysis.min_requests: -1 is out of range"),
     ({"failure_limit": 0}, "analysis.failure_limit"),
-    ({"latency_percentile": "p42"}, "allowed: p50, p90, p95, p99"),
+    ({"latency_percentile": "p42"}, "allowed: avg, p50, p90, p95, p99"),
     ({"interval": "soon"}, "analysis.interval: 'soon' is not a duration"),
     ({"on_inconclusive": "promote"}, "allowed: abort, pause"),
     ({"max_eror_rate": 0.1}, "unknown option(s) max_eror_rate"),
