@@ -320,6 +320,9 @@ class HAProxyProvider(_Provider):
             "    option dontlognull",
             "    option redispatch",
             "    retries 2",
+            # a connection refused / reset or a 503 (an instance starting or draining) is retried
+            # on another server; 500s stay visible so analysis and users see a faulty canary
+            "    retry-on conn-failure empty-response response-timeout 503",
             "    timeout connect 1s",
             "    timeout queue 1s",
             "    timeout client 30s",
