@@ -249,7 +249,7 @@ class Rollout:
             executor.create("target", target.size, name=name)
             target.group = name
             self._save(history)
-        elif observed[target.group].size < target.size:
+        else:  # also replaces members a dead controller left half-removed
             executor.resize("target", target.size)
         executor.wait_healthy("target", target.size)
         now = self.clock.now()

@@ -360,8 +360,15 @@ class LocalPlatform(Platform):
         return ServerGroup(name, artifact, environment, release_id, image, size, 0, True)
 
     def resize(self, group, size) -> None:
+        """Converge the group to ``size`` members; members a dead controller left
+        half-removed (program stopped or gone, or alone drained or off the load
+        balancer while their siblings serve) are removed and replaced."""
         members = self._group_meta(group)
         first = members[0]
+        broken = self._half_removed(members)
+        if broken:
+            self._remove(first["backend"], broken)
+            members = [m for m in members if m not in broken]
         if size > len(members):
             resolved = self._resolve_image(first["artifact"], first["image"])
             start = max(m["index"] for m in members) + 1
@@ -374,6 +381,21 @@ class LocalPlatform(Platform):
                                   list(range(start, start + size - len(members))))
         elif size < len(members):
             self._remove(first["backend"], members[size:])
+
+    def _half_removed(self, members) -> list:
+        procs = self._processes()
+        servers = self._servers(members[0]["backend"])
+        serving = [m for m in members if m["instance"] in servers
+                   and not servers[m["instance"]]["admin"] & (_ADMIN_DRAIN | _ADMIN_MAINT)]
+        broken = []
+        for meta in members:
+            proc = procs.get(meta["instance"])
+            srv = servers.get(meta["instance"])
+            if proc is None or proc["statename"] in ("STOPPED", "EXITED"):
+                broken.append(meta)
+            elif serving and (srv is None or srv["admin"] & (_ADMIN_DRAIN | _ADMIN_MAINT)):
+                broken.append(meta)
+        return broken
 
     def _read_env(self, group) -> dict:
         path = os.path.join(self.data_dir, group, "env")
