@@ -34,6 +34,6 @@ fi
 
 if [[ -z "$only" || "$only" == "pytest" ]]; then
   echo "==> pytest (unit + integration)"
-  python -m pytest "$@"
+  python -m pytest --durations=15 "$@"
 fi
 echo "==> make test finished in $(( $(date +%s) - T0 ))s"
