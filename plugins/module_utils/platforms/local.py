@@ -641,13 +641,19 @@ class LocalPlatform(Platform):
                             if e["attached"] else 0, e["attached"])
                 for name, e in sorted(groups.items())]
 
-    def _snapshot(self, group, members, stats):
+    @staticmethod
+    def _counters(members, stats) -> dict:
+        """{instance: (req_tot, hrsp_5xx)} from one ``show stat``."""
         counters = {}
         for meta in members:
             row = stats.get(meta["instance"])
             if row is not None:
                 counters[meta["instance"]] = (int(row.get("req_tot") or 0),
                                               int(row.get("hrsp_5xx") or 0))
+        return counters
+
+    def _snapshot(self, group, members, stats):
+        counters = self._counters(members, stats)
         self._baseline.setdefault(group, (time.time(), counters))
         return counters
 
@@ -661,12 +667,7 @@ class LocalPlatform(Platform):
         stats = self._stat(members[0]["backend"])
         now = time.time()
         base = self._baseline.get(group)
-        counters = {}
-        for meta in members:
-            row = stats.get(meta["instance"])
-            if row is not None:
-                counters[meta["instance"]] = (int(row.get("req_tot") or 0),
-                                              int(row.get("hrsp_5xx") or 0))
+        counters = self._counters(members, stats)
         self._baseline[group] = (now, counters)
         if base is None:
             return Metrics(0, 0, None, window)
