@@ -34,6 +34,7 @@ import json
 import os
 import shlex
 import socket
+import threading
 import time
 import xmlrpc.client
 from typing import Optional
@@ -115,15 +116,17 @@ class LocalPlatform(Platform):
         self.drain_timeout = float(drain_timeout)
         self.verify_images = verify_images
         self._baseline = {}
-        self._rpc = None
+        # one XML-RPC connection per thread: the report sampler runs beside the
+        # engine, and an http.client connection serves one request at a time
+        self._local = threading.local()
 
     # ------------------------------------------------------------------ helpers
     @property
     def rpc(self):
-        if self._rpc is None:
+        if getattr(self._local, "rpc", None) is None:
             transport = SupervisorTransport(None, None, self.endpoint)
-            self._rpc = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-        return self._rpc
+            self._local.rpc = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        return self._local.rpc
 
     def _call(self, what, fn, *args):
         try:
@@ -131,7 +134,7 @@ class LocalPlatform(Platform):
         except xmlrpc.client.Fault as exc:
             raise PlatformError("supervisord %s: %s" % (what, exc.faultString))
         except (OSError, xmlrpc.client.ProtocolError) as exc:
-            self._rpc = None
+            self._local.rpc = None
             raise PlatformError("supervisord at %s unreachable (%s): %s"
                                 % (self.endpoint, what, exc))
 
