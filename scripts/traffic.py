@@ -12,6 +12,7 @@ import argparse
 import collections
 import ipaddress
 import json
+import signal
 import sys
 import threading
 import time
@@ -53,13 +54,19 @@ def main(argv=None):
     counts = collections.Counter()
     samples = []
     lock = threading.Lock()
-    deadline = time.monotonic() + args.seconds
+    deadline = [time.monotonic() + args.seconds]
     sent = [0]
+
+    def stop(_signum, _frame):  # SIGTERM / SIGINT: finish in-flight requests, then report
+        deadline[0] = 0
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
     start = time.monotonic()
 
     def worker():
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline[0]:
             with lock:
                 if sent[0] >= args.max_requests:
                     return
@@ -86,7 +93,8 @@ def main(argv=None):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(args.seconds + args.timeout + 5)
+        while t.is_alive():  # short joins, so the signal handler runs promptly
+            t.join(0.2)
     total = sum(counts.values())
     errors = sum(n for k, n in counts.items() if not k.isdigit() or int(k) >= 500)
     summary = {"url": url, "requests": total, "ok": counts.get("200", 0), "errors": errors,
