@@ -11,8 +11,10 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import urllib.request
 
 import pytest
@@ -158,6 +160,33 @@ def test_migration_backup_then_rollback(pb):
     assert f"is back on {V1}" in back
     status, doc = get(pb.outputs("ci")["load_balancer"]["url"], "catalog", "/version")
     assert doc["version"] == V1
+
+
+def test_killed_ansible_playbook_mid_rollout_converges_on_rerun(pb):
+    """SIGKILL the whole ansible-playbook process group while the rollout holds
+    its lock, then run the same one-liner again: it converges and finishes."""
+    cmd = ["ansible-playbook", "playbooks/deploy.yml", "-e", f"phoenix_infra_dir={pb.project}",
+           "-e", "artifact=catalog", "-e", "environment=ci", "-e", f"version={V2}", "-e", "strategy=rolling"]
+    lock = pb.state / "releases" / "catalog" / "ci" / "lock"
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=pb.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not lock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lock.exists(), "the rollout never took its lock"
+        time.sleep(1.5)  # mid-rollout: the new group is being created / checked
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    out = pb.play("deploy.yml", "-e", "artifact=catalog", "-e", "environment=ci", "-e", f"version={V2}",
+                  "-e", "strategy=rolling").stdout
+    assert f"catalog in ci: live: {V2}" in out
+    status, doc = get(pb.outputs("ci")["load_balancer"]["url"], "catalog", "/version")
+    assert status == 200 and doc["version"] == V2
+    groups = {p.name.split(".")[0] for p in (pb.state / "stacks" / "ci" / "supervisor" / "programs").glob("*.conf")}
+    # the live group, plus at most the previous one kept warm for an instant rollback
+    assert 1 <= len(groups) <= 2, f"orphan server groups left behind: {groups}"
 
 
 def test_chaos_heals_with_zero_errors(pb):
