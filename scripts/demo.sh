@@ -11,7 +11,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 ENVIRONMENT=local
 ARTIFACT=catalog
-ap() { ansible-playbook "$@"; }
+INFRA_DIR="${PHOENIX_INFRA_DIR:-$ROOT/infra}"  # the Pulumi project (tests point it at a private copy)
+ap() { ansible-playbook -e "phoenix_infra_dir=$INFRA_DIR" "$@"; }
 
 if [[ "${1:-}" == "--destroy" ]]; then
   ap playbooks/destroy.yml -e environment=$ENVIRONMENT
@@ -27,7 +28,7 @@ say "2/5 bake $ARTIFACT 1.0.0 and deploy it"
 ap playbooks/bake.yml -e artifact=$ARTIFACT -e version=1.0.0+demo.b1
 ap playbooks/deploy.yml -e artifact=$ARTIFACT -e environment=$ENVIRONMENT -e version=1.0.0+demo.b1 -e strategy=rolling
 
-LB="$(cd infra && PULUMI_CONFIG_PASSPHRASE="${PULUMI_CONFIG_PASSPHRASE:-phoenix-local}" \
+LB="$(cd "$INFRA_DIR" && PULUMI_CONFIG_PASSPHRASE="${PULUMI_CONFIG_PASSPHRASE:-phoenix-local}" \
       pulumi stack output load_balancer --json -s local | python -c 'import json,sys; print(json.load(sys.stdin)["url"])')"
 TRAFFIC="$PHOENIX_STATE_DIR/demo-traffic.json"
 
