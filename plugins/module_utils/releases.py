@@ -71,7 +71,7 @@ def iso(ts: Optional[float]) -> Optional[str]:
 
 
 def check_name(value: str, option: str) -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise ValueError("%s: %r is not a valid name; use letters, digits, "
                          "'.', '_' or '-' (max 63, starting with a letter or "
                          "digit)" % (option, value))
@@ -104,6 +104,8 @@ class Release:
     previous_release_id: Optional[str] = None
     warm_until: Optional[float] = None
     ci_build_url: Optional[str] = None
+    #: sha256 of the config the instances run with (env + what the platform injects)
+    config_digest: Optional[str] = None
     events: list = field(default_factory=list)
 
     def event(self, at: float, message: str, **data) -> dict:
@@ -339,15 +341,62 @@ def atomic_write(path: str, data: bytes) -> None:
     fsync_dir(directory)
 
 
+def _clean_temp_files(directory: str, keep: Optional[str] = None) -> list:
+    """Remove ``.<name>.*.tmp`` files a killed writer left behind; only safe
+    while holding the lock (the only writer of that directory)."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for fname in names:
+        path = os.path.join(directory, fname)
+        if fname.startswith(".") and fname.endswith(".tmp") and path != keep:
+            try:
+                os.unlink(path)
+                removed.append(fname)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 class FileReleaseStore(ReleaseStore):
-    """``<root>/<artifact>/<environment>/{history.json,lock}``."""
+    """``<root>/<artifact>/<environment>/{history.json,lock}`` plus
+    ``<root>/store-id``: a random id stamped on every group the engine
+    creates, so a different (or empty) store never mistakes them for its own."""
 
     HISTORY = "history.json"
     LOCK = "lock"
+    STORE_ID = "store-id"
 
     def __init__(self, root: str, keep: int = 100):
         self.root = os.path.abspath(root)
         self.keep = keep
+        self._store_id = None
+
+    @property
+    def store_id(self) -> str:
+        """Created once (atomically, first writer wins) and never changed."""
+        if self._store_id is None:
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+            path = os.path.join(self.root, self.STORE_ID)
+            if not os.path.exists(path):
+                tmp = _write_temp(self.root, self.STORE_ID,
+                                  ("store-" + uuid.uuid4().hex[:16]).encode())
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    pass
+                finally:
+                    os.unlink(tmp)
+            with open(path) as handle:
+                value = handle.read().strip()
+            if not re.fullmatch(r"store-[0-9a-f]{16}", value):
+                raise StoreError("release store id %s reads %r; it is written once "
+                                 "by phoenix.deploy (store-<16 hex>): restore it or "
+                                 "remove the file to start a new store" % (path, value))
+            self._store_id = value
+        return self._store_id
 
     def directory(self, artifact: str, environment: str, create: bool = True) -> str:
         path = os.path.join(self.root, check_name(artifact, "artifact"),
@@ -445,6 +494,8 @@ class FileReleaseStore(ReleaseStore):
                     raise StoreError("could not create lock %s" % path)
             finally:
                 os.unlink(tmp)
+            # we are the only writer now: temp files are a killed writer's debris
+            _clean_temp_files(directory)
             fsync_dir(directory)
         return Lock(artifact, environment, holder, recovered)
 

@@ -16,14 +16,17 @@ orphan groups.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.analysis import (
-    AnalysisSpec)
+    AnalysisSpec, SettingsError)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
-    Clock)
+    Clock, PlatformError)
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
     ABORTED, IN_PROGRESS, INTERRUPTED, LIVE, PAUSED, RETIRED, ROLLED_BACK,
     SUCCEEDED, FAILED, LockHolder, Release, check_name)
@@ -50,6 +53,50 @@ class Result:
 
 def group_name(artifact: str, environment: str, release_id: str) -> str:
     return "%s-%s-%s" % (artifact, environment, release_id)
+
+
+#: variables every platform sets itself; a caller's ``env`` may not override them
+RESERVED_ENV = ("PORT", "BIND", "IMAGE_DIR", "DRAIN_TIMEOUT")
+RESERVED_ENV_PREFIXES = ("DB_",)
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_env(env, option: str = "env") -> dict:
+    """``{NAME: value}`` as strings; refuses invalid names, NUL bytes and the
+    variables the platform owns.  Multi-line values (a PEM) are fine."""
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise SettingsError("%s: %r; allowed a mapping of VARIABLE: value"
+                            % (option, type(env).__name__), param=option)
+    out = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not _ENV_KEY.fullmatch(key):
+            raise SettingsError("%s: key %r is not a variable name; allowed "
+                                "[A-Za-z_][A-Za-z0-9_]*" % (option, key), param=option)
+        if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
+            raise SettingsError(
+                "%s.%s: set by the platform, not by env (reserved: %s, %s*); the "
+                "database settings come from the infra outputs"
+                % (option, key, ", ".join(RESERVED_ENV), "*, ".join(RESERVED_ENV_PREFIXES)),
+                param=option)
+        if value is None or isinstance(value, (dict, list, tuple, set)):
+            raise SettingsError("%s.%s: %s; allowed a string or a number"
+                                % (option, key, "null" if value is None
+                                   else type(value).__name__), param=option)
+        text = value if isinstance(value, str) else str(value)
+        if "\x00" in text:
+            raise SettingsError("%s.%s: the value holds a NUL byte, which no process "
+                                "environment can carry" % (option, key), param=option)
+        out[key] = text
+    return out
+
+
+def config_digest(env: dict, platform_inputs: dict) -> str:
+    """Identity of what instances run with besides the image: the caller's
+    env plus what the platform injects (secrets only as digests)."""
+    data = json.dumps({"env": env, "platform": platform_inputs}, sort_keys=True)
+    return "sha256:" + hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
 class _ReleaseHooks(Hooks):
@@ -85,13 +132,14 @@ class Rollout:
     def __init__(self, platform, store, artifact: str, environment: str,
                  clock: Optional[Clock] = None, env: Optional[dict] = None,
                  timeout: Optional[float] = None,
-                 owner: Optional[Callable] = None):
+                 owner: Optional[Callable] = None, force: bool = False):
         self.platform = platform
         self.store = store
         self.artifact = check_name(artifact, "artifact")
         self.environment = check_name(environment, "environment")
         self.clock = clock or Clock()
-        self.env = dict(env or {})
+        self.env = check_env(env)
+        self.force = bool(force)
         self.timeout = timeout
         self.owner = owner or LockHolder.current
         self.events = []
@@ -118,6 +166,31 @@ class Rollout:
         return {g.name: g for g in self.platform.list_groups(self.artifact,
                                                              self.environment)}
 
+    @property
+    def store_id(self) -> Optional[str]:
+        return getattr(self.store, "store_id", None)
+
+    def config_digest(self) -> str:
+        return config_digest(self.env, self.platform.config_inputs())
+
+    def _ours(self, history, group) -> bool:
+        """A group this store's engine made: named in its history, or stamped
+        with its store id (created just before a crash, not yet recorded)."""
+        if any(group.name in (r.group, r.old_group) for r in history.releases):
+            return True
+        return group.owner is not None and group.owner == self.store_id
+
+    def _foreign(self, history, observed) -> list:
+        return sorted(n for n, g in observed.items() if not self._ours(history, g))
+
+    def _free_name(self, history, observed, release_id) -> str:
+        base = group_name(self.artifact, self.environment, release_id)
+        name, n = base, 1
+        while name in observed or any(r.group == name for r in history.releases
+                                      if r.release_id != release_id):
+            name, n = "%s-r%d" % (base, n), n + 1
+        return name
+
     def _executor(self, release, hooks=None, groups=None, name=None) -> Executor:
         settings = release.settings or {}
         deadline = self.clock.now() + self.timeout if self.timeout else None
@@ -125,7 +198,8 @@ class Rollout:
         return Executor(self.platform, self.clock, groups or {}, create={
             "artifact": self.artifact, "environment": self.environment,
             "release_id": release.release_id, "image": release.image,
-            "env": self.env, "name": name}, hooks=hooks or Hooks(), analysis=spec,
+            "env": self.env, "name": name, "owner": self.store_id},
+            hooks=hooks or Hooks(), analysis=spec,
             progress_deadline=settings.get("progress_deadline", 600.0),
             deadline=deadline)
 
@@ -156,11 +230,39 @@ class Rollout:
             if lock.recovered_from is not None:
                 self._record(history, None, "recovered the lock of a dead rollout: %s"
                              % lock.recovered_from.describe())
-            self._converge(history)
+            try:
+                self._converge(history)
+            except StepFailed as exc:
+                live = history.live_release()
+                raise RolloutError(
+                    "%s/%s: the live release %s could not be given its traffic back: %s; "
+                    "no other group was removed. Fix the cause and run again"
+                    % (self.artifact, self.environment,
+                       "%s (%s)" % (live.release_id, live.version) if live else "-",
+                       exc.reason))
+            if action != "converge" and not self.force:
+                self._refuse_foreign(history)
             return body(history)
         finally:
             self._lock = None
             self.store.release(lock)
+
+    def _refuse_foreign(self, history):
+        observed = self._observed()
+        serving = [n for n in self._foreign(history, observed)
+                   if observed[n].attached and observed[n].weight > 0]
+        if serving:
+            raise RolloutError(
+                "%s serve%s traffic of %s/%s but %s not created by this release store "
+                "(%s, id %s): nothing was changed. Use the release store that created "
+                "%s (store), or force: true to take %s over and replace %s"
+                % (", ".join(serving), "s" if len(serving) == 1 else "",
+                   self.artifact, self.environment,
+                   "it was" if len(serving) == 1 else "they were",
+                   getattr(self.store, "root", "?"), self.store_id,
+                   "it" if len(serving) == 1 else "them",
+                   "it" if len(serving) == 1 else "them",
+                   "it" if len(serving) == 1 else "them"))
 
     def converge(self) -> Result:
         """Only converge (also done at the start of every action)."""
@@ -173,6 +275,9 @@ class Rollout:
             LIVE if history.live else "empty")
 
     def _converge(self, history):
+        """Finish or undo what a dead controller left, give the live group its
+        traffic back, and only then remove groups no release needs.  Groups
+        this store did not create are left alone (``force`` takes them over)."""
         for release in [r for r in history.releases if r.status == IN_PROGRESS or
                         (r.status == LIVE and r.outcome is None)]:
             self._recover(history, release)
@@ -191,21 +296,32 @@ class Rollout:
         if live is not None:
             keep.add(live.group)
         keep.update(r.group for r in paused)
+        if live is not None and not paused:
+            group = observed.get(live.group)
+            if group is None or group.weight != 100 or not group.attached:
+                self._restore(history, live, live, cause="converge")
+                observed = self._observed()
         dummy = Release("-", self.artifact, self.environment, "-", "-", "-")
         executor = self._executor(live or dummy, _ReleaseHooks(
             self, history, live or (history.releases[-1] if history.releases else dummy),
             None))
         for name in sorted(set(observed) - keep):
+            group = observed[name]
+            if not self.force and not self._ours(history, group):
+                self._record(history, live, "leaving %s alone: this release store (id %s) "
+                             "did not create it (owner %s); force: true takes it over"
+                             % (name, self.store_id, group.owner or "unknown"), group=name)
+                continue
+            if group.attached and group.weight > 0 and (live is None or paused):
+                self._record(history, live, "leaving %s alone: it serves traffic and no "
+                             "live release could take it over" % name, group=name)
+                continue
             self._record(history, live, "destroying %s: not the live, paused or "
                          "warm group of any release" % name, group=name)
             executor.groups["x"] = name
-            if observed[name].attached:
+            if group.attached:
                 executor.drain("x")
             executor.destroy(name=name)
-        if live is not None and not paused:
-            group = observed.get(live.group)
-            if group is None or group.weight != 100 or not group.attached:
-                self._restore(history, live, live, cause="converge")
 
     def _recover(self, history, release):
         """A release left in progress by a controller that died."""
@@ -232,30 +348,43 @@ class Rollout:
 
     def _restore(self, history, target, record_on, cause):
         """Give ``target`` (a live or previous release) all traffic at its
-        size, re-creating its group from its image when it is gone; drain and
-        destroy every other group except warm ones."""
+        size, re-creating its group from its image when it is gone; record it
+        live as soon as it is healthy (before traffic moves), then drain and
+        destroy the other groups of this store except warm ones.
+
+        Members a dead controller left draining are put back first (they
+        would never turn ready otherwise); other groups keep their traffic
+        until ``target`` is healthy at full size."""
         observed = self._observed()
         executor = self._executor(target, _ReleaseHooks(self, history, record_on, None),
                                   groups={"target": target.group})
-        if target.group not in observed:
-            name, n = group_name(self.artifact, self.environment, target.release_id), 1
-            while name in observed or any(r.group == name for r in history.releases
-                                          if r is not target):
-                name = "%s-r%d" % (group_name(self.artifact, self.environment,
-                                              target.release_id), n)
-                n += 1
-            self._record(history, record_on, "%s: group %s is gone; creating %s "
-                         "from image %s" % (cause, target.group, name, target.image))
+        gone = "is gone"
+        if target.group in observed:
+            try:  # also replaces members a dead controller left half-removed
+                if not observed[target.group].attached:
+                    self.platform.cancel_drain(target.group)
+                executor.resize("target", target.size)
+            except PlatformError as exc:  # e.g. half-destroyed by a dead controller
+                gone = "cannot be reused (%s)" % exc
+        if target.group not in observed or gone != "is gone":
+            name = self._free_name(history, observed, target.release_id)
+            self._record(history, record_on, "%s: group %s %s; creating %s "
+                         "from image %s" % (cause, target.group, gone, name, target.image))
             executor.create("target", target.size, name=name)
             target.group = name
             self._save(history)
-        else:  # also replaces members a dead controller left half-removed
-            executor.resize("target", target.size)
         executor.wait_healthy("target", target.size)
+        # recorded live once healthy at full size, before traffic moves: a kill
+        # from here on finishes forward to target, never back to what it replaces
+        target.warm_until = None
+        if history.live != target.release_id:
+            self._make_live(history, target)
+        self._save(history)
         now = self.clock.now()
         warm = {r.group for r in history.releases
                 if r.warm_until and r.warm_until > now and r is not target}
-        others = [n for n in observed if n != target.group]
+        others = [n for n in observed if n != target.group and
+                  (self.force or self._ours(history, observed[n]))]
         weights = {target.group: 100}
         weights.update({n: 0 for n in others if observed[n].attached})
         executor.groups.update({"w%d" % i: n for i, n in enumerate(weights)})
@@ -268,10 +397,6 @@ class Rollout:
                 executor.drain("x")
             if name not in warm:
                 executor.destroy(name=name)
-        target.warm_until = None
-        if history.live != target.release_id:
-            self._make_live(history, target)
-        self._save(history)
 
     # -- actions ---------------------------------------------------------------
     def _validate(self, version, image, size, strategy, settings, analysis):
@@ -290,7 +415,10 @@ class Rollout:
         return paused[-1] if paused else None
 
     def _live_matches(self, live, image, size) -> bool:
-        if live is None or live.image != image or live.size != size:
+        """Same image, size and config (env + platform-injected settings):
+        redeploying it is a no-op; any difference is a new release."""
+        if live is None or live.image != image or live.size != size or \
+                live.config_digest != self.config_digest():
             return False
         group = self._observed().get(live.group)
         return group is not None and group.weight == 100 and group.attached
@@ -308,8 +436,8 @@ class Rollout:
         old = self._observed().get(live.group) if live else None
         steps = build_plan(strategy, settings, size, old.size if old else 0, bool(spec))
         names = {"old": old.name if old else None,
-                 "new": group_name(self.artifact, self.environment,
-                                   "v%03d" % history.next_seq)}
+                 "new": self._free_name(history, self._observed(),
+                                        "v%03d" % history.next_seq)}
         return self._result(history, "deploy", changed=True, state="planned",
                             msg="would deploy %s with %s" % (version, strategy),
                             plan=[dict(s.as_dict(), description=s.describe(names))
@@ -339,7 +467,8 @@ class Rollout:
                 analysis=spec.as_dict() if spec else None,
                 track="canary" if strategy == "canary" and old else "stable",
                 started=self.clock.now(), ci_build_url=ci_build_url,
-                group=group_name(self.artifact, self.environment, release_id),
+                config_digest=self.config_digest(),
+                group=self._free_name(history, self._observed(), release_id),
                 old_group=old.name if old else None,
                 previous_release_id=live.release_id if live else None))
             release.plan = [s.as_dict() for s in build_plan(
@@ -450,6 +579,7 @@ class Rollout:
                 image=target.image, strategy="rollback", kind="rollback",
                 size=target.size, settings=dict(target.settings or {}),
                 started=self.clock.now(), group=target.group,
+                config_digest=self.config_digest(),
                 old_group=live.group, previous_release_id=live.release_id))
             self.store.update_lock(self._lock, release_id=release_id)
             warm = target.group in self._observed()

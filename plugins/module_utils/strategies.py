@@ -20,6 +20,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
+from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.analysis import (
     FAIL, INCONCLUSIVE, AnalysisRun, SettingsError, parse_duration)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
@@ -317,7 +318,7 @@ def build_plan(strategy: str, settings: dict, size: int, old_size: int,
 # --------------------------------------------------------------------------
 # executor
 # --------------------------------------------------------------------------
-class StepFailed(Exception):
+class StepFailed(PhoenixError):
     """A step failed; ``cause`` is health / analysis / deadline / platform."""
 
     def __init__(self, reason: str, cause: str):

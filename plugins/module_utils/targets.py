@@ -61,15 +61,19 @@ def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0):
                        param="infra")
 
 
+def default_store_root(infra: dict) -> str:
+    """The one default the modules and the playbooks share:
+    ``$PHOENIX_STATE_DIR/releases`` (what ``phoenix_release_store`` is in every
+    inventory), else ``<infra state_dir>/releases``."""
+    state = os.environ.get("PHOENIX_STATE_DIR") or infra.get("state_dir")
+    if not state:
+        raise PhoenixError("store: no release store path, PHOENIX_STATE_DIR is unset and the "
+                           "infra has no state_dir; set store", param="store")
+    return os.path.join(state, "releases")
+
+
 def make_store(params, infra) -> FileReleaseStore:
-    root = params.get("store")
-    if not root:
-        state = infra.get("state_dir") or os.environ.get("PHOENIX_STATE_DIR")
-        if not state:
-            raise PhoenixError("store: no release store path and the infra has no state_dir; "
-                               "set store", param="store")
-        root = os.path.join(state, "releases")
-    return FileReleaseStore(root)
+    return FileReleaseStore(params.get("store") or default_store_root(infra))
 
 
 def resolve_image(artifact: str, version, image, image_store=None) -> dict:

@@ -77,6 +77,12 @@ options:
     description:
       - Environment configuration injected into every instance at deploy time (never baked).
         Port, bind address and database credentials come from the infra outputs.
+      - Keys match C([A-Za-z_][A-Za-z0-9_]*); C(PORT), C(BIND), C(IMAGE_DIR), C(DRAIN_TIMEOUT) and C(DB_*) are
+        set by the platform and refused here. Values are strings or numbers (multi-line values such as a PEM
+        work; NUL bytes do not).
+      - A release is keyed by image, size and config (this env plus what the platform injects, the database
+        password as a digest): redeploying the live version with a changed env or a rotated password rolls
+        out a new release.
     type: dict
     default: {}
   wait:
@@ -106,7 +112,7 @@ options:
     description: Stack of O(project_path), for example V(local).
     type: str
   store:
-    description: Release store directory (history and locks). Defaults to C(<infra state_dir>/releases).
+    description: Release store directory (history and locks). Defaults to C($PHOENIX_STATE_DIR/releases) (the playbooks' C(phoenix_release_store)), else C(<infra state_dir>/releases).
     type: path
   image_store:
     description: Image store of the bakes. Defaults to C($PHOENIX_STATE_DIR/images).
@@ -117,6 +123,13 @@ options:
   ci_build_url:
     description: URL of the CI build that asked for this rollout; recorded with the release.
     type: str
+  force:
+    description:
+      - Take over server groups of this artifact and environment that this release store did not create
+        (another or an emptied store). Without it they are left alone, and an action refuses to run while
+        such a group serves traffic.
+    type: bool
+    default: false
 attributes:
   check_mode:
     description: Validates everything and returns the plan; touches nothing on the platform.
@@ -268,6 +281,7 @@ ARGUMENT_SPEC = dict(
     drain_timeout=dict(type="float", default=10),
     report_dir=dict(type="path"),
     ci_build_url=dict(type="str"),
+    force=dict(type="bool", default=False),
 )
 
 
@@ -287,8 +301,8 @@ class RolloutManager:
         self.store = targets.make_store(p, self.infra)
         try:
             self.engine = Rollout(self.platform, self.store, p["artifact"], p["environment"],
-                                  env={k: str(v) for k, v in p["env"].items()},
-                                  timeout=p["timeout"], owner=LockHolder.current)
+                                  env=p["env"], timeout=p["timeout"],
+                                  owner=LockHolder.current, force=p["force"])
         except ValueError as exc:
             raise PhoenixError(str(exc))
         self.image = None

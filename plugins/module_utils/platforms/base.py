@@ -19,6 +19,11 @@ Contract (what the engine relies on):
 * ``drain_and_detach`` stops new traffic, lets in-flight requests finish and
   removes the group from the load balancer; its instances keep running
   (a *warm* group) until ``destroy``.
+* ``cancel_drain`` puts members that a killed controller left draining (or
+  in maintenance) back into the load balancer at weight 0; a platform whose
+  drain cannot be left half-done keeps the default no-op.
+* ``create_group`` stamps ``owner`` (the release store id) on the group, and
+  ``list_groups`` reports it, so the engine only ever destroys what it made.
 * ``list_groups`` reports the observed state (size, weight, attached) of the
   groups of one (artifact, environment), including ones being destroyed.
 """
@@ -62,6 +67,8 @@ class ServerGroup:
     size: int = 0
     weight: int = 0
     attached: bool = True
+    #: id of the release store whose engine created the group (None: unknown)
+    owner: Optional[str] = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -157,7 +164,8 @@ class Platform(abc.ABC):
     @abc.abstractmethod
     def create_group(self, artifact: str, environment: str, release_id: str,
                      image: str, size: int, env: dict,
-                     name: Optional[str] = None) -> ServerGroup:
+                     name: Optional[str] = None,
+                     owner: Optional[str] = None) -> ServerGroup:
         """Request a new group; returns at once (instances may be starting)."""
 
     @abc.abstractmethod
@@ -175,6 +183,14 @@ class Platform(abc.ABC):
     @abc.abstractmethod
     def drain_and_detach(self, group: str) -> None:
         """Request drain and removal from the load balancer (keeps it warm)."""
+
+    def cancel_drain(self, group: str) -> None:
+        """Undo a drain a dead controller left half-done (weight 0, attached)."""
+
+    def config_inputs(self) -> dict:
+        """What the platform injects into every instance besides ``env``
+        (secrets as digests), part of a release's config digest."""
+        return {}
 
     @abc.abstractmethod
     def destroy(self, group: str) -> None:

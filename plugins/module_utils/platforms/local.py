@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import fcntl
 import http.client
 import json
@@ -263,6 +264,15 @@ class LocalPlatform(Platform):
         return env
 
     @staticmethod
+    def config_inputs(self) -> dict:
+        """What every instance gets besides ``env``; the password only as a digest."""
+        env = self._base_env()
+        password = env.pop("DB_PASSWORD", None)
+        if password is not None:
+            env["DB_PASSWORD_SHA256"] = hashlib.sha256(password.encode("utf-8")).hexdigest()
+        return env
+
+    @staticmethod
     def _write_private(path: str, text: str) -> None:
         tmp = path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -301,7 +311,7 @@ class LocalPlatform(Platform):
         return "\n".join(lines)
 
     def _start_instances(self, artifact, environment, release_id, group, image_ref,
-                         image, env, indexes):
+                         image, env, indexes, owner=None):
         """Write conf files, then reloadConfig + addProcessGroup; add each
         instance to HAProxy with weight 0 and health checks on."""
         backend = self._backend(artifact)
@@ -311,9 +321,11 @@ class LocalPlatform(Platform):
         full_env = self._base_env()
         full_env.update({k: str(v) for k, v in (env or {}).items()})
         full_env.pop("PORT", None)
+        bad = sorted(k for k in full_env if not k.replace("_", "").isalnum() or k[:1].isdigit())
+        if bad:  # the engine refuses these first (check_env); never dropped silently
+            raise PlatformError("env: invalid variable name(s) %s" % ", ".join(bad))
         self._write_private(env_file, "".join(
-            "%s=%s\n" % (key, shlex.quote(value)) for key, value in sorted(full_env.items())
-            if key.replace("_", "").isalnum()))
+            "%s=%s\n" % (key, shlex.quote(value)) for key, value in sorted(full_env.items())))
         metas = []
         with self._allocation_lock():
             existing = self._instances()
@@ -323,7 +335,8 @@ class LocalPlatform(Platform):
                 meta = {"instance": "%s.%03d" % (group, index), "group": group,
                         "artifact": artifact, "environment": environment,
                         "release_id": release_id, "image": image_ref, "index": index,
-                        "address": self.address, "port": port, "backend": backend}
+                        "address": self.address, "port": port, "backend": backend,
+                        "owner": owner}
                 log = os.path.join(group_dir, "%03d.log" % index)
                 self._write_private(os.path.join(self.include_dir, meta["instance"] + ".conf"),
                                     self._conf(meta, image, env_file, log))
@@ -351,16 +364,17 @@ class LocalPlatform(Platform):
 
     # ------------------------------------------------------------ the interface
     def create_group(self, artifact, environment, release_id, image, size, env,
-                     name=None) -> ServerGroup:
+                     name=None, owner=None) -> ServerGroup:
         name = name or "%s-%s-%s" % (artifact, environment, release_id)
         self._backend(artifact)
         resolved = self._resolve_image(artifact, image)
         if self._members(name):
             raise PlatformError("server group %r already exists" % name)
         self._start_instances(artifact, environment, release_id, name, image, resolved,
-                              env, list(range(1, size + 1)))
+                              env, list(range(1, size + 1)), owner=owner)
         self._baseline.pop(name, None)
-        return ServerGroup(name, artifact, environment, release_id, image, size, 0, True)
+        return ServerGroup(name, artifact, environment, release_id, image, size, 0, True,
+                           owner=owner)
 
     def resize(self, group, size) -> None:
         """Converge the group to ``size`` members; members a dead controller left
@@ -381,7 +395,8 @@ class LocalPlatform(Platform):
             # from the next set_weights, which the engine calls once healthy
             self._start_instances(first["artifact"], first["environment"], first["release_id"],
                                   group, first["image"], resolved, env,
-                                  list(range(start, start + size - len(members))))
+                                  list(range(start, start + size - len(members))),
+                                  owner=first.get("owner"))
         elif size < len(members):
             self._remove(first["backend"], members[size:])
 
@@ -401,14 +416,14 @@ class LocalPlatform(Platform):
         return broken
 
     def _read_env(self, group) -> dict:
+        """The group's env file (``KEY='value'`` words, values may span lines)."""
         path = os.path.join(self.data_dir, group, "env")
         env = {}
         try:
             with open(path) as handle:
-                for line in handle:
-                    key, _sep, value = line.rstrip("\n").partition("=")
-                    parts = shlex.split(value)
-                    env[key] = parts[0] if parts else ""
+                for word in shlex.split(handle.read()):
+                    key, _sep, value = word.partition("=")
+                    env[key] = value
         except OSError:
             pass
         base = self._base_env()
@@ -603,6 +618,18 @@ class LocalPlatform(Platform):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
 
+    def cancel_drain(self, group) -> None:
+        """Members a killed controller left in drain or maintenance (``del
+        server`` never came) go back to serving at weight 0 once HAProxy's
+        check passes; members already removed from HAProxy stay detached."""
+        members = self._group_meta(group)
+        backend = members[0]["backend"]
+        servers = self._servers(backend)
+        stuck = [m for m in members if m["instance"] in servers
+                 and servers[m["instance"]]["admin"] & (_ADMIN_DRAIN | _ADMIN_MAINT)]
+        if stuck:
+            self._add_servers(backend, stuck, weight=0)
+
     def drain_and_detach(self, group) -> None:
         members = self._group_meta(group)
         self._drain_servers(members[0]["backend"], [m["instance"] for m in members])
@@ -641,7 +668,7 @@ class LocalPlatform(Platform):
                 entry["attached"] = True
         return [ServerGroup(name, artifact, environment, e["meta"]["release_id"],
                             e["meta"]["image"], e["size"], weights.get(name, 0)
-                            if e["attached"] else 0, e["attached"])
+                            if e["attached"] else 0, e["attached"], e["meta"].get("owner"))
                 for name, e in sorted(groups.items())]
 
     @staticmethod

@@ -7,7 +7,7 @@ call is logged with a snapshot, and ``crash_at`` raises ``Crash`` (a
 BaseException, like the controller being killed) at the n-th mutating call.
 """
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
-    FAILED, READY, STARTING, Health, InstanceHealth, Metrics, Platform,
+    DRAINING, FAILED, READY, STARTING, Health, InstanceHealth, Metrics, Platform,
     PlatformError, ServerGroup)
 
 
@@ -41,6 +41,7 @@ class FakePlatform(Platform):
         self.log = []
         self.ops = 0
         self.crash_at = None
+        self.crash_after = None  # crash right after the n-th call took effect
         self.seq = 0
 
     # -- internals -----------------------------------------------------------
@@ -49,8 +50,21 @@ class FakePlatform(Platform):
         if self.crash_at is not None and self.ops == self.crash_at:
             raise Crash("%s%r" % (op, args))
 
+    def _after(self, op, *args):
+        """Called once the n-th call took effect (a kill right after it)."""
+        if self.crash_after is not None and self.ops == self.crash_after:
+            self._refresh()
+            for g in self.groups.values():  # time passes: requests land
+                if g["pending"] is not None:
+                    g["weight"], g["pending"] = g["pending"][0], None
+            if op == "drain_and_detach":  # killed mid-drain: the drain never ends
+                g = self.groups[args[0]]
+                g["draining"], g["detach_at"], g["attached"] = True, None, False
+            raise Crash("after %s%r" % (op, args))
+
     def _logged(self, op, *args):
         self.log.append((self.clock.now(), op, args, self.snapshot()))
+        self._after(op, *args)
 
     def _group(self, name):
         self._refresh()
@@ -75,7 +89,7 @@ class FakePlatform(Platform):
         return self.behaviour.get(g["image"], {})
 
     def _ready(self, g):
-        if g["deleting_at"] is not None or self._beh(g).get("crash") or \
+        if g["draining"] or g["deleting_at"] is not None or self._beh(g).get("crash") or \
                 self._beh(g).get("never_ready"):
             return 0
         now = self.clock.now()
@@ -91,7 +105,8 @@ class FakePlatform(Platform):
         out = {}
         for name, g in self.groups.items():
             target = g["pending"][0] if g["pending"] else g["weight"]
-            serving = g["attached"] and g["detach_at"] is None and g["deleting_at"] is None
+            serving = g["attached"] and g["detach_at"] is None and g["deleting_at"] is None \
+                and not g["draining"]
             out[name] = {"size": len(g["instances"]), "ready": self._ready(g),
                          "weight": target, "serving": serving,
                          "deleting": g["deleting_at"] is not None}
@@ -105,7 +120,8 @@ class FakePlatform(Platform):
         return sorted(n for n, s in self.snapshot().items() if not s["deleting"])
 
     # -- the interface -------------------------------------------------------
-    def create_group(self, artifact, environment, release_id, image, size, env, name=None):
+    def create_group(self, artifact, environment, release_id, image, size, env, name=None,
+                     owner=None):
         self._mutating("create_group", name)
         self._refresh()
         name = name or "%s-%s-%s" % (artifact, environment, release_id)
@@ -114,11 +130,12 @@ class FakePlatform(Platform):
         g = {"name": name, "artifact": artifact, "environment": environment,
              "release_id": release_id, "image": image, "env": dict(env),
              "instances": [], "weight": 0, "pending": None, "attached": True,
-             "detach_at": None, "deleting_at": None}
+             "detach_at": None, "deleting_at": None, "draining": False,
+             "owner": owner}
         g["instances"] = [self._new_instance(g) for _index in range(size)]
         self.groups[name] = g
         self._logged("create_group", name, size)
-        return ServerGroup(name, artifact, environment, release_id, image, size)
+        return ServerGroup(name, artifact, environment, release_id, image, size, owner=owner)
 
     def resize(self, group, size):
         self._mutating("resize", group, size)
@@ -133,7 +150,9 @@ class FakePlatform(Platform):
         now, beh, out = self.clock.now(), self._beh(g), []
         for inst in g["instances"]:
             up = now >= inst["started"] + self.start_delay
-            if beh.get("crash") and up:
+            if g["draining"]:
+                out.append(InstanceHealth(inst["name"], DRAINING, "draining"))
+            elif beh.get("crash") and up:
                 out.append(InstanceHealth(inst["name"], FAILED, "exited 3 times (crash loop)", 3))
             elif up and not beh.get("never_ready"):
                 out.append(InstanceHealth(inst["name"], READY))
@@ -149,7 +168,7 @@ class FakePlatform(Platform):
                 raise PlatformError("weight %r out of range" % weight)
             g["pending"] = (weight, self.clock.now() + self.weight_delay)
             if weight > 0:
-                g["attached"], g["detach_at"] = True, None
+                g["attached"], g["detach_at"], g["draining"] = True, None, False
         self._logged("set_weights", dict(weights))
 
     def drain_and_detach(self, group):
@@ -159,6 +178,13 @@ class FakePlatform(Platform):
         g["weight"] = 0
         g["detach_at"] = self.clock.now() + self.drain_delay
         self._logged("drain_and_detach", group)
+
+    def cancel_drain(self, group):
+        self._mutating("cancel_drain", group)
+        g = self._group(group)
+        if g["draining"]:
+            g["draining"], g["attached"], g["weight"], g["pending"] = False, True, 0, None
+        self._logged("cancel_drain", group)
 
     def destroy(self, group):
         self._mutating("destroy", group)
@@ -173,7 +199,7 @@ class FakePlatform(Platform):
         return [ServerGroup(g["name"], g["artifact"], g["environment"], g["release_id"],
                             g["image"], len(g["instances"]), g["weight"],
                             g["attached"] and g["detach_at"] is None
-                            and g["deleting_at"] is None)
+                            and g["deleting_at"] is None, owner=g["owner"])
                 for g in self.groups.values()
                 if g["artifact"] == artifact and g["environment"] == environment]
 
