@@ -263,7 +263,6 @@ class LocalPlatform(Platform):
                 env[var] = str(db[key])
         return env
 
-    @staticmethod
     def config_inputs(self) -> dict:
         """What every instance gets besides ``env``; the password only as a digest."""
         env = self._base_env()
