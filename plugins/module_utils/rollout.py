@@ -51,8 +51,22 @@ class Result:
     plan: list = field(default_factory=list)
 
 
+_NOT_DNS = re.compile(r"[^a-z0-9]+")
+
+
 def group_name(artifact: str, environment: str, release_id: str) -> str:
-    return "%s-%s-%s" % (artifact, environment, release_id)
+    """``<artifact>-<environment>-<release>`` as a name every platform takes
+    (DNS-1123 label, GCE resource name): lowercase ``[a-z0-9-]``, starting
+    with a letter, at most 63 characters, derived deterministically
+    (``integrated_qa`` -> ``integrated-qa``; too long -> cut + 8-hex hash)."""
+    raw = "%s-%s-%s" % (artifact, environment, release_id)
+    name = _NOT_DNS.sub("-", raw.lower()).strip("-")
+    if not name[:1].isalpha():
+        name = "g-" + name
+    if len(name) > 63:
+        digest = hashlib.sha256(raw.encode("utf-8")).hexdigest()[:8]
+        name = "%s-%s" % (name[:54].rstrip("-"), digest)
+    return name
 
 
 #: variables every platform sets itself; a caller's ``env`` may not override them

@@ -302,3 +302,22 @@ def test_lock_holder_survives_store_ids(tmp_path):
     lock = world.store.acquire("catalog", "ci", LockHolder.current("deploy"))
     world.store.release(lock)
     assert world.rollout().deploy("1.0.0", "sha256:a", 1).release["outcome"] == SUCCEEDED
+
+
+@pytest.mark.parametrize("artifact, environment, release, expected", [
+    ("catalog", "ci", "v007", "catalog-ci-v007"),
+    ("catalog", "integrated_qa", "v001", "catalog-integrated-qa-v001"),
+    ("catalog", "Prod.EU", "v002", "catalog-prod-eu-v002"),
+])
+def test_group_names_are_valid_everywhere(artifact, environment, release, expected):
+    from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import group_name
+    assert group_name(artifact, environment, release) == expected
+
+
+def test_long_group_names_are_cut_deterministically():
+    from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import group_name
+    a = group_name("catalog", "e" * 60, "v001")
+    b = group_name("catalog", "e" * 61, "v001")
+    assert len(a) <= 63 and len(b) <= 63 and a != b
+    assert re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", a)
+    assert a == group_name("catalog", "e" * 60, "v001")
