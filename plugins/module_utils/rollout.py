@@ -413,16 +413,22 @@ class Rollout:
                 executor.destroy(name=name)
 
     # -- actions ---------------------------------------------------------------
+    @staticmethod
+    def validate(size, strategy, settings, analysis):
+        """Check a deploy request's settings before anything is looked up:
+        ``SettingsError`` names the option.  Returns (settings, spec)."""
+        return (parse_settings(strategy, settings, size),
+                AnalysisSpec.from_dict(analysis) if analysis else None)
+
     def _validate(self, version, image, size, strategy, settings, analysis):
         if not isinstance(version, str) or not version or version.lower() == "latest":
             raise RolloutError("version: %r; a fixed version is required "
                                "(MAJOR.MINOR.PATCH[-pre][+build]); mutable tags "
-                               "like 'latest' are refused" % (version,))
+                               "like 'latest' are refused" % (version,), param="version")
         if not isinstance(image, str) or not image:
             raise RolloutError("image: a baked image reference (content digest) "
-                               "is required")
-        return (parse_settings(strategy, settings, size),
-                AnalysisSpec.from_dict(analysis) if analysis else None)
+                               "is required", param="image")
+        return self.validate(size, strategy, settings, analysis)
 
     def _paused(self, history) -> Optional[Release]:
         paused = [r for r in history.releases if r.status == PAUSED]

@@ -321,6 +321,7 @@ class RolloutManager:
     def run(self):
         p = self.params
         if p["action"] == "deploy":
+            Rollout.validate(p["size"], p["strategy"], p["strategy_settings"], p["analysis"])
             self.image = targets.resolve_image(p["artifact"], p["version"], p["image"],
                                                p["image_store"])
             if p["version"] is None:
