@@ -31,6 +31,14 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.strategies import (
     Executor, Hooks, Step, StepFailed, build_plan, parse_settings)
 
 
+NO_ANALYSIS = "none"  # analysis: none, a deliberate choice recorded on the release
+
+
+ANALYSED = {"pass": "analysis passed", NO_ANALYSIS: "deployed with analysis: none",
+            "inconclusive": "analysis inconclusive: not judged",
+            None: "no analysis configured: not judged"}
+
+
 class RolloutError(PhoenixError):
     """The action cannot run in the current state (nothing was changed)."""
 
@@ -68,6 +76,11 @@ class _ReleaseHooks(Hooks):
 
     def live(self):
         self.rollout._make_live(self.history, self.release)
+
+    def analysis(self, state):
+        self.release.analysis_state = state
+        self.release.analysed = state.get("verdict")
+        self.rollout._save(self.history)
 
     def keep_warm(self, group, seconds):
         if seconds <= 0 or self.old is None:
@@ -127,7 +140,7 @@ class Rollout:
             "release_id": release.release_id, "image": release.image,
             "env": self.env, "name": name}, hooks=hooks or Hooks(), analysis=spec,
             progress_deadline=settings.get("progress_deadline", 600.0),
-            deadline=deadline)
+            deadline=deadline, analysis_state=release.analysis_state)
 
     def _result(self, history, action, release=None, **kwargs) -> Result:
         live = history.live_release()
@@ -282,8 +295,10 @@ class Rollout:
         if not isinstance(image, str) or not image:
             raise RolloutError("image: a baked image reference (content digest) "
                                "is required")
+        if analysis == NO_ANALYSIS:  # explicit: recorded on the release as such
+            return parse_settings(strategy, settings, size), None
         return (parse_settings(strategy, settings, size),
-                AnalysisSpec.from_dict(analysis) if analysis else None)
+                AnalysisSpec.from_dict(analysis) if analysis is not None else None)
 
     def _paused(self, history) -> Optional[Release]:
         paused = [r for r in history.releases if r.status == PAUSED]
@@ -337,6 +352,7 @@ class Rollout:
                 environment=self.environment, version=version, image=image,
                 strategy=strategy, size=size, settings=settings,
                 analysis=spec.as_dict() if spec else None,
+                analysed=NO_ANALYSIS if analysis == NO_ANALYSIS else None,
                 track="canary" if strategy == "canary" and old else "stable",
                 started=self.clock.now(), ci_build_url=ci_build_url,
                 group=group_name(self.artifact, self.environment, release_id),
@@ -374,7 +390,9 @@ class Rollout:
         self._record(history, release, "rollout of %s finished in %.1fs"
                      % (release.version, release.finished - release.started))
         return self._result(history, action, release=release, changed=True, state=LIVE,
-                            msg="%s (%s) is live" % (release.version, release.release_id))
+                            msg="%s (%s) is live (%s)" % (
+                                release.version, release.release_id,
+                                ANALYSED.get(release.analysed, release.analysed)))
 
     def _failed(self, history, release, action, exc) -> Result:
         release.reason = exc.reason

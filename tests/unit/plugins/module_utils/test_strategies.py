@@ -97,7 +97,10 @@ def test_canary_plan_with_pauses_and_analysis():
         "create b with 1 instance(s)", "wait until b has 1 healthy instance(s)",
         "set traffic weights b=10%, a=90%", "pause 30s with analysis of b",
         "resize b to 2 instance(s)", "wait until b has 2 healthy instance(s)",
-        "set traffic weights b=50%, a=50%", "pause until promoted (action: promote)",
+        "set traffic weights b=50%, a=50%",
+        # new: analysis is never skipped; a step that waits for promote is judged first
+        "analyse the traffic of b (judged before waiting for promote)",
+        "pause until promoted (action: promote)",
         "resize b to 4 instance(s)", "wait until b has 4 healthy instance(s)",
         "set traffic weights b=100%, a=0%", "record the new release as live",
         "drain and detach a", "destroy a"]
@@ -281,4 +284,4 @@ def test_analysis_failure_during_pause():
         executor_for(platform, clock, "catalog-ci-v001", analysis=spec).run(plan)
     assert err.value.cause == "analysis"
     assert err.value.reason == ("analysis failed: canary error_rate 0.3 > max 0.05 over "
-                                "100 requests (2 consecutive failures)")
+                                "100 requests (2 failed windows of 2, limit 2)")
