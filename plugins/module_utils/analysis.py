@@ -224,12 +224,14 @@ class AnalysisRun:
                  state: Optional[dict] = None):
         self.spec = spec
         self.subject = subject
-        state = state or {}
+        state = state if isinstance(state, dict) else {}
         self.counts = {}
         for key in self.COUNTS:
             value = state.get(key, 0)
             self.counts[key] = value if isinstance(value, int) and value >= 0 else 0
-        self.judgments = [j for j in state.get("judgments") or [] if j in (PASS, INCONCLUSIVE)]
+        judgments = state.get("judgments")
+        self.judgments = [j for j in judgments if j in (PASS, INCONCLUSIVE)] \
+            if isinstance(judgments, list) else []
         self.samples = []
         self._start = 0
         self._failed: Optional[Verdict] = None

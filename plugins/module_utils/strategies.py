@@ -553,10 +553,9 @@ class Executor:
         self.hooks.event("analysis %s: %s" % (sample.result, sample.reason),
                          verdict=sample.result, requests=sample.requests,
                          windows=run.counts["windows"], failed=run.counts["failed"])
-        if run.failed:
-            self.hooks.analysis(run.state())
-            raise StepFailed("analysis failed: " + run.verdict().reason, "analysis")
         self.hooks.analysis(run.state())
+        if run.failed:
+            raise StepFailed("analysis failed: " + run.verdict().reason, "analysis")
         return sample
 
     def _conclude(self, step: Step) -> Optional[str]:

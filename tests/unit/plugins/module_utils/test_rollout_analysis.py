@@ -286,3 +286,33 @@ def test_check_mode_plan_shows_the_analysis_steps(env):
     assert [p["description"] for p in plan.plan if p["kind"] == "analyze"] == [
         "analyse the traffic of catalog-ci-v002 (post-promotion analysis; the old group "
         "stays attached at 0% for an instant switch back)"]
+
+
+def test_rolling_without_traffic_is_inconclusive_and_rolled_back(env):
+    """Only a first deploy goes live unjudged: with a release to fall back to,
+    no data is never a pass (on_inconclusive: abort)."""
+    env().deploy("1.0.0", "sha256:a", 2)
+    env.platform.rps = 0
+    result = env().deploy("1.1.0", "sha256:b", 2, "rolling", {"max_surge": 1}, ANALYSIS)
+    assert result.failed and result.state == ROLLED_BACK
+    assert "analysis inconclusive (not promoted): catalog-ci-v002 request_count 0 < min 20 " \
+           "(no data)" in result.msg
+    assert_only_live(env, "1.0.0")
+
+
+def test_inconclusive_batch_can_pause_then_abort_or_promote(env):
+    env().deploy("1.0.0", "sha256:a", 2)
+    env.platform.rps = 0
+    paused = env().deploy("1.1.0", "sha256:b", 2, "blue_green", {"scale_down_delay": 30},
+                          dict(ANALYSIS, on_inconclusive="pause"))
+    assert paused.state == "paused" and "analysis inconclusive" in paused.msg
+    snap = env.platform.snapshot()
+    assert snap["catalog-ci-v002"]["weight"] == 100 and snap["catalog-ci-v001"]["serving"]
+    promoted = env().promote()  # a person decided: live, but not judged by analysis
+    assert promoted.state == LIVE
+    assert history(env).get("v002").analysed == "inconclusive"
+    paused = env().deploy("1.2.0", "sha256:c", 2, "blue_green", {"scale_down_delay": 30},
+                          dict(ANALYSIS, on_inconclusive="pause"))
+    assert paused.state == "paused"
+    assert env().abort().state == "aborted"
+    assert_only_live(env, "1.1.0")
