@@ -5,13 +5,20 @@
 inconclusive.
 
 No data, or fewer requests than ``min_requests``, is INCONCLUSIVE and never
-a pass.  Every message names the metric, the value and the threshold, e.g.
-``canary error_rate 0.31 > max 0.05 over 412 requests (3 consecutive
-failures)``.
+a pass.  Failed windows are counted over the whole analysis of a release
+(Argo Rollouts' ``failureLimit``, not consecutive): the analysis FAILS once
+``failure_limit`` windows failed.  Every message names the metric, the value,
+the threshold and the count, e.g. ``canary error_rate 0.5 > max 0.05 over 40
+requests (3 failed windows of 5, limit 3)``.
+
+Every number and duration must be finite: NaN compares false with every
+threshold (a ``max_error_rate`` of NaN would pass a 100 %-error canary) and
+a NaN deadline never expires.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Optional
@@ -36,11 +43,19 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
 
 
+def _finite(value, option: str, allowed: str):
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingsError("%s: %r is not a finite number; allowed %s"
+                            % (option, value, allowed))
+
+
 def parse_duration(value, option: str, maximum: float = 7 * 86400) -> float:
-    """Seconds from ``30``, ``2.5``, ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``."""
+    """Seconds from ``30``, ``2.5``, ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``;
+    NaN and infinities are refused."""
     if isinstance(value, bool):
         value = None
     if isinstance(value, (int, float)):
+        _finite(value, option, "0 to %gs" % maximum)
         seconds = float(value)
     else:
         match = _DURATION.match(str(value)) if value is not None else None
@@ -61,6 +76,7 @@ def _number(value, option, low, high, integer=False):
         raise SettingsError("%s: %r must be a%s number between %g and %g"
                             % (option, value, "n integer" if integer else "",
                                low, high))
+    _finite(value, option, "%g to %g" % (low, high))
     if value < low or value > high:
         raise SettingsError("%s: %r is out of range; allowed %g to %g"
                             % (option, value, low, high))
@@ -78,12 +94,18 @@ class AnalysisSpec:
     interval: float = 10.0
     failure_limit: int = 3
     on_inconclusive: str = "abort"
+    windows: int = 1  # per analysis step after a traffic shift (not canary pauses)
 
     OPTIONS = ("max_error_rate", "max_latency_ms", "latency_percentile",
-               "min_requests", "interval", "failure_limit", "on_inconclusive")
+               "min_requests", "interval", "failure_limit", "on_inconclusive",
+               "windows")
 
     @classmethod
     def from_dict(cls, data: Optional[dict], prefix: str = "analysis"):
+        if data is not None and not isinstance(data, dict):
+            raise SettingsError("%s: %r; allowed a dict of checks (options %s) or "
+                                "'none' (deploy without analysis, recorded as such)"
+                                % (prefix, data, ", ".join(cls.OPTIONS)))
         data = dict(data or {})
         unknown = sorted(set(data) - set(cls.OPTIONS))
         if unknown:
@@ -117,6 +139,9 @@ class AnalysisSpec:
             spec.failure_limit = _number(data["failure_limit"],
                                          prefix + ".failure_limit", 1, 1000,
                                          integer=True)
+        if "windows" in data:
+            spec.windows = _number(data["windows"], prefix + ".windows", 1, 1000,
+                                   integer=True)
         if "on_inconclusive" in data:
             if data["on_inconclusive"] not in ON_INCONCLUSIVE:
                 raise SettingsError("%s.on_inconclusive: %r; allowed: %s"
@@ -179,52 +204,101 @@ def judge(metrics, spec: AnalysisSpec, subject: str = "canary") -> Verdict:
 
 
 class AnalysisRun:
-    """Samples over time with a consecutive-failure limit.
+    """All windows judged for one release, over every pause and analysis step
+    (Argo Rollouts' ``failureLimit``): the run FAILS as soon as
+    ``failure_limit`` windows failed in total, whether or not passing windows
+    came in between (F, F, P, F fails with a limit of 3).  INCONCLUSIVE
+    windows neither pass nor fail.
 
-    A PASS sample resets the failure count; an INCONCLUSIVE one neither
-    resets nor counts.  ``verdict()`` is FAIL once ``failure_limit``
-    consecutive samples failed, PASS when the latest sample passed, and
-    INCONCLUSIVE otherwise (including no samples at all).
+    A *judgment* (one canary pause, one analysis step after a traffic shift)
+    is the windows since ``begin()``; ``verdict()`` judges it: FAIL once the
+    limit is reached, PASS when its latest window passed, INCONCLUSIVE
+    otherwise (no window, no data, or a failure still under the limit).
+    ``state()`` / ``state=`` carry the counts across controller runs (a
+    canary paused for ``promote`` resumes with the failures it had).
     """
 
-    def __init__(self, spec: AnalysisSpec, subject: str = "canary"):
+    COUNTS = ("windows", "passed", "failed", "inconclusive")
+
+    def __init__(self, spec: AnalysisSpec, subject: str = "canary",
+                 state: Optional[dict] = None):
         self.spec = spec
         self.subject = subject
+        state = state if isinstance(state, dict) else {}
+        self.counts = {}
+        for key in self.COUNTS:
+            value = state.get(key, 0)
+            self.counts[key] = value if isinstance(value, int) and value >= 0 else 0
+        judgments = state.get("judgments")
+        self.judgments = [j for j in judgments if j in (PASS, INCONCLUSIVE)] \
+            if isinstance(judgments, list) else []
         self.samples = []
-        self.consecutive_failures = 0
+        self._start = 0
         self._failed: Optional[Verdict] = None
 
-    def add(self, metrics) -> Verdict:
-        sample = judge(metrics, self.spec, self.subject)
+    def begin(self) -> None:
+        """Start a new judgment (a pause or an analysis step)."""
+        self._start = len(self.samples)
+
+    def _count(self) -> str:
+        failed = self.counts["failed"]
+        return "%d failed window%s of %d, limit %d" % (
+            failed, "" if failed == 1 else "s", self.counts["windows"],
+            self.spec.failure_limit)
+
+    def add(self, metrics, subject: Optional[str] = None) -> Verdict:
+        sample = judge(metrics, self.spec, subject or self.subject)
         self.samples.append(sample)
+        self.counts["windows"] += 1
         if sample.result == FAIL:
-            self.consecutive_failures += 1
-            if self.consecutive_failures >= self.spec.failure_limit and not self._failed:
-                suffix = " (%d consecutive failure%s)" % (
-                    self.consecutive_failures,
-                    "" if self.consecutive_failures == 1 else "s")
-                self._failed = Verdict(FAIL, [m + suffix for m in sample.messages],
-                                       sample.requests)
+            self.counts["failed"] += 1
+            if self.counts["failed"] >= self.spec.failure_limit and not self._failed:
+                self._failed = Verdict(FAIL, ["%s (%s)" % (m, self._count())
+                                              for m in sample.messages], sample.requests)
         elif sample.result == PASS:
-            self.consecutive_failures = 0
+            self.counts["passed"] += 1
+        else:
+            self.counts["inconclusive"] += 1
         return sample
 
     @property
     def failed(self) -> bool:
+        """The failure limit was reached: the analysis failed."""
         return self._failed is not None
 
     def verdict(self) -> Verdict:
+        """Verdict of the current judgment (see the class docstring)."""
         if self._failed:
             return self._failed
-        if not self.samples:
+        samples = self.samples[self._start:]
+        if not samples:
             return Verdict(INCONCLUSIVE, ["%s analysis has no samples (no data)"
                                           % self.subject])
-        last = self.samples[-1]
-        if last.result == PASS:
-            return last
+        last = samples[-1]
         if last.result == FAIL:
-            return Verdict(INCONCLUSIVE, [
-                m + " (%d of %d allowed consecutive failures)"
-                % (self.consecutive_failures, self.spec.failure_limit)
-                for m in last.messages], last.requests)
+            return Verdict(INCONCLUSIVE, ["%s (%s)" % (m, self._count())
+                                          for m in last.messages], last.requests)
+        if last.result == PASS and self.counts["failed"]:
+            return Verdict(PASS, ["%s (%s)" % (m, self._count()) for m in last.messages],
+                           last.requests)
         return last
+
+    def close(self, result: str) -> None:
+        """Record how the current judgment ended (PASS, or INCONCLUSIVE when
+        the rollout went on anyway: a first deploy, or a human's promote)."""
+        self.judgments.append(result)
+
+    def outcome(self) -> Optional[str]:
+        """What the analysis says about the release: ``fail``, ``pass`` (every
+        judgment passed), ``inconclusive``, or None before any judgment."""
+        if self._failed:
+            return FAIL
+        if not self.judgments:
+            return None
+        return PASS if all(j == PASS for j in self.judgments) else INCONCLUSIVE
+
+    def state(self) -> dict:
+        data = dict(self.counts)
+        data.update(judgments=list(self.judgments), verdict=self.outcome(),
+                    failure_limit=self.spec.failure_limit)
+        return data

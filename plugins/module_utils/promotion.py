@@ -4,7 +4,11 @@
 """Promotion of a baked image from the test image store to the prod store.
 
 An image is promoted by content digest, and only after it had a successful
-release in one of the qualifying environments (``ci``, ``integrated_qa``).
+release in one of the qualifying environments (``ci``, ``integrated_qa``) that
+analysis actually judged (``analysed: pass``) or that was deployed with an
+explicit ``analysis: none`` (``analysed: none``).  A release whose analysis was
+inconclusive (no traffic), or that had no analysis configured, does not
+qualify: nothing judged the image there.
 The copy is verified against the digest before it is made visible, so the
 prod store never holds an image whose files differ from the tested one.
 """
@@ -20,6 +24,7 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.errors import Phoen
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import FileReleaseStore, SUCCEEDED
 
 TARGET = "local"
+QUALIFYING_ANALYSIS = ("pass", "none")  # Release.analysed values that qualify an image
 
 
 def tested_image(artifact, version, test_store):
@@ -41,16 +46,32 @@ def tested_image(artifact, version, test_store):
     return doc
 
 
-def qualifying_release(artifact, digest, release_store, sources):
-    """The newest successful release of this digest in one of ``sources``, or None."""
+def candidate_releases(artifact, digest, release_store, sources):
+    """Successful deploys of this digest in ``sources``, newest first."""
     store = FileReleaseStore(release_store)
-    best = None
+    found = []
     for environment in sources:
         for release in store.load(artifact, environment).releases:
-            if release.outcome == SUCCEEDED and release.image.endswith("@" + digest):
-                if best is None or (release.finished or 0) > (best.finished or 0):
-                    best = release
-    return best
+            if release.outcome == SUCCEEDED and release.kind == "deploy" and \
+                    release.image.endswith("@" + digest):
+                found.append(release)
+    return sorted(found, key=lambda r: r.finished or 0, reverse=True)
+
+
+def qualifying_release(artifact, digest, release_store, sources):
+    """The newest successful release of this digest in one of ``sources`` that
+    analysis judged (or that was deployed with ``analysis: none``), or None."""
+    for release in candidate_releases(artifact, digest, release_store, sources):
+        if release.analysed in QUALIFYING_ANALYSIS:
+            return release
+    return None
+
+
+def _not_judged(releases) -> str:
+    why = {None: "no analysis configured", "inconclusive": "analysis inconclusive",
+           "fail": "analysis failed"}
+    return ", ".join("%s %s (%s)" % (r.environment, r.release_id, why.get(r.analysed, r.analysed))
+                     for r in releases[:5])
 
 
 def promote(artifact, version, test_store, prod_store, release_store, sources, check_mode=False):
@@ -62,6 +83,14 @@ def promote(artifact, version, test_store, prod_store, release_store, sources, c
     digest = doc["content_digest"]
     release = qualifying_release(artifact, digest, release_store, sources)
     if release is None:
+        unjudged = candidate_releases(artifact, digest, release_store, sources)
+        if unjudged:
+            raise PhoenixError(
+                "version %s of %s (image %s, %s) has successful releases in %s that analysis did not "
+                "judge: %s. Deploy it again with traffic during the analysis (analysed: pass), or with "
+                "an explicit analysis: none (recorded as such on the release)"
+                % (version, artifact, doc["name"], digest, ", ".join(sources), _not_judged(unjudged)),
+                param="version")
         raise PhoenixError("version %s of %s (image %s, %s) has no successful release in %s: deploy it "
                            "there first, e.g. ansible-playbook playbooks/deploy.yml -e artifact=%s "
                            "-e environment=%s -e version=%s"
@@ -70,7 +99,8 @@ def promote(artifact, version, test_store, prod_store, release_store, sources, c
     prod = images.ImageStore(prod_store)
     dest = prod.path(TARGET, artifact, doc["name"])
     result = {"image": doc["name"], "digest": digest, "path": dest,
-              "qualified_by": {"environment": release.environment, "release_id": release.release_id}}
+              "qualified_by": {"environment": release.environment, "release_id": release.release_id,
+                               "analysed": release.analysed}}
     if os.path.isdir(dest):
         existing = images.verify_image(dest)
         if existing["content_digest"] != digest:

@@ -97,6 +97,10 @@ class Release:
     size: int = 0
     settings: dict = field(default_factory=dict)
     analysis: Optional[dict] = None
+    # what analysis said: pass | fail | inconclusive | none (deployed with
+    # analysis: none) | None (no analysis configured); counts in analysis_state
+    analysed: Optional[str] = None
+    analysis_state: Optional[dict] = None
     position: int = 0
     plan: list = field(default_factory=list)
     old_group: Optional[str] = None

@@ -34,6 +34,14 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.strategies import (
     Executor, Hooks, Step, StepFailed, build_plan, parse_settings)
 
 
+NO_ANALYSIS = "none"  # analysis: none, a deliberate choice recorded on the release
+
+
+ANALYSED = {"pass": "analysis passed", NO_ANALYSIS: "deployed with analysis: none",
+            "inconclusive": "analysis inconclusive: not judged",
+            None: "no analysis configured: not judged"}
+
+
 class RolloutError(PhoenixError):
     """The action cannot run in the current state (nothing was changed)."""
 
@@ -130,6 +138,11 @@ class _ReleaseHooks(Hooks):
     def live(self):
         self.rollout._make_live(self.history, self.release)
 
+    def analysis(self, state):
+        self.release.analysis_state = state
+        self.release.analysed = state.get("verdict")
+        self.rollout._save(self.history)
+
     def keep_warm(self, group, seconds):
         if seconds <= 0 or self.old is None:
             return False
@@ -197,6 +210,16 @@ class Rollout:
     def _foreign(self, history, observed) -> list:
         return sorted(n for n, g in observed.items() if not self._ours(history, g))
 
+    def _adopted(self, history):
+        """With ``force`` and no live release: the foreign group serving the
+        most traffic is replaced by the new release like an old live group."""
+        if not self.force:
+            return None
+        observed = self._observed()
+        serving = [observed[n] for n in self._foreign(history, observed)
+                   if observed[n].attached and observed[n].weight > 0]
+        return max(serving, key=lambda g: (g.weight, g.name)) if serving else None
+
     def _free_name(self, history, observed, release_id) -> str:
         base = group_name(self.artifact, self.environment, release_id)
         name, n = base, 1
@@ -215,7 +238,7 @@ class Rollout:
             "env": self.env, "name": name, "owner": self.store_id},
             hooks=hooks or Hooks(), analysis=spec,
             progress_deadline=settings.get("progress_deadline", 600.0),
-            deadline=deadline)
+            deadline=deadline, analysis_state=release.analysis_state)
 
     def _result(self, history, action, release=None, **kwargs) -> Result:
         live = history.live_release()
@@ -326,9 +349,16 @@ class Rollout:
                              "did not create it (owner %s); force: true takes it over"
                              % (name, self.store_id, group.owner or "unknown"), group=name)
                 continue
-            if group.attached and group.weight > 0 and (live is None or paused):
-                self._record(history, live, "leaving %s alone: it serves traffic and no "
-                             "live release could take it over" % name, group=name)
+            if group.attached and group.weight > 0 and paused:
+                self._record(history, live, "leaving %s alone: it serves traffic beside "
+                             "paused release %s; promote or abort first"
+                             % (name, paused[-1].release_id), group=name)
+                continue
+            if group.attached and group.weight > 0 and live is None and \
+                    not self._ours(history, group):
+                self._record(history, live, "keeping %s (not created by this store) "
+                             "serving until a release of this store replaces it" % name,
+                             group=name)
                 continue
             self._record(history, live, "destroying %s: not the live, paused or "
                          "warm group of any release" % name, group=name)
@@ -417,8 +447,10 @@ class Rollout:
     def validate(size, strategy, settings, analysis):
         """Check a deploy request's settings before anything is looked up:
         ``SettingsError`` names the option.  Returns (settings, spec)."""
+        if analysis == NO_ANALYSIS:  # explicit: recorded on the release as such
+            return parse_settings(strategy, settings, size), None
         return (parse_settings(strategy, settings, size),
-                AnalysisSpec.from_dict(analysis) if analysis else None)
+                AnalysisSpec.from_dict(analysis) if analysis is not None else None)
 
     def _validate(self, version, image, size, strategy, settings, analysis):
         if not isinstance(version, str) or not version or version.lower() == "latest":
@@ -478,13 +510,14 @@ class Rollout:
                 return self._result(history, "deploy", state=LIVE, release=live,
                                     msg="%s is already live (%s)"
                                     % (version, live.release_id))
-            old = self._observed().get(live.group) if live else None
+            old = self._observed().get(live.group) if live else self._adopted(history)
             release_id = history.new_release_id()
             release = history.add(Release(
                 release_id=release_id, artifact=self.artifact,
                 environment=self.environment, version=version, image=image,
                 strategy=strategy, size=size, settings=settings,
                 analysis=spec.as_dict() if spec else None,
+                analysed=NO_ANALYSIS if analysis == NO_ANALYSIS else None,
                 track="canary" if strategy == "canary" and old else "stable",
                 started=self.clock.now(), ci_build_url=ci_build_url,
                 config_digest=self.config_digest(),
@@ -523,7 +556,9 @@ class Rollout:
         self._record(history, release, "rollout of %s finished in %.1fs"
                      % (release.version, release.finished - release.started))
         return self._result(history, action, release=release, changed=True, state=LIVE,
-                            msg="%s (%s) is live" % (release.version, release.release_id))
+                            msg="%s (%s) is live (%s)" % (
+                                release.version, release.release_id,
+                                ANALYSED.get(release.analysed, release.analysed)))
 
     def _failed(self, history, release, action, exc) -> Result:
         release.reason = exc.reason

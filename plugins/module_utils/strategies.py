@@ -11,6 +11,13 @@ Invariant: the old group never loses capacity the new group has not yet
 replaced with *healthy* instances; the only exceptions are the explicit
 ``max_unavailable`` budget of ``rolling`` and ``recreate`` (which exists to
 allow a gap).
+
+Analysis is never dropped: with an analysis spec every plan judges the new
+group after each traffic shift that gives it traffic (an ``analyze`` step),
+unless a timed canary pause right after it judges it anyway.  Rolling judges
+between batches, recreate after the switch, blue/green after the switch
+while the old group is still attached at 0 % (post-promotion analysis: a
+FAIL switches straight back), a first deploy once it has 100 %.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Callable, Optional
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.analysis import (
-    FAIL, INCONCLUSIVE, AnalysisRun, SettingsError, parse_duration)
+    FAIL, INCONCLUSIVE, PASS, AnalysisRun, SettingsError, parse_duration)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
     HealthFailure, PlatformError, WaitTimeout, wait_until)
 
@@ -163,13 +170,17 @@ def parse_settings(strategy: str, settings: Optional[dict], size: int) -> dict:
 # --------------------------------------------------------------------------
 @dataclass
 class Step:
-    kind: str  # create resize wait_healthy set_weights pause verify
+    kind: str  # create resize wait_healthy set_weights pause verify analyze
     #            mark_live drain destroy keep_warm
     role: Optional[str] = None
     size: Optional[int] = None
     weights: Optional[dict] = None
     duration: Optional[float] = None
     analyze: bool = False
+    note: Optional[str] = None  # why an analyze step is there (for people)
+    # "go_live": an inconclusive analyze step lets the release go live
+    # unjudged (a first deploy has nothing to fall back to)
+    inconclusive: Optional[str] = None
 
     def describe(self, names: Optional[dict] = None) -> str:
         names = names or {}
@@ -192,6 +203,9 @@ class Step:
                                     % name("new") if self.analyze else "")
         if self.kind == "verify":
             return "verify %s stays healthy for %gs" % (name(self.role), self.duration)
+        if self.kind == "analyze":
+            return "analyse the traffic of %s%s" % (
+                name(self.role), " (%s)" % self.note if self.note else "")
         if self.kind == "mark_live":
             return "record the new release as live"
         if self.kind == "drain":
@@ -269,6 +283,42 @@ def plan_blue_green(settings: dict, size: int, old_size: int) -> list:
                     Step("keep_warm", "old", duration=settings["scale_down_delay"])]
 
 
+def _judged(steps: list, strategy: str, first: bool = False) -> list:
+    """``steps`` with an ``analyze`` step after every traffic shift that gives
+    the new group traffic, except where a timed (analysed) canary pause
+    follows anyway, and except a canary's final switch to 100 % once its
+    steps judged it."""
+    notes = {"rolling": "between batches", "recreate": "after the switch",
+             "blue_green": "post-promotion analysis; the old group stays attached "
+                           "at 0% for an instant switch back",
+             "canary": "canary step"}
+    out, judged = [], False
+    for index, step in enumerate(steps):
+        out.append(step)
+        if step.kind == "pause" and step.analyze:
+            judged = True
+        if step.kind != "set_weights" or not (step.weights or {}).get("new"):
+            continue
+        following = steps[index + 1] if index + 1 < len(steps) else None
+        if following is not None and following.kind == "pause" and following.analyze:
+            continue
+        if strategy == "canary" and step.weights["new"] >= 100 and judged and not first:
+            continue
+        if first:
+            out.append(Step("analyze", "new", note="first deploy: judged at 100%; "
+                            "inconclusive goes live as not judged",
+                            inconclusive="go_live"))
+        else:
+            note = notes.get(strategy)
+            if following is not None and following.kind == "pause":
+                note = "judged before waiting for promote"
+            elif strategy == "rolling" and step.weights["new"] >= 100:
+                note = "after the last batch, before the old group goes"
+            out.append(Step("analyze", "new", note=note))
+        judged = True
+    return out
+
+
 def canary_size(weight: int, size: int) -> int:
     """Canary instances for a traffic weight (the stable group stays full)."""
     return size if weight >= 100 else max(1, int(math.ceil(size * weight / 100.0)))
@@ -303,16 +353,19 @@ def plan_canary(settings: dict, size: int, old_size: int, analysis: bool = False
 def build_plan(strategy: str, settings: dict, size: int, old_size: int,
                analysis: bool = False) -> list:
     """Steps for ``strategy``; a first deploy (no old group) is the same for
-    all strategies: create, wait healthy, send traffic, record live."""
+    all strategies: create, wait healthy, send traffic, (judge,) record live.
+    With ``analysis`` every plan judges the new group (see ``_judged``)."""
     if not old_size:
-        return _first_deploy(size)
-    if strategy == "rolling":
-        return plan_rolling(settings, size, old_size)
-    if strategy == "recreate":
-        return plan_recreate(settings, size, old_size)
-    if strategy == "blue_green":
-        return plan_blue_green(settings, size, old_size)
-    return plan_canary(settings, size, old_size, analysis)
+        steps = _first_deploy(size)
+    elif strategy == "rolling":
+        steps = plan_rolling(settings, size, old_size)
+    elif strategy == "recreate":
+        steps = plan_recreate(settings, size, old_size)
+    elif strategy == "blue_green":
+        steps = plan_blue_green(settings, size, old_size)
+    else:
+        steps = plan_canary(settings, size, old_size, analysis)
+    return _judged(steps, strategy, first=not old_size) if analysis else steps
 
 
 # --------------------------------------------------------------------------
@@ -350,6 +403,9 @@ class Hooks:
         """Return False when the group should be destroyed now."""
         return False
 
+    def analysis(self, state: dict) -> None:
+        """The analysis counts and verdict so far (``AnalysisRun.state()``)."""
+
 
 class Executor:
     """Runs plan steps against a platform; also the primitive operations
@@ -362,7 +418,7 @@ class Executor:
     def __init__(self, platform, clock, groups: dict, create: Optional[dict] = None,
                  hooks: Optional[Hooks] = None, analysis=None,
                  progress_deadline: float = 600.0, deadline: Optional[float] = None,
-                 interval: Optional[float] = None):
+                 interval: Optional[float] = None, analysis_state: Optional[dict] = None):
         self.platform = platform
         self.clock = clock
         self.groups = groups
@@ -372,6 +428,8 @@ class Executor:
         self.progress_deadline = progress_deadline
         self.deadline = deadline
         self.interval = interval or getattr(platform, "poll_interval", 1.0)
+        # one run for the whole release: failed windows add up over all steps
+        self.judge = AnalysisRun(analysis, "canary", analysis_state) if analysis else None
 
     # -- primitives ----------------------------------------------------------
     def name(self, role: str) -> Optional[str]:
@@ -486,37 +544,82 @@ class Executor:
                 return
             self.clock.sleep(min(self.interval, end - self.clock.now()))
 
+    def _window(self, name: str, seconds: float, subject: Optional[str] = None):
+        """Wait ``seconds``, then judge that window of ``name``."""
+        run = self.judge
+        started = self.clock.now()
+        self.clock.sleep(seconds)
+        self._check_failing(name)
+        sample = run.add(self.platform.metrics(name, self.clock.now() - started), subject)
+        self.hooks.event("analysis %s: %s" % (sample.result, sample.reason),
+                         verdict=sample.result, requests=sample.requests,
+                         windows=run.counts["windows"], failed=run.counts["failed"])
+        self.hooks.analysis(run.state())
+        if run.failed:
+            raise StepFailed("analysis failed: " + run.verdict().reason, "analysis")
+        return sample
+
+    def _conclude(self, step: Step) -> Optional[str]:
+        """Verdict of the judgment that just ended: None to go on, a pause
+        reason, or ``StepFailed``."""
+        run = self.judge
+        verdict = run.verdict()
+        if verdict.result == FAIL:
+            self.hooks.analysis(run.state())
+            raise StepFailed("analysis failed: " + verdict.reason, "analysis")
+        if verdict.result == PASS:
+            run.close(PASS)
+            self.hooks.analysis(run.state())
+            return None
+        run.close(INCONCLUSIVE)
+        self.hooks.analysis(run.state())
+        if step.inconclusive == "go_live":
+            self.hooks.event("analysis inconclusive: %s; a first deploy has nothing to "
+                             "roll back to, so it goes live recorded as not judged "
+                             "(analysed: inconclusive)" % verdict.reason,
+                             verdict=INCONCLUSIVE)
+            return None
+        if self.analysis.on_inconclusive == "pause":
+            return "analysis inconclusive: %s; promote or abort" % verdict.reason
+        raise StepFailed("analysis inconclusive (not promoted): " + verdict.reason,
+                         "analysis")
+
     def pause(self, step: Step) -> Optional[str]:
         """None when finished; a reason string when the rollout must pause."""
         if step.duration is None:
             return "waiting for action: promote"
         name = self.name("new")
-        run = AnalysisRun(self.analysis, "canary") if step.analyze and self.analysis else None
-        interval = self.analysis.interval if run else self.interval
+        judged = bool(step.analyze and self.judge)
+        if judged:
+            self.judge.begin()
         end = self.clock.now() + step.duration
         while self.clock.now() < end:
-            started = self.clock.now()
-            self.clock.sleep(min(interval, end - started))
+            if judged and name:
+                self._window(name, min(self.analysis.interval, end - self.clock.now()))
+                continue
+            self.clock.sleep(min(self.interval, end - self.clock.now()))
             if name:
                 self._check_failing(name)
-            if run is None:
-                continue
-            sample = run.add(self.platform.metrics(name, self.clock.now() - started))
-            self.hooks.event("analysis %s: %s" % (sample.result, sample.reason),
-                             verdict=sample.result, requests=sample.requests)
-            if run.failed:
-                raise StepFailed("analysis failed: " + run.verdict().reason, "analysis")
-        if run is None:
+        return self._conclude(step) if judged else None
+
+    def analyze(self, step: Step) -> Optional[str]:
+        """Judge ``analysis.windows`` windows of the new group; while the
+        latest window failed (under the limit) judge one more, so a failing
+        release always ends in FAIL, not in "inconclusive"."""
+        name = self.name(step.role)
+        if self.judge is None or not name:
             return None
-        verdict = run.verdict()
-        if verdict.result == FAIL:
-            raise StepFailed("analysis failed: " + verdict.reason, "analysis")
-        if verdict.result == INCONCLUSIVE:
-            if self.analysis.on_inconclusive == "pause":
-                return "analysis inconclusive: %s; promote or abort" % verdict.reason
-            raise StepFailed("analysis inconclusive (not promoted): " + verdict.reason,
-                             "analysis")
-        return None
+        self.judge.begin()
+        judged = 0
+        while True:
+            if self.deadline is not None and self.clock.now() > self.deadline:
+                raise StepFailed("timeout exceeded during the analysis of %s" % name,
+                                 "deadline")
+            sample = self._window(name, self.analysis.interval, subject=name)
+            judged += 1
+            if judged >= self.analysis.windows and sample.result != FAIL:
+                break
+        return self._conclude(step)
 
     # -- the plan ------------------------------------------------------------
     def _do(self, step: Step) -> Optional[str]:
@@ -533,6 +636,8 @@ class Executor:
             return self.pause(step)
         elif kind == "verify":
             self.verify(step.role, step.duration)
+        elif kind == "analyze":
+            return self.analyze(step)
         elif kind == "mark_live":
             self.hooks.live()
         elif kind == "drain":

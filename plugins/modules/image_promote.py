@@ -12,7 +12,9 @@ short_description: Promote a tested image from the test image store to the prod 
 version_added: 0.1.0
 description:
   - Copies the image of O(artifact) O(version) from the test store to the prod store, by content
-    digest, only after it had a successful release in one of O(sources).
+    digest, only after it had a successful release in one of O(sources) that analysis judged
+    (release C(analysed=pass)) or that was deployed with an explicit C(analysis=none) (C(analysed=none)).
+    A release whose analysis was inconclusive or that had no analysis does not qualify.
   - The copy is verified against the tested digest before it becomes visible.
   - With O(verify_only=true) nothing is copied; the module fails unless the prod store holds the
     image with the tested digest (the guard a prod deploy runs first).
@@ -39,7 +41,7 @@ options:
     description: Release store (history per artifact and environment). Needed unless O(verify_only=true).
     type: path
   sources:
-    description: Environments whose successful release qualifies an image.
+    description: Environments whose successful, analysed (or C(analysis=none)) release qualifies an image.
     type: list
     elements: str
     default: [ci, integrated_qa]
@@ -81,7 +83,7 @@ image:
   type: str
   sample: catalog-v1-4-0--b456@sha256:0f3c...
 qualified_by:
-  description: The release that qualified the image (environment, release id).
+  description: The release that qualified the image (environment, release id, C(analysed) V(pass) or V(none)).
   returned: success and not verify_only
   type: dict
 """

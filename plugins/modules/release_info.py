@@ -70,11 +70,15 @@ EXAMPLES = r"""
 
 RETURN = r"""
 live:
-  description: The live release (id, version, image, strategy, outcome, timings, CI build URL), or null.
+  description: The live release (id, version, image, strategy, outcome, C(analysed), timings, CI build URL), or null.
   returned: always
   type: dict
 history:
-  description: The newest releases, oldest first, with their events.
+  description:
+    - The newest releases, oldest first, with their events.
+    - Each release's C(analysed) says whether analysis judged it (V(pass), V(fail), V(inconclusive),
+      V(none) when deployed with C(analysis=none), null without analysis); C(analysis_state) has the
+      window counts (C(windows), C(passed), C(failed), C(inconclusive), C(failure_limit)).
   returned: always
   type: list
   elements: dict

@@ -68,11 +68,19 @@ options:
     default: {}
   analysis:
     description:
-      - Metric checks of the canary during timed pauses. No data or fewer than C(min_requests) requests
-        is inconclusive, never a pass.
+      - Metric checks of the new group, in every strategy. No data or fewer than C(min_requests) requests
+        is inconclusive, never a pass. Canary timed pauses judge their windows; every other traffic shift
+        to the new group is followed by C(windows) analysis windows (rolling between batches, recreate
+        after the switch, blue/green after the switch while the old group still takes traffic back at
+        once, a first deploy once it has 100 %).
+      - The analysis fails once C(failure_limit) windows failed over the whole release (not consecutive).
+        A failing first deploy ends V(failed); an inconclusive one goes live recorded as not judged.
       - "Keys: C(max_error_rate) (0..1), C(max_latency_ms), C(latency_percentile) (V(avg), V(p50)..V(p99); the local platform has V(avg) only), C(min_requests),
-        C(interval), C(failure_limit), C(on_inconclusive) (V(abort) or V(pause))."
-    type: dict
+        C(interval), C(failure_limit), C(on_inconclusive) (V(abort) or V(pause)), C(windows) (default 1)."
+      - V(none) deploys without analysis on purpose; the release records C(analysed=none). Omitted, the
+        release records no analysis; only releases with C(analysed) V(pass) or V(none) qualify an image
+        for promotion.
+    type: raw
   env:
     description:
       - Environment configuration injected into every instance at deploy time (never baked).
@@ -93,11 +101,11 @@ options:
     type: bool
     default: true
   timeout:
-    description: Seconds the whole action may take; past it the rollout is rolled back.
-    type: int
+    description: Seconds the whole action may take; past it the rollout is rolled back. NaN and infinity are refused.
+    type: float
     default: 600
   drain_timeout:
-    description: Seconds in-flight requests get when an instance is drained and stopped.
+    description: Seconds in-flight requests get when an instance is drained and stopped (0 to 600).
     type: float
     default: 10
   infra:
@@ -211,9 +219,13 @@ msg:
   description: What happened, with the reason of any rollback (metric, value and threshold).
   returned: always
   type: str
-  sample: "deploy of 1.0.1 rolled back to v001 (1.0.0): analysis failed: canary error_rate 0.5 > max 0.05 over 212 requests"
+  sample: "deploy of 1.0.1 rolled back to v001 (1.0.0): analysis failed: canary error_rate 0.5 > max 0.05 over 212 requests
+    (3 failed windows of 5, limit 3)"
 release:
-  description: The release this action created or acted on (id, version, image, strategy, track, outcome, reason, timings).
+  description:
+    - The release this action created or acted on (id, version, image, strategy, track, outcome, reason, timings).
+    - C(analysed) is what analysis said about it (V(pass), V(fail), V(inconclusive), V(none) for O(analysis=none),
+      null without analysis); C(analysis_state) holds the window counts.
   returned: when a release was acted on
   type: dict
 live:
@@ -245,6 +257,7 @@ timeline:
   type: str
 """
 
+import math
 import os
 import time
 
@@ -274,10 +287,10 @@ ARGUMENT_SPEC = dict(
     strategy=dict(type="str", choices=["rolling", "recreate", "blue_green", "canary"],
                   default="rolling"),
     strategy_settings=dict(type="dict", default={}),
-    analysis=dict(type="dict"),
+    analysis=dict(type="raw"),
     env=dict(type="dict", default={}, no_log=False),
     wait=dict(type="bool", default=True),
-    timeout=dict(type="int", default=600),
+    timeout=dict(type="float", default=600),
     drain_timeout=dict(type="float", default=10),
     report_dir=dict(type="path"),
     ci_build_url=dict(type="str"),
@@ -290,12 +303,16 @@ class RolloutManager:
         self.module = module
         p = module.params
         self.params = p
-        if p["timeout"] <= 0:
-            raise PhoenixError("timeout: %d; allowed a number of seconds above 0" % p["timeout"],
-                               param="timeout")
-        if p["drain_timeout"] < 0 or p["drain_timeout"] > 600:
-            raise PhoenixError("drain_timeout: %g; allowed 0 to 600 seconds" % p["drain_timeout"],
+        if not math.isfinite(p["timeout"]) or not 0 < p["timeout"] <= 7 * 86400:
+            raise PhoenixError("timeout: %g; allowed a finite number of seconds above 0 (at most 7 days)"
+                               % p["timeout"], param="timeout")
+        if not math.isfinite(p["drain_timeout"]) or not 0 <= p["drain_timeout"] <= 600:
+            raise PhoenixError("drain_timeout: %g; allowed a finite number of seconds from 0 to 600" % p["drain_timeout"],
                                param="drain_timeout")
+        if p["analysis"] is not None and p["analysis"] != "none" and \
+                not isinstance(p["analysis"], dict):
+            raise PhoenixError("analysis: %r; allowed a dict of checks or 'none'" % (p["analysis"],),
+                               param="analysis")
         self.infra = targets.load_infra(p)
         self.platform = targets.make_platform(self.infra, p["image_store"], p["drain_timeout"])
         self.store = targets.make_store(p, self.infra)

@@ -37,7 +37,7 @@ class FakePlatform(Platform):
         self.drain_delay, self.destroy_delay = drain_delay, destroy_delay
         self.rps = rps
         self.groups = {}
-        self.behaviour = {}  # image -> {error_rate, p99, crash, never_ready}
+        self.behaviour = {}  # image -> {error_rate, error_rates, p99, crash, never_ready}
         self.log = []
         self.ops = 0
         self.crash_at = None
@@ -209,7 +209,11 @@ class FakePlatform(Platform):
             return Metrics(0, 0, None, window)
         beh = self._beh(g)
         requests = int(self.rps * window * g["weight"] / 100.0)
-        errors = int(round(requests * beh.get("error_rate", 0.0)))
+        rate = beh.get("error_rate", 0.0)
+        if beh.get("error_rates"):  # one per window; the last one repeats
+            rates = beh["error_rates"]
+            rate = rates.pop(0) if len(rates) > 1 else rates[0]
+        errors = int(round(requests * rate))
         latency = {"p50": beh.get("p99", 40.0) / 2, "p99": beh.get("p99", 40.0)} \
             if requests else None
         return Metrics(requests, errors, latency, window)

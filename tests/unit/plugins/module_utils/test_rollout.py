@@ -135,7 +135,7 @@ def test_failing_canary_rolls_back_with_reason(env):
     assert result.failed and result.state == ROLLED_BACK
     assert result.msg == ("deploy of 1.1.0 rolled back to v001 (1.0.0): analysis failed: "
                           "canary error_rate 0.304 > max 0.05 over 125 requests "
-                          "(2 consecutive failures)")
+                          "(2 failed windows of 2, limit 2)")
     history = assert_converged(env, "1.0.0")
     assert history.get("v002").outcome == ROLLED_BACK
     assert "error_rate 0.304 > max 0.05" in history.get("v002").reason

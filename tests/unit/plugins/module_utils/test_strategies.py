@@ -97,7 +97,10 @@ def test_canary_plan_with_pauses_and_analysis():
         "create b with 1 instance(s)", "wait until b has 1 healthy instance(s)",
         "set traffic weights b=10%, a=90%", "pause 30s with analysis of b",
         "resize b to 2 instance(s)", "wait until b has 2 healthy instance(s)",
-        "set traffic weights b=50%, a=50%", "pause until promoted (action: promote)",
+        "set traffic weights b=50%, a=50%",
+        # new: analysis is never skipped; a step that waits for promote is judged first
+        "analyse the traffic of b (judged before waiting for promote)",
+        "pause until promoted (action: promote)",
         "resize b to 4 instance(s)", "wait until b has 4 healthy instance(s)",
         "set traffic weights b=100%, a=0%", "record the new release as live",
         "drain and detach a", "destroy a"]
@@ -281,4 +284,89 @@ def test_analysis_failure_during_pause():
         executor_for(platform, clock, "catalog-ci-v001", analysis=spec).run(plan)
     assert err.value.cause == "analysis"
     assert err.value.reason == ("analysis failed: canary error_rate 0.3 > max 0.05 over "
-                                "100 requests (2 consecutive failures)")
+                                "100 requests (2 failed windows of 2, limit 2)")
+
+
+# -- analysis in every strategy (never silently dropped) --------------------------
+def described(plan):
+    return [s.describe({"old": "a", "new": "b"}) for s in plan]
+
+
+def test_with_analysis_every_first_deploy_is_judged_at_100_percent():
+    for strategy, settings in [("rolling", {}), ("recreate", {}), ("blue_green", {}),
+                               ("canary", CANARY)]:
+        plan = build_plan(strategy, parse_settings(strategy, settings, 3), 3, 0, analysis=True)
+        assert kinds(plan) == ["create", "wait_healthy", "set_weights", "analyze", "mark_live"]
+        assert plan[3].inconclusive == "go_live"
+
+
+def test_rolling_judges_after_every_batch_before_the_old_group_shrinks():
+    plan = build_plan("rolling", parse_settings("rolling", {"max_surge": 1}, 3), 3, 3,
+                      analysis=True)
+    for index, step in enumerate(plan):
+        if step.kind == "set_weights" and step.weights.get("new"):
+            assert plan[index + 1].kind == "analyze", described(plan)
+    assert described(plan)[:5] == [
+        "create b with 1 instance(s)", "wait until b has 1 healthy instance(s)",
+        "set traffic weights b=33%, a=67%", "analyse the traffic of b (between batches)",
+        "resize a to 2 instance(s)"]
+    assert kinds(plan)[-5:] == ["set_weights", "analyze", "mark_live", "drain", "destroy"]
+    assert kinds(plan).count("analyze") == 3
+
+
+def test_recreate_judges_after_the_switch():
+    plan = build_plan("recreate", parse_settings("recreate", {}, 3), 3, 3, analysis=True)
+    assert kinds(plan) == ["drain", "destroy", "create", "wait_healthy", "set_weights",
+                           "analyze", "mark_live"]
+    assert plan[5].inconclusive is None  # there is a release to go back to
+
+
+def test_blue_green_post_promotion_analysis_before_the_old_group_is_drained():
+    settings = parse_settings("blue_green", {"scale_down_delay": "2m"}, 3)
+    assert described(build_plan("blue_green", settings, 3, 3, analysis=True)) == [
+        "create b with 3 instance(s)",
+        "wait until b has 3 healthy instance(s)",
+        "set traffic weights b=100%, a=0%",
+        "analyse the traffic of b (post-promotion analysis; the old group stays attached "
+        "at 0% for an instant switch back)",
+        "record the new release as live",
+        "drain and detach a",
+        "keep a warm for 120s (instant rollback), then destroy it",
+    ]
+
+
+def test_canary_timed_pauses_judge_and_the_final_switch_is_not_judged_twice():
+    settings = parse_settings("canary", {"steps": [{"set_weight": 20},
+                                                   {"pause": {"duration": 10}},
+                                                   {"set_weight": 100}]}, 4)
+    plan = build_plan("canary", settings, 4, 4, analysis=True)
+    assert "analyze" not in kinds(plan)
+    without_pauses = parse_settings("canary", {"steps": [{"set_weight": 20},
+                                                         {"set_weight": 60}]}, 4)
+    plan = build_plan("canary", without_pauses, 4, 4, analysis=True)
+    assert [s.weights["new"] for i, s in enumerate(plan)
+            if s.kind == "set_weights" and plan[i + 1].kind == "analyze"] == [20, 60]
+
+
+def test_without_analysis_plans_are_unchanged():
+    for strategy, settings in [("rolling", {}), ("recreate", {}), ("blue_green", {}),
+                               ("canary", CANARY)]:
+        for old in (0, 3):
+            plan = build_plan(strategy, parse_settings(strategy, settings, 3), 3, old)
+            assert "analyze" not in kinds(plan)
+
+
+@pytest.mark.parametrize("strategy, settings, option", [
+    ("rolling", {"progress_deadline": float("nan")}, "strategy.progress_deadline"),
+    ("rolling", {"progress_deadline": float("inf")}, "strategy.progress_deadline"),
+    ("blue_green", {"scale_down_delay": float("nan")}, "strategy.scale_down_delay"),
+    ("blue_green", {"verify_period": float("nan")}, "strategy.verify_period"),
+    ("canary", {"steps": [{"set_weight": 5}, {"pause": {"duration": float("nan")}}]},
+     "strategy.steps[1].pause.duration"),
+    ("canary", {"steps": [{"set_weight": 5}, {"pause": float("-inf")}]},
+     "strategy.steps[1].pause"),
+])
+def test_nan_and_infinite_durations_are_refused(strategy, settings, option):
+    with pytest.raises(SettingsError) as err:
+        parse_settings(strategy, settings, 3)
+    assert str(err.value).startswith(option + ": ") and "allowed 0 to" in str(err.value)
