@@ -1,0 +1,168 @@
+"""Restarts of the local platform's own processes, with real supervisord,
+HAProxy, PostgreSQL and catalog instances (fixtures_rollout.py): supervisord
+is SIGKILLed under load while a live group runs, `pulumi up` restores it."""
+import os
+import pathlib
+import signal
+import time
+import http.client
+
+from fixtures_infra_local import pid_alive, wait_for
+from fixtures_rollout import Env, LoadGen
+
+
+def _proc(pid):
+    """(state, ppid, environ) of pid, or None."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        raw = pathlib.Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return stat[0], int(stat[1]), env
+
+
+def _ancestors(pid):
+    seen = []
+    while pid > 1 and (info := _proc(pid)) is not None and len(seen) < 64:
+        pid = info[1]
+        seen.append(pid)
+    return seen
+
+
+def supervised(sock):
+    """Live processes started by a supervisord on unix socket ``sock``:
+    {pid: program name} (supervisord puts its URL into every program's env)."""
+    url = f"unix://{sock}".encode()
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (info := _proc(int(entry))) is not None:
+            state, _ppid, env = info
+            if env.get(b"SUPERVISOR_SERVER_URL") == url and state != "Z":
+                out[int(entry)] = env.get(b"SUPERVISOR_PROCESS_NAME", b"?").decode()
+    return out
+
+
+def listeners(address, port):
+    """Socket inodes listening on address:port (IPv4), from /proc/net/tcp."""
+    want = "%s:%04X" % ("".join("%02X" % int(b) for b in reversed(address.split("."))), port)
+    inodes = []
+    for line in pathlib.Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[1] == want and f[3] == "0A":
+            inodes.append(f[9])
+    return inodes
+
+
+def socket_owner(inode):
+    target = f"socket:[{inode}]"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{entry}/fd/{fd}") == target:
+                    return int(entry)
+            except OSError:
+                pass
+    return None
+
+
+def get(url, path="/items"):
+    host, port = url.split("//")[1].rstrip("/").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": "catalog"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def weights(env):
+    state = env.platform.api.servers_state("be_catalog")
+    return {n: s["weight"] for n, s in state.items() if n.startswith("catalog-%s-" % env.environment)}
+
+
+def kill_supervisord(stack):
+    pid = stack.pid("supervisor/supervisord.pid")
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: not pid_alive(pid), 10)
+    return pid
+
+
+def test_supervisord_killed_under_load_restore_replaces_orphans(rollout_env):
+    """Its instances outlive a SIGKILLed supervisord; `pulumi up` replaces
+    them (recorded ports, fresh processes under the new supervisord), the
+    live group is whole and serving, no orphan is left, no port is shared."""
+    env, stack = rollout_env, rollout_env.stack
+    assert env.deploy("v1", size=3).state == "live"
+    group = env.history().live_release().group
+    sock = env.infra["instance_manager"]["endpoint"][len("unix://"):]
+    metas = {m["instance"]: m for m in env.platform._instances().values() if m["group"] == group}
+    old = {n: p["pid"] for n, p in env.platform._processes().items() if n in metas}
+    assert len(old) == 3 and all(old.values())
+    before = weights(env)
+
+    with LoadGen(env.url) as load:
+        time.sleep(1.0)
+        dead = kill_supervisord(stack)
+        time.sleep(0.5)
+        # the premise: the instances outlived their supervisord and still serve
+        assert all(pid_alive(pid) for pid in old.values()), old
+        started = time.monotonic()
+        result = stack.up()
+        restore_s = time.monotonic() - started
+        failed_before, total_before = load.failed, load.total
+        time.sleep(2.0)
+    after = (load.total - total_before, load.failed - failed_before)
+    print("supervisord restore: up took %.1f s; kill to end of up: %d requests, %d failed "
+          "(statuses %s); after the up: %d requests, %d failed; changes %s"
+          % (restore_s, total_before, failed_before, load.statuses, after[0], after[1],
+             result.summary.resource_changes))
+
+    new_sup = stack.pid("supervisor/supervisord.pid")
+    assert new_sup != dead and pid_alive(new_sup, "supervisord")
+    table = env.platform._processes()
+    for name, meta in metas.items():
+        info = table.get(name)
+        assert info is not None and info["statename"] == "RUNNING", (name, info)
+        assert info["pid"] != old[name] and new_sup in _ancestors(info["pid"]), (name, info)
+        socks = listeners(meta["address"], meta["port"])
+        assert len(socks) == 1, "port %d of %s: %d listeners" % (meta["port"], name, len(socks))
+        owner = socket_owner(socks[0])
+        assert owner is not None and (owner == info["pid"] or info["pid"] in _ancestors(owner)), \
+            (name, owner, info["pid"])
+    assert not [pid for pid in old.values() if pid_alive(pid)], "orphans left running"
+    strays = {pid: n for pid, n in supervised(sock).items() if new_sup not in _ancestors(pid)}
+    assert not strays, "processes of the dead supervisord left: %s" % strays
+    health = env.platform.health(group)
+    assert health.ready == 3, health
+    groups = env.groups()
+    assert list(groups) == [group] and groups[group].weight == 100 and groups[group].attached
+    assert weights(env) == before, "HAProxy weights of the live group changed"
+    assert get(env.url) == 200
+    assert after[0] > 50 and after[1] == 0, "failed requests after the restore: %s" % load.summary()
+    # the engine drives the restored supervisord: the next release rolls out
+    assert env.deploy("v2", size=3).state == "live"
+
+
+def test_destroy_after_supervisord_was_killed_leaves_no_instance(rollout_stack, rollout_images, tmp_path):
+    """`pulumi destroy` of a stack whose supervisord died stops the instances
+    it had started (they would hold their ports forever). Last in this module:
+    it destroys the module's stack."""
+    env = Env(rollout_stack, rollout_images, "tdestroy", tmp_path)
+    assert env.deploy("v1", size=2).state == "live"
+    sock = env.infra["instance_manager"]["endpoint"][len("unix://"):]
+    ports = [(m["address"], m["port"]) for m in env.platform._instances().values()]
+    pids = [p["pid"] for p in env.platform._processes().values() if p["pid"]]
+    assert pids
+    kill_supervisord(rollout_stack)
+    assert all(pid_alive(pid) for pid in pids)
+    rollout_stack.destroy()
+    assert not [pid for pid in pids if pid_alive(pid)], "instances outlived destroy"
+    assert not supervised(sock)
+    assert not [p for p in ports if listeners(*p)], "instance ports still taken"
