@@ -1,11 +1,14 @@
 """Restarts of the local platform's own processes, with real supervisord,
 HAProxy, PostgreSQL and catalog instances (fixtures_rollout.py): supervisord
 is SIGKILLed under load while a live group runs, `pulumi up` restores it."""
+import http.client
+import json
 import os
 import pathlib
 import signal
+import sys
+import threading
 import time
-import http.client
 
 from fixtures_infra_local import pid_alive, wait_for
 from fixtures_rollout import Env, LoadGen
@@ -148,6 +151,108 @@ def test_supervisord_killed_under_load_restore_replaces_orphans(rollout_env):
     assert after[0] > 50 and after[1] == 0, "failed requests after the restore: %s" % load.summary()
     # the engine drives the restored supervisord: the next release rolls out
     assert env.deploy("v2", size=3).state == "live"
+
+
+SERVER = r"""
+import os, signal, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    def do_GET(self):
+        body = b"ok\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):  # logs nothing: survives the loss of its stdout pipe
+        pass
+
+server = ThreadingHTTPServer((os.environ["BIND"], int(os.environ["PORT"])), Handler)
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+server.serve_forever(poll_interval=0.1)
+server.server_close()
+"""
+
+
+def start_quiet_group(env, size):
+    """A group of ``size`` instances of a small HTTP server that keeps serving
+    after its supervisord died, written the way the engine writes instances
+    (program file with the phoenix metadata line, HAProxy server, weight)."""
+    platform = env.platform
+    group = "catalog-%s-v900" % env.environment
+    ports = platform._free_ports(size, {m["port"] for m in platform._instances().values()})
+    script = env.stack.tmp / "quiet_server.py"
+    script.write_text(SERVER)
+    metas = []
+    for index, port in enumerate(ports, 1):
+        meta = {"instance": "%s.%03d" % (group, index), "group": group, "artifact": "catalog",
+                "environment": env.environment, "release_id": "v900", "image": "quiet@sha256:0",
+                "index": index, "address": platform.address, "port": port, "backend": "be_catalog"}
+        conf = "\n".join([
+            "; phoenix: " + json.dumps(meta, sort_keys=True),
+            "[program:%s]" % meta["instance"],
+            "command=%s %s" % (sys.executable, script),
+            'environment=PORT="%d",BIND="%s"' % (port, platform.address),
+            "autostart=true", "autorestart=true", "startsecs=1", "stopwaitsecs=5",
+            "stopasgroup=true", "killasgroup=true", "redirect_stderr=true", ""])
+        path = pathlib.Path(platform.include_dir) / (meta["instance"] + ".conf")
+        path.write_text(conf)
+        meta["conf"] = str(path)
+        metas.append(meta)
+    platform.rpc.supervisor.reloadConfig()
+    for meta in metas:
+        platform.rpc.supervisor.addProcessGroup(meta["instance"])
+    platform._add_servers("be_catalog", metas, weight=100)
+    platform._wait_up("be_catalog", metas, deadline=time.time() + 30)
+    return group, metas
+
+
+def test_supervisord_killed_orphans_that_still_serve_are_replaced_in_rounds(rollout_env):
+    """Orphans that still serve are capacity: the restore replaces them a few
+    at a time (drain, stop, start afresh, wait UP), so the group never has 0
+    servers UP and no request fails."""
+    env, stack = rollout_env, rollout_env.stack
+    group, metas = start_quiet_group(env, 4)
+    old = {n: p["pid"] for n, p in env.platform._processes().items() if n.startswith(group + ".")}
+    watch = {"min_up": 99, "samples": 0}
+    stop = threading.Event()
+
+    def monitor():
+        while not stop.is_set():
+            rows = env.platform._stat("be_catalog")
+            up = sum(1 for n, r in rows.items() if n.startswith(group + ".")
+                     and r["status"].startswith("UP") and int(r["weight"] or 0) > 0)
+            watch["min_up"] = min(watch["min_up"], up)
+            watch["samples"] += 1
+            time.sleep(0.05)
+
+    with LoadGen(env.url, path="/") as load:
+        time.sleep(1.0)
+        mon = threading.Thread(target=monitor, daemon=True)
+        mon.start()
+        kill_supervisord(stack)
+        time.sleep(1.0)
+        assert all(pid_alive(pid) for pid in old.values()) and get(env.url, "/") == 200
+        started = time.monotonic()
+        stack.up()
+        restore_s = time.monotonic() - started
+        time.sleep(1.0)
+        stop.set()
+        mon.join(5)
+    print("supervisord restore (serving orphans): up took %.1f s; %s; min UP %s"
+          % (restore_s, load.summary(), watch))
+    new_sup = stack.pid("supervisor/supervisord.pid")
+    table = env.platform._processes()
+    for meta in metas:
+        info = table[meta["instance"]]
+        assert info["statename"] == "RUNNING" and info["pid"] != old[meta["instance"]]
+        assert new_sup in _ancestors(info["pid"])
+        assert len(listeners(meta["address"], meta["port"])) == 1
+    assert not [pid for pid in old.values() if pid_alive(pid)]
+    assert watch["samples"] > 20 and watch["min_up"] >= 1, watch
+    assert load.total > 100 and load.failed == 0, load.summary()
+    assert "restore-drained" not in " ".join(os.listdir(stack.state_dir / "supervisor"))
 
 
 def test_destroy_after_supervisord_was_killed_leaves_no_instance(rollout_stack, rollout_images, tmp_path):

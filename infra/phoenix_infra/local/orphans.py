@@ -163,7 +163,9 @@ def _replace(rpc, batch, metas, orphans, lb_sock, drained):
             drained.names[name] = (meta["backend"], name)
     drained.save()
     grace = max(metas[n]["stopwaitsecs"] for n in batch)
+    started = time.monotonic()
     procs.stop_pids([pid for n in batch for pid in orphans.get(n, [])], grace)
+    timing = {"stop_s": round(time.monotonic() - started, 2)}
     procs.wait_until(lambda: all(procs.port_free(metas[n]["address"], int(metas[n]["port"]))
                                  for n in batch), 10, 0.05)
     _add(rpc, batch)
@@ -172,7 +174,10 @@ def _replace(rpc, batch, metas, orphans, lb_sock, drained):
     procs.wait_until(lambda: all(_state_of(rpc, n) in ("RUNNING", "FATAL", "EXITED") and
                                  (_state_of(rpc, n) != "RUNNING" or healthy(metas[n]))
                                  for n in batch), 60, 0.1)
+    timing["healthy_s"] = round(time.monotonic() - started, 2)
     _ready(lb_sock, drained, [n for n in batch if n in drained.names])
+    timing["up_s"] = round(time.monotonic() - started, 2)
+    return timing
 
 
 def restore_programs(rpc, include_dir, orphans, lb_sock, state_path):
@@ -191,10 +196,9 @@ def restore_programs(rpc, include_dir, orphans, lb_sock, state_path):
     # them are replaced at once, first (an app that logs to stdout typically
     # fails every request once supervisord, the reader of its pipe, is gone)
     sick = [n for n in pending if n in orphans and not healthy(metas[n])]
-    rounds = 0
+    timings = []
     if sick:
-        _replace(rpc, sick, metas, orphans, lb_sock, drained)
-        rounds += 1
+        timings.append(_replace(rpc, sick, metas, orphans, lb_sock, drained))
     groups = {}
     for name in pending:
         if name in orphans and name not in sick:
@@ -206,9 +210,8 @@ def restore_programs(rpc, include_dir, orphans, lb_sock, state_path):
             take = max(1, sizes[group] // 4)
             batch += names[:take]
             del names[:take]
-        _replace(rpc, batch, metas, orphans, lb_sock, drained)
-        rounds += 1
+        timings.append(_replace(rpc, batch, metas, orphans, lb_sock, drained))
     if drained.names:  # left drained by an interrupted restore
         _ready(lb_sock, drained, list(drained.names))
     return {"replaced": sum(1 for n in pending if n in orphans), "sick": len(sick), "started": len(added),
-            "stopped_strays": len(strays), "rounds": rounds, "at": time.time()}
+            "stopped_strays": len(strays), "rounds": timings}
