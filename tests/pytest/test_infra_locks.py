@@ -135,6 +135,15 @@ def test_up_that_would_change_fails_naming_the_rollout_holding_a_lock(infra, rol
     assert infra.store.lock_holder("search", "ci") is None, "a lock taken was not given back"
 
 
+def test_destroy_fails_naming_the_rollout_holding_a_lock(infra, rollout_holder):
+    args = infra.args("hello")
+    args["state"] = "absent"
+    res = infra.run(args)
+    assert res.get("failed") and "pulumi destroy of stack 'ci'" in res["msg"], res
+    assert "deploy of release v007 by pid %d" % rollout_holder.pid in res["msg"], res["msg"]
+    assert infra.file.read_text() == "hello", "the stack was destroyed under a rollout"
+
+
 def test_up_waits_for_the_rollout_then_runs(infra, rollout_holder):
     started = time.monotonic()
     proc = infra.start(infra.args("after the rollout", timeout=60))
