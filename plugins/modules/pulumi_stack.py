@@ -180,6 +180,7 @@ up_skipped:
   sample: "catalog/ci is locked by deploy of release v007 by pid 4242 on host ci-1 (user jenkins) since ..."
 """
 
+import math
 import os
 
 from ansible.module_utils.basic import missing_required_lib
@@ -217,7 +218,7 @@ class StackManager:
         self.locks = None
         if lock and not module.check_mode:
             timeout = lock["timeout"]
-            if timeout != timeout or timeout in (float("inf"), float("-inf")) or timeout < 0:
+            if not math.isfinite(timeout) or timeout < 0:
                 raise PhoenixError("release_lock.timeout is %r; give a number of seconds >= 0"
                                    % timeout, param="release_lock")
             self.locks = engine.EnvironmentLocks(lock["store"], lock["environment"], lock["artifacts"])

@@ -68,6 +68,7 @@ class _Transport(SupervisorTransport):
             self.close()
             return SupervisorTransport.request(self, host, handler, request_body, verbose)
 
+
 try:
     from ansible_collections.phoenix.deploy.plugins.module_utils import images as _images
 except ImportError:  # pragma: no cover - the image engine is optional here
