@@ -90,6 +90,12 @@ def weights(env):
     return {n: s["weight"] for n, s in state.items() if n.startswith("catalog-%s-" % env.environment)}
 
 
+def restore_log(stack):
+    """The restore's summary line in supervisord's log (timings of its rounds)."""
+    text = (stack.state_dir / "supervisor" / "supervisord.log").read_text(errors="replace")
+    return [line for line in text.splitlines() if line.startswith("phoenix: restore")][-1:]
+
+
 def kill_supervisord(stack):
     pid = stack.pid("supervisor/supervisord.pid")
     os.kill(pid, signal.SIGKILL)
@@ -125,7 +131,7 @@ def test_supervisord_killed_under_load_restore_replaces_orphans(rollout_env):
     print("supervisord restore: up took %.1f s; kill to end of up: %d requests, %d failed "
           "(statuses %s); after the up: %d requests, %d failed; changes %s"
           % (restore_s, total_before, failed_before, load.statuses, after[0], after[1],
-             result.summary.resource_changes))
+             result.summary.resource_changes), restore_log(stack))
 
     new_sup = stack.pid("supervisor/supervisord.pid")
     assert new_sup != dead and pid_alive(new_sup, "supervisord")
@@ -241,7 +247,7 @@ def test_supervisord_killed_orphans_that_still_serve_are_replaced_in_rounds(roll
         stop.set()
         mon.join(5)
     print("supervisord restore (serving orphans): up took %.1f s; %s; min UP %s"
-          % (restore_s, load.summary(), watch))
+          % (restore_s, load.summary(), watch), restore_log(stack))
     new_sup = stack.pid("supervisor/supervisord.pid")
     table = env.platform._processes()
     for meta in metas:
