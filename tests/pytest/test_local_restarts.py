@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -259,6 +260,46 @@ def test_supervisord_killed_orphans_that_still_serve_are_replaced_in_rounds(roll
     assert watch["samples"] > 20 and watch["min_up"] >= 1, watch
     assert load.total > 100 and load.failed == 0, load.summary()
     assert "restore-drained" not in " ".join(os.listdir(stack.state_dir / "supervisor"))
+
+
+def test_restore_interrupted_half_way_is_finished_by_the_next_up(rollout_env):
+    """The state a restore killed half-way leaves: the new supervisord runs
+    without its [include] section, one instance's server drained and its
+    orphan stopped (named in restore-drained.json), the other orphan still
+    running. The next `pulumi up` notices and finishes the restore."""
+    env, stack = rollout_env, rollout_env.stack
+    assert env.deploy("v1", size=2).state == "live"
+    group = env.history().live_release().group
+    names = sorted(m["instance"] for m in env.platform._instances().values() if m["group"] == group)
+    old = {n: p["pid"] for n, p in env.platform._processes().items() if n in names}
+    sup_dir = stack.state_dir / "supervisor"
+    conf = (sup_dir / "supervisord.conf").read_text()
+    kill_supervisord(stack)
+    # what the interrupted restore had done
+    first = names[0]
+    env.platform.api.batch([("set", "server", "be_catalog/%s" % first, "state", "drain")])
+    (sup_dir / "restore-drained.json").write_text(json.dumps({first: ["be_catalog", first]}))
+    os.kill(old[first], signal.SIGTERM)
+    assert wait_for(lambda: not pid_alive(old[first]), 20)
+    boot = conf[:conf.index("[include]")]
+    (sup_dir / "supervisord.conf").write_text(boot)
+    subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(sup_dir / "supervisord.conf")],
+                   cwd=sup_dir, check=True, timeout=30)
+    assert wait_for(lambda: pid_alive(stack.pid("supervisor/supervisord.pid"), "supervisord"), 20)
+    half = stack.pid("supervisor/supervisord.pid")
+
+    stack.up()
+    assert stack.pid("supervisor/supervisord.pid") == half, "the running supervisord was replaced"
+    assert (sup_dir / "supervisord.conf").read_text() == conf
+    assert not (sup_dir / "restore-drained.json").exists()
+    table = env.platform._processes()
+    for name in names:
+        assert table[name]["statename"] == "RUNNING" and half in _ancestors(table[name]["pid"]), table[name]
+    assert not [pid for pid in old.values() if pid_alive(pid)]
+    state = env.platform.api.servers_state("be_catalog")
+    assert all(state[n]["admin"] == 0 for n in names), state
+    assert env.platform.health(group).ready == 2
+    assert get(env.url) == 200
 
 
 def test_destroy_after_supervisord_was_killed_leaves_no_instance(rollout_stack, rollout_images, tmp_path):
