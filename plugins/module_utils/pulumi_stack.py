@@ -15,8 +15,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
+from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
+    FileReleaseStore, LockHeld, LockHolder)
 
 try:
     from pulumi import automation as auto
@@ -255,3 +258,84 @@ def get_output(outputs, path):
             raise PhoenixError("stack output '%s' not found (at '%s'; available: %s)"
                                % (path, ".".join(walked), have), param="path")
     return value
+
+
+INFRA_ACTION = "infra"
+_LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def _name(value, option):
+    """A release-store name, matched whole (no trailing newline)."""
+    if not isinstance(value, str) or not _LOCK_NAME.fullmatch(value):
+        raise ValueError("%s: %r is not a valid name; use letters, digits, '.', '_' or '-' "
+                         "(max 63, starting with a letter or digit)" % (option, value))
+    return value
+
+
+class EnvironmentLocks:
+    """The release-store locks of every artifact of one environment, the
+    same per-(artifact, environment) locks a rollout takes: ``pulumi up`` /
+    ``destroy`` of the environment's stack runs under them, so neither can
+    change the infrastructure under a running rollout, and no rollout starts
+    while they run. Taken in sorted order (two holders never deadlock), all or
+    none; the holder is this process with action ``infra`` (a holder that
+    died is recovered like a dead rollout's)."""
+
+    def __init__(self, store, environment, artifacts, action=INFRA_ACTION):
+        try:
+            _name(environment, "release_lock.environment")
+            self.artifacts = sorted(set(_name(a, "release_lock.artifacts") for a in (artifacts or [])))
+        except ValueError as exc:
+            raise PhoenixError(str(exc), param="release_lock")
+        if not self.artifacts:
+            raise PhoenixError("release_lock.artifacts is empty; list the artifacts of "
+                               "environment '%s'" % environment, param="release_lock")
+        if not store:
+            raise PhoenixError("release_lock.store is empty; give the release store "
+                               "directory the rollouts use", param="release_lock")
+        self.store = FileReleaseStore(store)
+        self.environment = environment
+        self.action = action
+        self.held = []
+
+    def try_acquire(self):
+        """Take every lock: None when they are all ours; else the ``LockHeld``
+        of the first one another holder has (and none is kept)."""
+        holder = LockHolder.current(action=self.action)
+        for artifact in self.artifacts:
+            try:
+                self.held.append(self.store.acquire(artifact, self.environment, holder))
+            except LockHeld as exc:
+                self.release()
+                return exc
+        return None
+
+    def acquire(self, what, timeout=0.0, poll=1.0, nothing_to_do=None):
+        """Take every lock, waiting up to ``timeout`` seconds for a holder to
+        end. Returns None when taken, or the ``LockHeld`` when another holder
+        keeps one and ``nothing_to_do()`` proves ``what`` would change
+        nothing (so it cannot fight that holder and is skipped). Else raises a
+        PhoenixError naming the holder."""
+        deadline = time.monotonic() + max(0.0, float(timeout))
+        checked = False
+        while True:
+            held = self.try_acquire()
+            if held is None:
+                return None
+            if nothing_to_do is not None and not checked:
+                checked = True
+                if nothing_to_do():
+                    return held
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waited = " (waited %gs)" % float(timeout) if timeout else ""
+                raise PhoenixError(
+                    "%s of environment '%s' must not run during a rollout: %s%s; run it again when "
+                    "that has ended, or set release_lock.timeout to wait for it"
+                    % (what, self.environment, held, waited), param="release_lock",
+                    holder=held.holder.describe() if held.holder else None)
+            time.sleep(min(poll, left))
+
+    def release(self):
+        while self.held:
+            self.store.release(self.held.pop())

@@ -61,6 +61,36 @@ options:
     description:
       - State backend. Defaults to E(PULUMI_BACKEND_URL), else a file backend in the project's C(.state) dir.
     type: str
+  release_lock:
+    description:
+      - Run C(pulumi up) / C(pulumi destroy) under the release-store locks of every artifact of the
+        stack's environment, the same per-(artifact, environment) locks a rollout takes (holder action
+        V(infra)). A rollout cannot start while they are held, and the stack is not changed while a
+        rollout runs.
+      - When a rollout holds one and a preview shows that C(pulumi up) would change nothing, the up
+        is skipped (it cannot fight the rollout) and RV(up_skipped) names the holder. Otherwise the
+        module waits up to O(release_lock.timeout) seconds, then fails naming the holder, having
+        changed nothing.
+      - Not used in check mode (a preview changes nothing).
+    type: dict
+    suboptions:
+      store:
+        description: The release store directory the rollouts of this environment use.
+        type: path
+        required: true
+      environment:
+        description: The environment whose infrastructure this stack is.
+        type: str
+        required: true
+      artifacts:
+        description: The artifacts deployed to that environment (one lock each).
+        type: list
+        elements: str
+        required: true
+      timeout:
+        description: Seconds to wait for a rollout holding a lock to end; V(0) fails at once.
+        type: float
+        default: 0
 attributes:
   check_mode:
     description: Runs C(pulumi preview) with the wanted config; the stack's settings file is put back afterwards.
@@ -104,6 +134,16 @@ EXAMPLES = r"""
     project_path: infra
     stack: local
     state: absent
+
+- name: Update the ci stack, never during a rollout of one of its artifacts
+  phoenix.deploy.pulumi_stack:
+    project_path: infra
+    stack: ci
+    release_lock:
+      store: "{{ lookup('ansible.builtin.env', 'PHOENIX_STATE_DIR') }}/releases"
+      environment: ci
+      artifacts: [catalog]
+      timeout: 300
 """
 
 RETURN = r"""
@@ -131,8 +171,16 @@ refreshed:
   description: What the refresh found changed, when O(refresh) was set.
   returned: when refresh is true
   type: dict
+up_skipped:
+  description:
+    - Why C(pulumi up) did not run - a rollout held a lock of O(release_lock) and the preview showed
+      nothing to change.
+  returned: when the up was skipped
+  type: str
+  sample: "catalog/ci is locked by deploy of release v007 by pid 4242 on host ci-1 (user jenkins) since ..."
 """
 
+import math
 import os
 
 from ansible.module_utils.basic import missing_required_lib
@@ -151,6 +199,12 @@ ARGUMENT_SPEC = dict(
     show_secrets=dict(type="bool", default=False),
     passphrase=dict(type="str", no_log=True),
     backend_url=dict(type="str"),
+    release_lock=dict(type="dict", options=dict(
+        store=dict(type="path", required=True),
+        environment=dict(type="str", required=True),
+        artifacts=dict(type="list", elements="str", required=True),
+        timeout=dict(type="float", default=0),
+    )),
 )
 
 
@@ -160,8 +214,40 @@ class StackManager:
         p = module.params
         self.runner = engine.StackRunner(p["project_path"], p["stack"], p["backend_url"], p["passphrase"])
         self.result = dict(changed=False, outputs={}, summary={}, steps=[], config_changes={})
+        lock = p["release_lock"]
+        self.locks = None
+        if lock and not module.check_mode:
+            timeout = lock["timeout"]
+            if not math.isfinite(timeout) or timeout < 0:
+                raise PhoenixError("release_lock.timeout is %r; give a number of seconds >= 0"
+                                   % timeout, param="release_lock")
+            self.locks = engine.EnvironmentLocks(lock["store"], lock["environment"], lock["artifacts"])
 
     def run(self):
+        p = self.module.params
+        if self.locks is None:
+            return self._run()
+        what = "pulumi %s of stack '%s'" % ("destroy" if p["state"] == "absent" else "up", p["stack"])
+        nothing_to_do = self._nothing_to_do if p["state"] == "present" else None
+        held = self.locks.acquire(what, p["release_lock"]["timeout"], nothing_to_do=nothing_to_do)
+        if held is not None:
+            self.result["up_skipped"] = str(held)
+            self.result["outputs"] = self.runner.outputs(p["show_secrets"])
+            self.module.warn("%s skipped: %s; a preview shows nothing to change" % (what, held))
+            return None
+        try:
+            return self._run()
+        finally:
+            self.locks.release()
+
+    def _nothing_to_do(self):
+        """True if the up would change nothing (config and resources, by a preview)."""
+        p = self.module.params
+        if not self.runner.exists() or self.runner.config_changes(p["config"]):
+            return False
+        return not self.runner.preview(p["target"])["changed"]
+
+    def _run(self):
         p = self.module.params
         if p["state"] == "absent":
             return self.absent()

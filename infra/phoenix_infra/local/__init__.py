@@ -64,7 +64,7 @@ def build(cfg) -> dict:
                   user=cfg.get("db_user", "phoenix"))
     lb = LoadBalancer("load-balancer", network=net, artifacts=cfg.artifacts,
                       check_inter=cfg.get("health_check_interval", "500ms"))
-    im = InstanceManager("instance-manager", network=net)
+    im = InstanceManager("instance-manager", network=net, load_balancer=lb)
     return {
         "platform": "local",
         "network": {"name": f"phoenix-{cfg.stack}", "cidr": net.cidr, "address": net.address,

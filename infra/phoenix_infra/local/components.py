@@ -105,12 +105,16 @@ class LoadBalancer(pulumi.ComponentResource):
 
 
 class InstanceManager(pulumi.ComponentResource):
-    """supervisord; the rollout engine writes program files into ``include_dir``."""
+    """supervisord; the rollout engine writes program files into ``include_dir``.
+    With ``load_balancer``, a restore after a supervisord crash drains each
+    instance it replaces in HAProxy first (and HAProxy is restored before it)."""
 
-    def __init__(self, name, *, network, opts=None):
+    def __init__(self, name, *, network, load_balancer=None, opts=None):
         super().__init__("phoenix:local:InstanceManager", name, None, opts)
-        sup = _Supervisord(f"{name}-supervisord", {"dir": network.subdir("supervisor")},
-                           pulumi.ResourceOptions(parent=self))
+        props = {"dir": network.subdir("supervisor")}
+        if load_balancer is not None:
+            props["load_balancer_api"] = load_balancer.runtime_api
+        sup = _Supervisord(f"{name}-supervisord", props, pulumi.ResourceOptions(parent=self))
         self.endpoint = pulumi.Output.concat("unix://", sup.socket)
         self.include_dir = sup.include_dir
         self.register_outputs({"endpoint": self.endpoint, "include_dir": self.include_dir})

@@ -151,3 +151,91 @@ def read_text(path):
             return fh.read()
     except OSError:
         return None
+
+
+# --------------------------------------------------------------------------- supervised processes
+
+def _proc_stat(pid):
+    """(state, ppid) of ``pid`` from /proc, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _environ(pid):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return {}
+    env = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode(errors="replace")] = value.decode(errors="replace")
+    return env
+
+
+def descends_from(pid, ancestor):
+    """True if ``ancestor`` is ``pid``'s parent, grand-parent, ..."""
+    seen = set()
+    while pid and pid not in seen and pid != 1:
+        seen.add(pid)
+        stat = _proc_stat(pid)
+        if stat is None:
+            return False
+        pid = stat[1]
+        if pid == ancestor:
+            return True
+    return False
+
+
+def supervised_orphans(sock, supervisor_pid=None):
+    """Processes a supervisord on unix socket ``sock`` started (supervisord puts
+    ``SUPERVISOR_SERVER_URL=unix://<sock>`` and ``SUPERVISOR_PROCESS_NAME`` in
+    every program's environment; children inherit it) that the live
+    ``supervisor_pid`` (if any) did not start: ``{program name: [pid, ...]}``."""
+    url = f"unix://{sock}"
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        if pid == os.getpid():
+            continue
+        env = _environ(pid)
+        if env.get("SUPERVISOR_SERVER_URL") != url:
+            continue
+        stat = _proc_stat(pid)
+        if stat is None or stat[0] == "Z":
+            continue
+        if supervisor_pid and descends_from(pid, supervisor_pid):
+            continue
+        found.setdefault(env.get("SUPERVISOR_PROCESS_NAME", "?"), []).append(pid)
+    return found
+
+
+def stop_pids(pids, grace):
+    """SIGTERM every pid, wait up to ``grace`` seconds, then SIGKILL what is
+    left. Returns the pids that needed a SIGKILL."""
+    live = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            live.append(pid)
+        except ProcessLookupError:
+            pass
+    wait_until(lambda: not any(pid_alive(p) for p in live), grace)
+    killed = []
+    for pid in live:
+        if pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+    wait_until(lambda: not any(pid_alive(p) for p in killed), 10)
+    return killed

@@ -13,6 +13,7 @@ Every provider writes its own ``diff``: only the listed ``KEYS`` count, the
 change (``running``) so ``pulumi up`` starts it again with the same data.
 """
 import ipaddress
+import json
 import os
 import pwd
 import secrets
@@ -25,7 +26,7 @@ import xmlrpc.client
 
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from phoenix_infra.local import procs
+from phoenix_infra.local import orphans, procs
 
 PG_VERSION = "15"
 HAPROXY = "haproxy"
@@ -460,7 +461,23 @@ class SupervisordProvider(_Provider):
                 "include": os.path.join(d, "programs"), "logs": os.path.join(d, "logs")}
 
     def alive(self, outs):
-        return procs.pid_alive(procs.read_pid(self._paths(outs)["pid"]), "supervisord")
+        """Running, and not stopped half-way through a restore (config without
+        its [include] section: see ``orphans.py``)."""
+        p = self._paths(outs)
+        return (procs.pid_alive(procs.read_pid(p["pid"]), "supervisord")
+                and self._conf(p) == procs.read_text(p["conf"]))
+
+    @staticmethod
+    def _conf(p, include=True):
+        return "\n".join([
+            "; written by phoenix.deploy (local platform)",
+            "[unix_http_server]", f"file={p['sock']}", "chmod=0600", "",
+            "[supervisord]", f"logfile={p['log']}", f"pidfile={p['pid']}", f"childlogdir={p['logs']}",
+            "umask=077", "silent=true", "",
+            "[rpcinterface:supervisor]",
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
+            "[supervisorctl]", f"serverurl=unix://{p['sock']}", ""]
+            + (["[include]", f"files = {p['include']}/*.conf", ""] if include else []))
 
     @staticmethod
     def rpc(sock):
@@ -475,27 +492,36 @@ class SupervisordProvider(_Provider):
             return None
 
     def _start(self, props):
+        """Start supervisord; after a crash, replace the instances the dead one
+        left running (``orphans.py``) instead of racing them for their ports."""
         p = self._paths(props)
         for d in (props["dir"], p["include"], p["logs"]):
             procs.ensure_dir(d)
         if self.alive(props):
             return
-        procs.write_private(p["conf"], "\n".join([
-            "; written by phoenix.deploy (local platform)",
-            "[unix_http_server]", f"file={p['sock']}", "chmod=0600", "",
-            "[supervisord]", f"logfile={p['log']}", f"pidfile={p['pid']}", f"childlogdir={p['logs']}",
-            "umask=077", "silent=true", "",
-            "[rpcinterface:supervisor]",
-            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
-            "[supervisorctl]", f"serverurl=unix://{p['sock']}", "",
-            "[include]", f"files = {p['include']}/*.conf", ""]))
-        with open(p["log"], "ab") as log:
-            os.chmod(p["log"], 0o600)
-            procs.run([sys.executable, "-m", "supervisor.supervisord", "-c", p["conf"]],
-                      "supervisord start", stdout=log, stderr=log, capture_output=False,
-                      umask=0o077, cwd=props["dir"])
-        if not procs.wait_until(lambda: self._state(p["sock"]) == "RUNNING", 20, 0.1):
-            raise procs.InfraError(f"supervisord did not come up: {procs.tail(p['log'])}")
+        pid = procs.read_pid(p["pid"])
+        running = procs.pid_alive(pid, "supervisord")  # stopped half-way through a restore
+        orphaned = procs.supervised_orphans(p["sock"], pid if running else None)
+        if not running:
+            procs.write_private(p["conf"], self._conf(p, include=not orphaned))
+            with open(p["log"], "ab") as log:
+                os.chmod(p["log"], 0o600)
+                procs.run([sys.executable, "-m", "supervisor.supervisord", "-c", p["conf"]],
+                          "supervisord start", stdout=log, stderr=log, capture_output=False,
+                          umask=0o077, cwd=props["dir"])
+            if not procs.wait_until(lambda: self._state(p["sock"]) == "RUNNING", 20, 0.1):
+                raise procs.InfraError(f"supervisord did not come up: {procs.tail(p['log'])}")
+            if not orphaned:
+                return
+        procs.write_private(p["conf"], self._conf(p))
+        try:
+            done = orphans.restore_programs(self.rpc(p["sock"]), p["include"], orphaned,
+                                            props.get("load_balancer_api"),
+                                            os.path.join(props["dir"], "restore-drained.json"))
+        except (OSError, xmlrpc.client.Error) as exc:
+            raise procs.InfraError(f"supervisord restore: {exc}") from exc
+        with open(p["log"], "a") as log:
+            log.write(f"phoenix: restore after a supervisord crash: {json.dumps(done)}\n")
 
     def _outs(self, props):
         p = self._paths(props)
@@ -519,6 +545,9 @@ class SupervisordProvider(_Provider):
         return ReadResult(id_, {**props, "running": self.alive(props)})
 
     def delete(self, _id, props):
-        # SIGTERM: supervisord stops its programs, then exits.
-        procs.stop_pid(procs.read_pid(self._paths(props)["pid"]), "supervisord", timeout=60)
+        # SIGTERM: supervisord stops its programs, then exits; programs a dead
+        # supervisord left running are stopped too (they would keep their ports)
+        p = self._paths(props)
+        procs.stop_pid(procs.read_pid(p["pid"]), "supervisord", timeout=60)
+        procs.stop_pids([pid for pids in procs.supervised_orphans(p["sock"]).values() for pid in pids], 30)
         procs.remove_tree(props["dir"])

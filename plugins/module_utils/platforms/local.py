@@ -51,8 +51,24 @@ try:
     HAS_SUPERVISOR = True
     SUPERVISOR_IMPORT_ERROR = None
 except ImportError as _exc:  # pragma: no cover - guarded for ansible-test sanity
+    SupervisorTransport = object
     HAS_SUPERVISOR = False
     SUPERVISOR_IMPORT_ERROR = _exc
+
+
+class _Transport(SupervisorTransport):
+    """supervisord's transport keeps its connection alive; after supervisord
+    was restarted (the infra restore after a crash) that connection is dead.
+    Retry once on a new one, as ``xmlrpc.client.Transport`` does."""
+
+    def request(self, host, handler, request_body, verbose=0):
+        try:
+            return SupervisorTransport.request(self, host, handler, request_body, verbose)
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError,
+                http.client.RemoteDisconnected):
+            self.close()
+            return SupervisorTransport.request(self, host, handler, request_body, verbose)
+
 
 try:
     from ansible_collections.phoenix.deploy.plugins.module_utils import images as _images
@@ -125,7 +141,7 @@ class LocalPlatform(Platform):
     @property
     def rpc(self):
         if getattr(self._local, "rpc", None) is None:
-            transport = SupervisorTransport(None, None, self.endpoint)
+            transport = _Transport(None, None, self.endpoint)
             self._local.rpc = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
         return self._local.rpc
 
