@@ -41,10 +41,19 @@ HERE = pathlib.Path(__file__).resolve().parent
 MIGRATIONS = HERE / "migrations"
 
 
+def write_log(line):
+    """Logging never fails a request: when the supervisor that reads our
+    output died (a closed pipe), the line is dropped and serving goes on."""
+    try:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def log(msg, **fields):
     extra = " ".join("%s=%s" % (k, json.dumps(v)) for k, v in fields.items())
-    sys.stderr.write("catalog: %s %s\n" % (msg, extra))
-    sys.stderr.flush()
+    write_log("catalog: %s %s\n" % (msg, extra))
 
 
 def read_json(path, default=None):
@@ -198,7 +207,7 @@ def make_handler(app):
         protocol_version = "HTTP/1.0"  # one request per connection: nothing to cut off when draining
 
         def log_message(self, fmt, *args):
-            sys.stderr.write("catalog: %s %s\n" % (self.address_string(), fmt % args))
+            write_log("catalog: %s %s\n" % (self.address_string(), fmt % args))
 
         def send_json(self, status, doc):
             body = (json.dumps(doc) + "\n").encode()
