@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -15,6 +16,15 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.errors import Phoen
 
 class PhoenixModule(AnsibleModule):
     """AnsibleModule plus ``fail_phoenix`` for engine errors."""
+
+    def _load_params(self):
+        """ansible-core's int check raises OverflowError (a traceback) on an
+        infinite float; hand it the text instead, so ``size: .inf`` fails as
+        any other non-integer does: naming the option."""
+        super(PhoenixModule, self)._load_params()
+        for key, value in list((self.params or {}).items()):
+            if isinstance(value, float) and not math.isfinite(value):
+                self.params[key] = "%r (not a finite number)" % value
 
     def fail_phoenix(self, exc, **result):
         """Fail with the engine error's message; never with a traceback."""

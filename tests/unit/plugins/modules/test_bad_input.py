@@ -55,6 +55,10 @@ SECRETS_OK = True  # TEMP
 CASES = [
     ("rollout", {"size": 0}, "size"),
     ("rollout", {"size": 100000}, "size"),
+    ("rollout", {"size": float("inf")}, "size"),
+    ("rollout", {"timeout": float("inf")}, "timeout"),
+    ("release_info", {"history": float("inf")}, "history"),
+    ("image_bake", {"retain": float("inf")}, "retain"),
     ("rollout", {"strategy": "rainbow"}, "strategy"),
     ("rollout", {"strategy_settings": {"max_surge": "many"}}, "strategy.max_surge"),
     ("rollout", {"strategy_settings": {"bogus": 1}}, "strategy"),
