@@ -442,6 +442,11 @@ class ImageStore(object):
         finally:
             os.close(fd)
 
+    def has_debris(self, target, artifact):
+        adir = self.artifact_dir(target, artifact)
+        return os.path.isdir(adir) and any(
+            n.startswith((STAGING_PREFIX, PROMOTE_PREFIX, OLD_PREFIX)) for n in os.listdir(adir))
+
     def clean_debris(self, target, artifact):
         """What a killed bake or promotion of this artifact left behind; call with :meth:`lock` held.
 
@@ -626,7 +631,7 @@ def bake(req, check_mode=False, runner=None, retain=None, live=(), cleanup=False
     """
     t0 = time.monotonic()
     store = req.store
-    if not check_mode and os.path.isdir(store.artifact_dir(req.target, req.artifact)):
+    if not check_mode and store.has_debris(req.target, req.artifact):
         # debris of a killed bake or promotion; skipped while another one holds the lock (it cleans)
         with store.lock(req.target, req.artifact, wait=False) as held:
             if held:

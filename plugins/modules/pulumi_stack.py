@@ -38,7 +38,8 @@ options:
     description:
       - Stack configuration to set before the update. Keys without a namespace belong to the project.
       - "A value is a string, number, bool, list or dict (lists and dicts are stored as JSON), or
-        a dict C({value: ..., secret: true}) for a secret."
+        a dict C({value: ..., secret: true}) for a secret. Secret values are masked in all module
+        output (including the logged invocation)."
     type: dict
     default: {}
   refresh:
@@ -51,7 +52,10 @@ options:
     elements: str
     default: []
   show_secrets:
-    description: Return secret outputs in clear text. By default they read V([secret]).
+    description:
+      - Return secret outputs in clear text. By default they read V([secret]).
+      - With V(true) the task's result is no_log (an action plugin marks it): callbacks print it censored
+        at any verbosity, and the registered variable holds the values.
     type: bool
     default: false
   passphrase:
@@ -226,8 +230,18 @@ def _restore(path, content):
         handle.write(content)
 
 
+def _mask_secret_config(module):
+    """Secret config values never reach output: add them (and their JSON form) to no_log_values."""
+    for value in (module.params.get("config") or {}).values():
+        if isinstance(value, dict) and value.get("secret") and value.get("value") not in (None, ""):
+            secret = value["value"]
+            module.no_log_values.add(secret if isinstance(secret, str) else engine.json.dumps(secret, sort_keys=True))
+            module.add_secrets({"secret": secret})
+
+
 def main():
     module = PhoenixModule(argument_spec=argspec(ARGUMENT_SPEC), supports_check_mode=True)
+    _mask_secret_config(module)
     if not engine.HAS_PULUMI:
         module.fail_json(msg=missing_required_lib("pulumi"), exception=str(engine.PULUMI_IMPORT_ERROR))
     try:
