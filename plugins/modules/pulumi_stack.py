@@ -137,6 +137,7 @@ refreshed:
   type: dict
 """
 
+import json
 import os
 
 from ansible.module_utils.basic import missing_required_lib
@@ -235,7 +236,7 @@ def _mask_secret_config(module):
     for value in (module.params.get("config") or {}).values():
         if isinstance(value, dict) and value.get("secret") and value.get("value") not in (None, ""):
             secret = value["value"]
-            module.no_log_values.add(secret if isinstance(secret, str) else engine.json.dumps(secret, sort_keys=True))
+            module.no_log_values.add(secret if isinstance(secret, str) else json.dumps(secret, sort_keys=True))
             module.add_secrets({"secret": secret})
 
 
