@@ -54,8 +54,8 @@ options:
   show_secrets:
     description:
       - Return secret outputs in clear text. By default they read V([secret]).
-      - With V(true) the task's result is no_log (an action plugin marks it): callbacks print it censored
-        at any verbosity, and the registered variable holds the values.
+      - With V(true) the task's result is no_log (an action plugin marks it), so callbacks print it censored
+        at any verbosity; the registered variable holds the values.
     type: bool
     default: false
   passphrase:

@@ -262,7 +262,7 @@ def test_promotion_killed_for_real_leaves_nothing_that_blocks(store, tmp_path):
               "os.rename = rename\n"
               "promotion.promote('catalog', %r, %r, %r, %r, ['ci'])\n"
               % (VERSION, str(store), str(tmp_path / "prod"), str(tmp_path / "releases")))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False,
                           env=CHILD_ENV)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert [p.name for p in adir.iterdir() if p.name.startswith(".promote-")], "the kill left no debris"
@@ -309,7 +309,7 @@ def test_forced_rebake_killed_between_its_renames_is_put_back(store, monkeypatch
               "os.rename = rename\n"
               "staging = images.tempfile.mkdtemp(prefix=images.STAGING_PREFIX + 'x-', dir=%r)\n"
               "images._swap(staging, %r)\n" % (str(adir), str(path)))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False,
                           env=CHILD_ENV)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not path.exists() and (adir / (".old-" + doc["name"])).is_dir()  # the gap
