@@ -7,17 +7,13 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 
-# Dict options that carry a secret among plain settings (the infra outputs carry the DB password).
-# They are no_log, so Ansible never logs them whole (syslog/journal invocation lines), but in the
-# module's result only their secret leaves are masked: masking every leaf would turn "local",
-# "catalog" or a port number into "********" wherever it appears in a message.
-PARTLY_SECRET_OPTIONS = ("infra",)
 SECRET_KEY = re.compile(r"(password|passphrase|secret|token|private_key|credential)", re.I)
 
 
@@ -45,17 +41,40 @@ def _leaves(value):
     return {str(value)}
 
 
+def secret_config_leaves(config):
+    """The secret values of a pulumi_stack-style ``config`` (entries ``{value: ..., secret: true}``),
+    as strings and, for lists and dicts, in the JSON form they are stored in."""
+    out = set()
+    for item in (config or {}).values():
+        if isinstance(item, dict) and item.get("secret") and item.get("value") not in (None, ""):
+            value = item["value"]
+            out |= _leaves(value)
+            if isinstance(value, (dict, list)):
+                out.add(json.dumps(value, sort_keys=True))
+    return out
+
+
 class PhoenixModule(AnsibleModule):
-    """AnsibleModule plus ``fail_phoenix`` for engine errors, and secrets kept out of output."""
+    """AnsibleModule plus ``fail_phoenix`` for engine errors, and secrets kept out of output.
+
+    ``partly_secret`` maps dict options that carry a secret among plain settings to a function
+    that picks the secret leaves (default: ``infra``, whose outputs carry the DB password). Those
+    options are no_log in their spec, so Ansible never logs them whole (syslog/journal invocation
+    lines), but in the module's result only their secret leaves are masked: masking every leaf would
+    turn "local", "catalog" or a port number into "********" wherever it appears in a message."""
 
     def __init__(self, *args, **kwargs):
+        partly_secret = kwargs.pop("partly_secret", None)
+        if partly_secret is None:
+            partly_secret = {"infra": secret_leaves}
+        self._partly_secret = partly_secret
         AnsibleModule.__init__(self, *args, **kwargs)
-        self._narrow_no_log()
+        self._narrow_no_log(partly_secret)
 
-    def _narrow_no_log(self):
-        """For :data:`PARTLY_SECRET_OPTIONS`: keep only their secret leaves in ``no_log_values``
-        (plus anything another no_log option holds)."""
-        partly = [name for name in PARTLY_SECRET_OPTIONS
+    def _narrow_no_log(self, partly_secret):
+        """Keep only the secret leaves of the ``partly_secret`` options in ``no_log_values`` (plus
+        anything another no_log option holds)."""
+        partly = [name for name in partly_secret
                   if (self.argument_spec.get(name) or {}).get("no_log") and self.params.get(name)]
         if not partly:
             return
@@ -66,7 +85,16 @@ class PhoenixModule(AnsibleModule):
         for name in partly:
             value = self.params[name]
             self.no_log_values.difference_update(_leaves(value) - others)
-            self.no_log_values.update(secret_leaves(value))
+            self.no_log_values.update(partly_secret[name](value))
+
+    def reveal(self, values):
+        """Stop masking ``values`` (e.g. secrets the caller asked to see), unless another no_log
+        option holds them."""
+        keep = set()
+        for name, spec in self.argument_spec.items():
+            if spec.get("no_log") and name not in self._partly_secret:
+                keep |= _leaves(self.params.get(name))
+        self.no_log_values.difference_update(set(values) - keep)
 
     def add_secrets(self, value):
         """Mask the secret leaves of ``value`` (e.g. stack outputs read by the module) in all output."""

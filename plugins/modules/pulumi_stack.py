@@ -137,20 +137,20 @@ refreshed:
   type: dict
 """
 
-import json
 import os
 
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
-from ansible_collections.phoenix.deploy.plugins.module_utils.module import PhoenixModule, argspec
+from ansible_collections.phoenix.deploy.plugins.module_utils.module import (
+    PhoenixModule, argspec, secret_config_leaves)
 from ansible_collections.phoenix.deploy.plugins.module_utils import pulumi_stack as engine
 
 ARGUMENT_SPEC = dict(
     project_path=dict(type="path", required=True),
     stack=dict(type="str", required=True),
     state=dict(type="str", choices=["present", "absent"], default="present"),
-    config=dict(type="dict", default={}),
+    config=dict(type="dict", default={}, no_log=True),
     refresh=dict(type="bool", default=False),
     target=dict(type="list", elements="str", default=[]),
     show_secrets=dict(type="bool", default=False),
@@ -231,18 +231,13 @@ def _restore(path, content):
         handle.write(content)
 
 
-def _mask_secret_config(module):
-    """Secret config values never reach output: add them (and their JSON form) to no_log_values."""
-    for value in (module.params.get("config") or {}).values():
-        if isinstance(value, dict) and value.get("secret") and value.get("value") not in (None, ""):
-            secret = value["value"]
-            module.no_log_values.add(secret if isinstance(secret, str) else json.dumps(secret, sort_keys=True))
-            module.add_secrets({"secret": secret})
-
-
 def main():
-    module = PhoenixModule(argument_spec=argspec(ARGUMENT_SPEC), supports_check_mode=True)
-    _mask_secret_config(module)
+    # config is no_log (never logged whole); in the result only its secret values are masked, unless
+    # show_secrets asked for them (then the action plugin makes the whole result no_log)
+    module = PhoenixModule(argument_spec=argspec(ARGUMENT_SPEC), supports_check_mode=True,
+                           partly_secret={"config": secret_config_leaves})
+    if module.params["show_secrets"]:
+        module.reveal(secret_config_leaves(module.params["config"]))
     if not engine.HAS_PULUMI:
         module.fail_json(msg=missing_required_lib("pulumi"), exception=str(engine.PULUMI_IMPORT_ERROR))
     try:
