@@ -38,8 +38,9 @@ options:
     description:
       - Stack configuration to set before the update. Keys without a namespace belong to the project.
       - "A value is a string, number, bool, list or dict (lists and dicts are stored as JSON), or
-        a dict C({value: ..., secret: true}) for a secret. Secret values are masked in all module
-        output (including the logged invocation)."
+        a dict C({value: ..., secret: true}) for a secret."
+      - Never logged whole; secret values are masked in all module output unless O(show_secrets=true)
+        (then the whole task result is no_log).
     type: dict
     default: {}
   refresh:
