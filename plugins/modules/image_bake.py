@@ -20,7 +20,10 @@ description:
     digest exists, nothing is baked (cache hit, C(changed=false), no Packer run).
   - An image name never points at other content. Baking different inputs under an existing version is an error;
     bake a new version (for example a new build id in the build metadata) instead.
-  - A local image whose files no longer match its content digest is refused.
+  - A local image whose files or file modes no longer match its content digest is refused, and so is one whose
+    C(image.json) claims another target, artifact, version or entrypoint than its place in the store.
+  - A forced rebake replaces the bundle atomically; what a killed bake or promotion left in the store
+    (C(.staging-*), C(.promote-*), C(.old-*)) is cleaned by the next bake.
   - Packer runs through packer-py; what was built is read from the Packer manifest, never from Packer's output.
 author:
   - phoenix.deploy maintainers (@phoenix-deploy)

@@ -13,7 +13,8 @@ version_added: 0.1.0
 description:
   - Copies the image of O(artifact) O(version) from the test store to the prod store, by content
     digest, only after it had a successful release in one of O(sources).
-  - The copy is verified against the tested digest before it becomes visible.
+  - The copy is verified against the tested digest (contents and file modes) before it becomes visible;
+    what a killed promotion left (C(.promote-*)) is removed by the next one.
   - With O(verify_only=true) nothing is copied; the module fails unless the prod store holds the
     image with the tested digest (the guard a prod deploy runs first).
 author:
