@@ -19,9 +19,16 @@ A local bundle is made read-only once baked. Identity:
   artifact source and the bake parameters): the cache key. Same input digest
   -> cache hit, no Packer run.
 * **content digest** (sha256 over ``rootfs``: paths, file contents, the
-  executable bit, symlink targets) is the image id. :func:`verify_image`
-  recomputes it; anything that deploys a local image must call it, and a
-  bundle whose files changed is refused (:class:`TamperError`).
+  permission bits of every file and directory, symlink targets) is the image
+  id. :func:`verify_image` recomputes it; anything that deploys a local image
+  must call it, and a bundle whose files or modes changed is refused
+  (:class:`TamperError`). Bundles baked before modes were part of the digest
+  record no ``content_scheme`` and keep their old digest (scheme 1: only the
+  executable bit), so the releases that name them stay valid.
+* What a bundle is comes from its place in the store, never from its own
+  image.json: ``<target>/<artifact>/<name>`` must agree with what image.json
+  claims (target, artifact, name, version), and the entrypoint is fixed by the
+  layout (``rootfs/opt/phoenix/<artifact>/bin/run``).
 * An image name never points at other content: baking different inputs under
   an existing name is an :class:`ImmutabilityError` (bake a new version).
 
@@ -70,6 +77,14 @@ ROLES = ("base_image", "app_service")
 TEMPLATE = os.path.join("packer", "image.pkr.hcl")
 IMAGE_JSON = "image.json"
 SCHEMA = 1
+# Content digest definition of new bakes: 2 = paths, contents, permission bits, symlink targets.
+# 1 (bundles whose image.json has no content_scheme) = paths, contents, executable bit, link targets.
+CONTENT_SCHEME = 2
+CONTENT_SCHEMES = (1, 2)
+# Debris a killed bake or promotion may leave in an artifact dir (cleaned under the artifact's lock).
+STAGING_PREFIX = ".staging-"
+PROMOTE_PREFIX = ".promote-"
+OLD_PREFIX = ".old-"
 _IGNORED_NAMES = re.compile(r"^(__pycache__|\..*|.*\.py[co])$")
 _VAR_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 # Characters that may not appear in paths handed to Packer's shell-local step.
@@ -158,13 +173,55 @@ def _tree_hash(h, label, root, ignore=True):
         h.update(("%s %s %s\n" % (kind, rel, extra)).encode("utf-8", "surrogateescape"))
 
 
-def content_digest(rootfs):
-    """sha256 over an image root: every path, file content, executable bit and symlink target.
+def _walk_modes(root):
+    """Sorted (relpath, kind, extra) entries of root itself and everything below it: extra = permission
+    bits (octal) + sha256 for files, permission bits for directories, the target for symlinks."""
+    entries = []
+    st = os.lstat(root)
+    entries.append((".", "d", "%04o" % stat.S_IMODE(st.st_mode)))
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            st = os.lstat(full)
+            mode = "%04o" % stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                entries.append((rel, "l", os.readlink(full)))
+            elif stat.S_ISDIR(st.st_mode):
+                entries.append((rel, "d", mode))
+            elif stat.S_ISREG(st.st_mode):
+                entries.append((rel, "f", mode + " " + _sha256_file(full)))
+            else:
+                entries.append((rel, "?", "%o" % st.st_mode))
+    entries.sort()
+    return entries
 
-    Owners, timestamps and write bits are not content (the bundle is made read-only after baking)."""
-    h = hashlib.sha256(b"phoenix-content-v1\n")
-    _tree_hash(h, "rootfs", rootfs, ignore=False)
+
+def content_digest(rootfs, scheme=CONTENT_SCHEME):
+    """sha256 over an image root: every path, file content, the permission bits of every file and
+    directory (setuid/setgid/sticky, read, write and execute for owner, group and others) and every
+    symlink target.
+
+    Owners and timestamps are not content. The bundle is made read-only before its digest is taken,
+    so giving a file or directory back a write bit (or any other mode change) is a change of content.
+    ``scheme=1`` is the definition of older bundles (executable bit only)."""
+    if scheme == 1:
+        h = hashlib.sha256(b"phoenix-content-v1\n")
+        _tree_hash(h, "rootfs", rootfs, ignore=False)
+        return "sha256:" + h.hexdigest()
+    if scheme != 2:
+        raise ImageError("unknown content digest scheme %r" % (scheme,))
+    h = hashlib.sha256(b"phoenix-content-v2\n")
+    for rel, kind, extra in _walk_modes(rootfs):
+        h.update(("%s %s %s\n" % (kind, rel, extra)).encode("utf-8", "surrogateescape"))
     return "sha256:" + h.hexdigest()
+
+
+def entrypoint(artifact):
+    """The entrypoint of a local image, relative to the bundle: fixed by the layout, never read from
+    image.json."""
+    return os.path.join("rootfs", "opt", "phoenix", artifact, "bin", "run")
 
 
 def input_digest(project_dir, source, params):
@@ -231,30 +288,58 @@ def read_image_json(path):
     return doc
 
 
-def verify_image(path, expected_digest=None):
+def verify_image(path, expected_digest=None, target=None, artifact=None):
     """Check a baked image before it is used; return its image.json document.
 
-    Raises :class:`TamperError` when image.json is unreadable, does not match the
-    bundle's place in the store, or (local images) when the files under
-    ``rootfs`` no longer match the recorded content digest, or when the digest
-    differs from ``expected_digest`` (e.g. the one a release recorded).
+    What the bundle is comes from where it lies: ``<store>/<target>/<artifact>/<name>`` (or the given
+    ``target`` / ``artifact``, for a copy outside a store). Raises :class:`TamperError` when image.json
+    is unreadable or claims another target, artifact, name, version or entrypoint than that place,
+    or (local images) when the files under ``rootfs`` or their modes no longer match the content
+    digest, or when the digest differs from ``expected_digest`` (e.g. the one a release recorded).
     Anything that deploys an image must call this first.
     """
     path = os.path.abspath(path)
+    name = os.path.basename(path)
+    artifact = artifact or os.path.basename(os.path.dirname(path))
+    target = target or os.path.basename(os.path.dirname(os.path.dirname(path)))
     doc = read_image_json(path)
-    if doc.get("name") != os.path.basename(path):
+    if doc.get("name") != name:
         raise TamperError("image %s: image.json names %r; the bundle was renamed or image.json replaced"
                           % (path, doc.get("name")))
-    if doc.get("target") == "local":
+    if target not in TARGETS:
+        raise TamperError("image %s does not lie in an image store (<store>/<target>/<artifact>/<name>, "
+                          "target one of %s)" % (path, ", ".join(sorted(TARGETS))))
+    for key, want in (("target", target), ("artifact", artifact)):
+        if doc.get(key) != want:
+            raise TamperError("image %s: image.json claims %s %r, but the bundle lies in the store as %s %r; "
+                              "refusing it" % (path, key, doc.get(key), key, want))
+    try:
+        claimed = versioning.image_name(str(doc.get("version")), artifact)
+    except versioning.VersionError:
+        claimed = None
+    if claimed != name:
+        raise TamperError("image %s: image.json claims version %r, which is not the version of image %s; "
+                          "refusing it" % (path, doc.get("version"), name))
+    if target == "local":
+        entry = entrypoint(artifact)
+        if doc.get("entrypoint") not in (None, entry):
+            raise TamperError("image %s: image.json claims entrypoint %r; the entrypoint of a local image is "
+                              "always %s; refusing it" % (path, doc.get("entrypoint"), entry))
         rootfs = os.path.join(path, "rootfs")
-        if not os.path.isdir(rootfs):
+        if not os.path.isdir(rootfs) or os.path.islink(rootfs):
             raise TamperError("image %s has no rootfs directory" % path)
-        actual = content_digest(rootfs)
+        scheme = doc.get("content_scheme", 1)
+        if scheme not in CONTENT_SCHEMES or isinstance(scheme, bool):
+            raise TamperError("image %s: image.json has an unknown content_scheme %r" % (path, scheme))
+        actual = content_digest(rootfs, scheme)
         if actual != doc.get("content_digest"):
             raise TamperError("image %s was modified after baking: content digest is %s, image.json records %s; "
                               "refusing to use it. Rebake it with force=true or bake a new version."
                               % (doc.get("name"), actual, doc.get("content_digest")))
-    if expected_digest and expected_digest not in (doc.get("content_digest"), doc.get("id")):
+        if doc.get("id") != actual:
+            raise TamperError("image %s: image.json records id %r, but its content digest is %s; refusing it"
+                              % (path, doc.get("id"), actual))
+    if expected_digest and expected_digest != doc.get("id"):
         raise TamperError("image %s has digest %s, expected %s" % (doc.get("name"), doc.get("id"), expected_digest))
     return doc
 
@@ -337,17 +422,55 @@ class ImageStore(object):
         return None
 
     @contextlib.contextmanager
-    def lock(self, target, artifact):
-        """Serialise bakes of one artifact (flock; released when the process dies)."""
+    def lock(self, target, artifact, wait=True):
+        """Serialise bakes and promotions of one artifact (flock; released when the process dies).
+
+        With ``wait=False`` yields False at once when another process holds the lock, else True."""
         adir = self.artifact_dir(target, artifact)
         os.makedirs(adir, exist_ok=True)
         fd = os.open(os.path.join(adir, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def has_debris(self, target, artifact):
+        adir = self.artifact_dir(target, artifact)
+        return os.path.isdir(adir) and any(
+            n.startswith((STAGING_PREFIX, PROMOTE_PREFIX, OLD_PREFIX)) for n in os.listdir(adir))
+
+    def clean_debris(self, target, artifact):
+        """What a killed bake or promotion of this artifact left behind; call with :meth:`lock` held.
+
+        A forced rebake killed between its two renames left the old bundle at ``.old-<name>`` and
+        nothing at ``<name>``: it is put back. Everything else (``.staging-*`` dirs of unfinished bakes
+        or of a finished swap, ``.promote-*`` dirs of unfinished promotions, ``.old-*`` backups whose
+        bundle is in place) is removed. Returns the names it acted on."""
+        adir = self.artifact_dir(target, artifact)
+        done = []
+        for name in sorted(os.listdir(adir)) if os.path.isdir(adir) else ():
+            full = os.path.join(adir, name)
+            if name.startswith(OLD_PREFIX) and len(name) > len(OLD_PREFIX):
+                final = os.path.join(adir, name[len(OLD_PREFIX):])
+                if not os.path.lexists(final):
+                    os.rename(full, final)
+                    done.append(name)
+                    continue
+            if name.startswith((STAGING_PREFIX, PROMOTE_PREFIX, OLD_PREFIX)):
+                if os.path.isdir(full) and not os.path.islink(full):
+                    _rmtree(full)
+                else:
+                    os.unlink(full)
+                done.append(name)
+        return done
 
     def retention_plan(self, target, artifact, keep, live=(), protect=()):
         """(kept, removed) image docs: keep the newest ``keep`` plus every live or protected image.
@@ -371,11 +494,6 @@ class ImageStore(object):
         if not check_mode:
             for doc in removed:
                 _rmtree(doc["path"])
-            adir = self.artifact_dir(target, artifact)
-            for name in os.listdir(adir) if os.path.isdir(adir) else ():
-                p = os.path.join(adir, name)
-                if name.startswith(".staging-") and time.time() - os.lstat(p).st_mtime > 3600:
-                    _rmtree(p)  # left behind by a bake that died
         return removed
 
 
@@ -513,6 +631,11 @@ def bake(req, check_mode=False, runner=None, retain=None, live=(), cleanup=False
     """
     t0 = time.monotonic()
     store = req.store
+    if not check_mode and store.has_debris(req.target, req.artifact):
+        # debris of a killed bake or promotion; skipped while another one holds the lock (it cleans)
+        with store.lock(req.target, req.artifact, wait=False) as held:
+            if held:
+                store.clean_debris(req.target, req.artifact)
     existing = None
     try:
         existing = store.get(req.target, req.artifact, req.name)
@@ -540,6 +663,7 @@ def bake(req, check_mode=False, runner=None, retain=None, live=(), cleanup=False
         result = _result(doc, False, True)
     else:
         with store.lock(req.target, req.artifact):
+            store.clean_debris(req.target, req.artifact)
             again = None if req.force else store.get(req.target, req.artifact, req.name)
             if again is not None and again.get("input_digest") == req.input_digest:
                 # another bake of the same inputs finished while we waited for the lock
@@ -562,11 +686,46 @@ def bake(req, check_mode=False, runner=None, retain=None, live=(), cleanup=False
     return result
 
 
+def _rename_exchange(a, b):
+    """Atomically exchange two paths (Linux renameat2 RENAME_EXCHANGE). False where unsupported."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), a)
+
+
+def _swap(staging, final):
+    """Put the bundle at ``staging`` in place of the one at ``final`` so that a crash at any point
+    leaves the old or the new bundle at ``final`` (after :meth:`ImageStore.clean_debris`).
+
+    Atomic exchange where the kernel has it (``staging`` then holds the old bundle, removed here or
+    by the next run as a ``.staging-*`` leftover); else two renames through ``.old-<name>``, which the
+    next run puts back if it finds no bundle at ``final``."""
+    if not _rename_exchange(staging, final):
+        backup = os.path.join(os.path.dirname(final), OLD_PREFIX + os.path.basename(final))
+        if os.path.lexists(backup):
+            _rmtree(backup)
+        os.rename(final, backup)
+        os.rename(staging, final)
+        staging = backup
+    _rmtree(staging)
+
+
 def _run_bake(req, runner, existing):
     store = req.store
     adir = store.artifact_dir(req.target, req.artifact)
     os.makedirs(adir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".staging-%s-" % req.name, dir=adir)
+    staging = tempfile.mkdtemp(prefix="%s%s-" % (STAGING_PREFIX, req.name), dir=adir)
     try:
         os.chmod(staging, 0o755)
         rootfs = os.path.join(staging, "rootfs")
@@ -588,9 +747,14 @@ def _run_bake(req, runner, existing):
         if req.target == "local":
             if not os.path.isdir(rootfs):
                 raise ImageError("packer finished but produced no image root at %s" % rootfs)
-            doc["content_digest"] = content_digest(rootfs)
+            # modes are content: take the digest of the read-only tree the bundle keeps
+            _make_read_only(rootfs)
+            scheme = existing.get("content_scheme", 1) if existing and existing.get("content_digest") \
+                else CONTENT_SCHEME  # a forced rebake keeps the digest definition of the image it replaces
+            doc["content_scheme"] = scheme
+            doc["content_digest"] = content_digest(rootfs, scheme)
             doc["id"] = doc["content_digest"]
-            doc["entrypoint"] = "rootfs/opt/phoenix/%s/bin/run" % req.artifact
+            doc["entrypoint"] = entrypoint(req.artifact)
             doc["service"] = "rootfs/etc/phoenix/%s/service.json" % req.artifact
         else:
             doc["content_digest"] = None
@@ -604,11 +768,8 @@ def _run_bake(req, runner, existing):
         _write_json(os.path.join(staging, IMAGE_JSON), doc)
         _make_read_only(staging)
         final = store.path(req.target, req.artifact, req.name)
-        if existing is not None:
-            trash = staging + ".old"
-            os.rename(final, trash)
-            os.rename(staging, final)
-            _rmtree(trash)
+        if existing is not None and os.path.lexists(final):
+            _swap(staging, final)
         else:
             try:
                 os.rename(staging, final)

@@ -102,25 +102,39 @@ def promote(artifact, version, test_store, prod_store, release_store, sources, c
               "qualified_by": {"environment": release.environment, "release_id": release.release_id,
                                "analysed": release.analysed}}
     if os.path.isdir(dest):
-        existing = images.verify_image(dest)
-        if existing["content_digest"] != digest:
-            raise PhoenixError("the prod store already holds %s with digest %s, but the tested image has %s; "
-                               "an image name never points at other content: bake a new version"
-                               % (doc["name"], existing["content_digest"], digest), param="version")
-        return dict(result, changed=False)
+        return _promoted(dest, doc, digest, result)
     if check_mode:
         return dict(result, changed=True)
     parent = os.path.dirname(dest)
     os.makedirs(parent, mode=0o755, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".promote-", dir=parent)
-    try:
-        copy = os.path.join(staging, doc["name"])
-        shutil.copytree(doc["path"], copy, symlinks=True)
-        images.verify_image(copy, digest)  # the copy must be the tested bytes
-        os.rename(copy, dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with prod.lock(TARGET, artifact):
+        prod.clean_debris(TARGET, artifact)  # .promote-* dirs of a killed promotion
+        if os.path.isdir(dest):  # promoted by another run while we waited for the lock
+            return _promoted(dest, doc, digest, result)
+        staging = tempfile.mkdtemp(prefix=images.PROMOTE_PREFIX, dir=parent)
+        try:
+            copy = os.path.join(staging, doc["name"])
+            shutil.copytree(doc["path"], copy, symlinks=True)
+            # the copy must be the tested bytes and modes, whatever its image.json claims
+            images.verify_image(copy, digest, target=TARGET, artifact=artifact)
+            os.rename(copy, dest)
+        finally:
+            if os.path.lexists(staging):
+                images._rmtree(staging)
     return dict(result, changed=True)
+
+
+def _promoted(dest, doc, digest, result):
+    """Result for an image the prod store already holds: it must be the tested one."""
+    try:
+        existing = images.verify_image(dest)
+    except images.ImageError as exc:
+        raise PhoenixError(str(exc), param="version")
+    if existing["content_digest"] != digest:
+        raise PhoenixError("the prod store already holds %s with digest %s, but the tested image has %s; "
+                           "an image name never points at other content: bake a new version"
+                           % (doc["name"], existing["content_digest"], digest), param="version")
+    return dict(result, changed=False)
 
 
 def require_promoted(artifact, version, test_store, prod_store):

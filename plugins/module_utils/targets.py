@@ -17,7 +17,7 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.releases import Fil
 COMMON_SPEC = dict(
     artifact=dict(type="str", required=True),
     environment=dict(type="str", required=True),
-    infra=dict(type="dict"),
+    infra=dict(type="dict", no_log=True),  # carries the DB password; PhoenixModule masks only its secrets
     project_path=dict(type="path"),
     stack=dict(type="str"),
     store=dict(type="path"),

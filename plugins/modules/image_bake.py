@@ -20,7 +20,10 @@ description:
     digest exists, nothing is baked (cache hit, C(changed=false), no Packer run).
   - An image name never points at other content. Baking different inputs under an existing version is an error;
     bake a new version (for example a new build id in the build metadata) instead.
-  - A local image whose files no longer match its content digest is refused.
+  - A local image whose files or file modes no longer match its content digest is refused, and so is one whose
+    C(image.json) claims another target, artifact, version or entrypoint than its place in the store.
+  - A forced rebake replaces the bundle atomically; what a killed bake or promotion left in the store
+    (C(.staging-*), C(.promote-*), C(.old-*)) is cleaned by the next bake.
   - Packer runs through packer-py; what was built is read from the Packer manifest, never from Packer's output.
 author:
   - phoenix.deploy maintainers (@phoenix-deploy)
@@ -236,9 +239,10 @@ duration:
 
 import time
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.phoenix.deploy.plugins.module_utils import images, packer_runner
+from ansible_collections.phoenix.deploy.plugins.module_utils.module import PhoenixModule
 
 
 def argument_spec():
@@ -295,7 +299,7 @@ class ImageBaker(object):
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = PhoenixModule(argument_spec=argument_spec(), supports_check_mode=True)
     if not packer_runner.HAS_PACKERPY:
         module.fail_json(msg=missing_required_lib("packer.py"), exception=str(packer_runner.PACKERPY_IMPORT_ERROR))
     module.exit_json(**ImageBaker(module).run())

@@ -15,7 +15,8 @@ description:
     digest, only after it had a successful release in one of O(sources) that analysis judged
     (release C(analysed=pass)) or that was deployed with an explicit C(analysis=none) (C(analysed=none)).
     A release whose analysis was inconclusive or that had no analysis does not qualify.
-  - The copy is verified against the tested digest before it becomes visible.
+  - The copy is verified against the tested digest (contents and file modes) before it becomes visible;
+    what a killed promotion left (C(.promote-*)) is removed by the next one.
   - With O(verify_only=true) nothing is copied; the module fails unless the prod store holds the
     image with the tested digest (the guard a prod deploy runs first).
 author:

@@ -39,6 +39,8 @@ options:
       - Stack configuration to set before the update. Keys without a namespace belong to the project.
       - "A value is a string, number, bool, list or dict (lists and dicts are stored as JSON), or
         a dict C({value: ..., secret: true}) for a secret."
+      - Never logged whole; secret values are masked in all module output unless O(show_secrets=true)
+        (then the whole task result is no_log).
     type: dict
     default: {}
   refresh:
@@ -51,7 +53,10 @@ options:
     elements: str
     default: []
   show_secrets:
-    description: Return secret outputs in clear text. By default they read V([secret]).
+    description:
+      - Return secret outputs in clear text. By default they read V([secret]).
+      - With V(true) the task's result is no_log (an action plugin marks it), so callbacks print it censored
+        at any verbosity; the registered variable holds the values.
     type: bool
     default: false
   passphrase:
@@ -186,14 +191,15 @@ import os
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
-from ansible_collections.phoenix.deploy.plugins.module_utils.module import PhoenixModule, argspec
+from ansible_collections.phoenix.deploy.plugins.module_utils.module import (
+    PhoenixModule, argspec, secret_config_leaves)
 from ansible_collections.phoenix.deploy.plugins.module_utils import pulumi_stack as engine
 
 ARGUMENT_SPEC = dict(
     project_path=dict(type="path", required=True),
     stack=dict(type="str", required=True),
     state=dict(type="str", choices=["present", "absent"], default="present"),
-    config=dict(type="dict", default={}),
+    config=dict(type="dict", default={}, no_log=True),
     refresh=dict(type="bool", default=False),
     target=dict(type="list", elements="str", default=[]),
     show_secrets=dict(type="bool", default=False),
@@ -313,7 +319,12 @@ def _restore(path, content):
 
 
 def main():
-    module = PhoenixModule(argument_spec=argspec(ARGUMENT_SPEC), supports_check_mode=True)
+    # config is no_log (never logged whole); in the result only its secret values are masked, unless
+    # show_secrets asked for them (then the action plugin makes the whole result no_log)
+    module = PhoenixModule(argument_spec=argspec(ARGUMENT_SPEC), supports_check_mode=True,
+                           partly_secret={"config": secret_config_leaves})
+    if module.params["show_secrets"]:
+        module.reveal(secret_config_leaves(module.params["config"]))
     if not engine.HAS_PULUMI:
         module.fail_json(msg=missing_required_lib("pulumi"), exception=str(engine.PULUMI_IMPORT_ERROR))
     try:

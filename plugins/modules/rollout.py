@@ -93,6 +93,14 @@ options:
         out a new release.
     type: dict
     default: {}
+  secret_env:
+    description:
+      - Like O(env), for values that must never be logged (API keys, tokens). Injected into every
+        instance exactly like O(env); the values are masked in all module output and are never written
+        to events, reports or the release history.
+      - A key may not be in both O(env) and O(secret_env).
+    type: dict
+    default: {}
   wait:
     description:
       - Wait until the rollout is finished (or paused). With V(false) the rollout continues in a
@@ -112,6 +120,7 @@ options:
     description:
       - The infra stack outputs (the C(outputs) of M(phoenix.deploy.pulumi_stack) registered with
         C(show_secrets=true)). Either this or O(project_path) and O(stack).
+      - Never logged; in the module's output its secret values (the database password) are masked.
     type: dict
   project_path:
     description: Pulumi project to read the stack outputs from, with O(stack).
@@ -268,7 +277,7 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.module import Phoen
 from ansible_collections.phoenix.deploy.plugins.module_utils import targets
 
 try:
-    from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout
+    from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout, check_env
     from ansible_collections.phoenix.deploy.plugins.module_utils.releases import LockHolder
     from ansible_collections.phoenix.deploy.plugins.module_utils import report as reporting
     from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import local as local_platform
@@ -289,6 +298,7 @@ ARGUMENT_SPEC = dict(
     strategy_settings=dict(type="dict", default={}),
     analysis=dict(type="raw"),
     env=dict(type="dict", default={}, no_log=False),
+    secret_env=dict(type="dict", default={}, no_log=True),
     wait=dict(type="bool", default=True),
     timeout=dict(type="float", default=600),
     drain_timeout=dict(type="float", default=10),
@@ -314,12 +324,19 @@ class RolloutManager:
             raise PhoenixError("analysis: %r; allowed a dict of checks or 'none'" % (p["analysis"],),
                                param="analysis")
         self.infra = targets.load_infra(p)
+        module.add_secrets(self.infra)  # also when read from project_path/stack
+        both = sorted(set(p["env"]) & set(p["secret_env"]))
+        if both:
+            raise PhoenixError("secret_env: %s also in env; give each key once (secret values in secret_env)"
+                               % ", ".join(both), param="secret_env")
+        check_env(p["secret_env"], "secret_env")  # names keys only, never a value
         self.platform = targets.make_platform(self.infra, p["image_store"], p["drain_timeout"])
         self.store = targets.make_store(p, self.infra)
         try:
             self.engine = Rollout(self.platform, self.store, p["artifact"], p["environment"],
-                                  env=p["env"], timeout=p["timeout"],
-                                  owner=LockHolder.current, force=p["force"])
+                                  env=dict(list(p["env"].items()) + list(p["secret_env"].items())),
+                                  timeout=p["timeout"], owner=LockHolder.current,
+                                  force=p["force"])
         except ValueError as exc:
             raise PhoenixError(str(exc))
         self.image = None

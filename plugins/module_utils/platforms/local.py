@@ -248,6 +248,9 @@ class LocalPlatform(Platform):
         return ports
 
     def _resolve_image(self, artifact: str, ref: str) -> dict:
+        """The bundle of ``ref`` (``name@digest``) in the image store, verified: its target, artifact
+        and name come from its place in the store and its entrypoint from the layout, never from the
+        bundle's own image.json."""
         name, digest = parse_image_ref(ref)
         root = self.image_store or (_images.default_store() if _images else None)
         if not root:
@@ -258,15 +261,14 @@ class LocalPlatform(Platform):
                                 "(phoenix.deploy.image_bake)" % (name, path))
         if self.verify_images and _images is not None:
             try:
-                doc = _images.verify_image(path, digest)
+                doc = _images.verify_image(path, digest, target="local", artifact=artifact)
             except Exception as exc:  # TamperError and unreadable bundles
                 raise PlatformError("image %s refused: %s" % (name, exc))
         else:
             with open(os.path.join(path, "image.json")) as handle:
                 doc = json.load(handle)
-        entry = os.path.join(path, doc.get("entrypoint") or os.path.join(
-            "rootfs", "opt", "phoenix", doc.get("artifact", ""), "bin", "run"))
-        if not os.access(entry, os.X_OK):
+        entry = os.path.join(path, "rootfs", "opt", "phoenix", artifact, "bin", "run")
+        if not os.path.isfile(entry) or not os.access(entry, os.X_OK):
             raise PlatformError("image %s has no executable entrypoint %s" % (name, entry))
         return {"path": path, "entrypoint": entry, "doc": doc}
 

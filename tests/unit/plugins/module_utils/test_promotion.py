@@ -18,7 +18,7 @@ VERSION = "1.0.0+abc1234.b7"
 @pytest.fixture
 def stores(tmp_path):
     name = versioning.image_name(VERSION, "catalog")
-    _path, doc = make_image(tmp_path / "images", name)
+    _path, doc = make_image(tmp_path / "images", name, version=VERSION)
     yield {"test": str(tmp_path / "images"), "prod": str(tmp_path / "images-prod"),
            "releases": str(tmp_path / "releases"), "ref": "%s@%s" % (name, doc["content_digest"]),
            "name": name}
