@@ -167,10 +167,6 @@ def test_haproxy_killed_traffic_returns_after_restore(rollout_env):
     servers = {n: (s["weight"], s["admin"]) for n, s in env.servers().items()}
     weights = {n: g.weight for n, g in env.groups().items()}
     assert sorted(weights.values()) == [25, 75], weights
-    record = json.loads(open(env.infra["load_balancer"]["server_record"]).read())
-    assert oct(os.stat(env.infra["load_balancer"]["server_record"]).st_mode & 0o777) == "0o600"
-    assert {n: s["weight"] for n, s in record["backends"]["be_catalog"].items()
-            if n in servers} == {n: w for n, (w, _a) in servers.items()}
     pidfile = os.path.join(env.stack.state_dir, "haproxy", "haproxy.pid")
     pid = read_pid(pidfile)
     with LoadGen(env.url, pause=0.005) as load:
@@ -188,4 +184,11 @@ def test_haproxy_killed_traffic_returns_after_restore(rollout_env):
     assert load.failed == failed, load.summary()  # 0 failed after the restore returned
     assert {n: (s["weight"], s["admin"]) for n, s in env.servers().items()} == servers
     assert {n: g.weight for n, g in env.groups().items()} == weights
+    path = env.infra["load_balancer"].get("server_record") or os.path.join(
+        env.stack.state_dir, "haproxy", "servers.json")
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    with open(path) as handle:
+        record = json.load(handle)["backends"]["be_catalog"]
+    assert {n: s["weight"] for n, s in record.items() if n in servers} == \
+        {n: w for n, (w, _a) in servers.items()}
     env.engine().abort()  # back to the stable group; the fixture cleans up
