@@ -353,9 +353,11 @@ class HAProxyProvider(_Provider):
             # faulty canary, one starting or draining) does; the failed attempts still count
             # on that server (econ, eresp, wretr, wredis), which is what analysis reads.  Only
             # failed connects are retried for every method (the request never left); the rest
-            # only for safe methods (see disable-l7-retry in each backend)
+            # only for safe methods (see disable-l7-retry in each backend).  A redispatch avoids
+            # only the server just tried, so it may land on another canary instance: 5 retries
+            # keep a 100 %-error canary at 50 % (2 + 2 instances) under 0.5 % failed requests
             "    option redispatch 1",
-            "    retries 3",
+            "    retries 5",
             "    retry-on conn-failure empty-response response-timeout 500 502 503 504",
             "    timeout connect 1s",
             "    timeout queue 1s",
