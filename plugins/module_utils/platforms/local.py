@@ -757,9 +757,8 @@ class LocalPlatform(Platform):
         if process != old_process:
             return Metrics(0, 0, None, now - since)  # counters were reset: window lost
         requests = errors = 0
-        for name, old in old_counters.items():
-            if name not in counters:  # a server gone mid-window: its share is unknown
-                return Metrics(0, 0, None, now - since)
+        if set(old_counters) - set(counters):  # a server gone mid-window: its share is unknown
+            return Metrics(0, 0, None, now - since)
         for name, current in counters.items():
             old = old_counters.get(name, (0,) * len(_COUNTERS))  # added in this window
             delta = [c - o for c, o in zip(current, old)]
