@@ -375,7 +375,10 @@ class LocalPlatform(Platform):
         every change of servers or weights, under a lock, so the file always
         ends with the state after the last change."""
         instances = self._instances()
-        fd = os.open(self.server_record + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.server_record + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise PlatformError("HAProxy server record %s: %s" % (self.server_record, exc))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             servers = self._servers(backend)
@@ -391,6 +394,8 @@ class LocalPlatform(Platform):
                        "admin": srv["admin"], "conf": instances[name]["conf"]}
                 for name, srv in sorted(servers.items()) if name in instances}
             self._write_private(self.server_record, json.dumps(record, indent=1, sort_keys=True))
+        except OSError as exc:
+            raise PlatformError("HAProxy server record %s: %s" % (self.server_record, exc))
         finally:
             os.close(fd)
 
