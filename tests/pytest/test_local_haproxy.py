@@ -13,6 +13,7 @@ import time
 import pytest
 
 from fixtures_rollout import LoadGen
+from ansible_collections.phoenix.deploy.plugins.module_utils import targets
 from fixtures_infra_local import pid_alive, read_pid, wait_for
 
 # a stand-in instance: /healthz answers 200, every other request gets what
@@ -154,6 +155,25 @@ def test_faulty_canary_is_rolled_back_while_users_see_almost_no_errors(rollout_e
     assert rate >= 0.3, reason  # the canary's own rate (0.5), not what users saw
     assert load.total > 100 and load.failed <= max(2, 0.01 * load.total), load.summary()
     assert env.history().live_release().version == env.images["v1"]["version"]
+
+
+def test_canary_failing_ten_percent_is_still_detected(rollout_env, bake_store, bake):
+    """Retries keep a 10 %-error canary's failures from users; analysis still
+    sees its own error rate (about 0.1) and rolls it back."""
+    env = rollout_env
+    version = "1.3.0-fault10+5eed0f1.b13"
+    bake(bake_store, version, fault={"error_rate": 0.1})
+    env.images["fault10"] = targets.resolve_image("catalog", version, None, str(bake_store))
+    assert env.deploy("v1", size=2).state == "live"
+    with LoadGen(env.url, pause=0.005) as load:
+        res = env.deploy("fault10", size=2, strategy="canary", analysis={
+            "max_error_rate": 0.05, "min_requests": 20, "interval": 2, "failure_limit": 2},
+            settings={"steps": [{"set_weight": 50}, {"pause": {"duration": 40}}]})
+    print("10 % canary:", load.summary(), "| reason:", res.release["reason"])
+    assert res.state == "rolled_back", res.msg
+    rate = float(re.search(r"error_rate ([0-9.]+)", res.release["reason"]).group(1))
+    assert 0.06 <= rate <= 0.2, res.release["reason"]
+    assert load.total > 100 and load.failed <= max(2, 0.01 * load.total), load.summary()
 
 
 def test_haproxy_killed_traffic_returns_after_restore(rollout_env):
