@@ -8,7 +8,8 @@ platform does not have are exported as ``None``.
                       ports: {infra port name: port}] (local)}
 - database:          {host, port, name, user, password (Pulumi secret)}
 - load_balancer:     {address, url, backends: {artifact: backend name},
-                      [stats_url, runtime_api (unix socket path)] (local)}
+                      [stats_url, runtime_api (unix socket path), server_record (the
+                      engine's runtime servers, restored when HAProxy restarts)] (local)}
 - instance_manager:  local: {kind: "supervisord", endpoint: "unix://...", include_dir}
 - gce:               {project, region, zone?, network, subnetwork, service_account,
                       network_tags, backend_services: {artifact: name}, health_check}

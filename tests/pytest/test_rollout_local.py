@@ -108,7 +108,8 @@ def test_faulty_canary_rolled_back_automatically(rollout_env):
     after = {n: int(r["hrsp_5xx"]) for n, r in env.platform._stat("be_catalog").items()
              if n.startswith(stable + ".")}
     assert before.keys() == after.keys() and after == before, (before, after)  # stable: 0 errors
-    assert load.failed > 0  # the canary's 500s reached clients before the rollback
+    # the canary's 500s were retried on the stable group: users saw (almost) none
+    assert load.failed <= max(2, 0.01 * load.total), load.summary()
     assert_converged(env, env.images["v1"]["version"])
 
 

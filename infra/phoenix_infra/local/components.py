@@ -28,7 +28,8 @@ class _Postgres(dynamic.Resource, module="phoenix-local", name="PostgresCluster"
 class _HAProxy(dynamic.Resource, module="phoenix-local", name="HAProxy"):
     def __init__(self, name, props, opts):
         super().__init__(providers.HAProxyProvider(), name,
-                         _with_outputs(props, "runtime_api", "config", "running"), opts)
+                         _with_outputs(props, "runtime_api", "config", "server_record",
+                                       "running"), opts)
 
 
 class _Supervisord(dynamic.Resource, module="phoenix-local", name="Supervisord"):
@@ -100,8 +101,10 @@ class LoadBalancer(pulumi.ComponentResource):
         self.stats_url = pulumi.Output.concat("http://", network.address, ":",
                                               proxy.stats_port.apply(lambda p: str(int(p))), "/stats")
         self.runtime_api = proxy.runtime_api
+        self.server_record = proxy.server_record
         self.register_outputs({"url": self.url, "stats_url": self.stats_url,
-                               "runtime_api": self.runtime_api, "backends": self.backends})
+                               "runtime_api": self.runtime_api, "server_record": self.server_record,
+                               "backends": self.backends})
 
 
 class InstanceManager(pulumi.ComponentResource):

@@ -290,6 +290,20 @@ class PostgresProvider(_Provider):
 
 # --------------------------------------------------------------------------- haproxy
 
+def _instance_meta(conf):
+    """The ``; phoenix:`` metadata line of an instance conf (written by the
+    local driver into supervisord's include dir), or None."""
+    try:
+        with open(conf) as fh:
+            for line in fh:
+                if line.startswith("; phoenix: "):
+                    meta = json.loads(line[len("; phoenix: "):])
+                    return meta if isinstance(meta, dict) else None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 class HAProxyProvider(_Provider):
     """HAProxy with one frontend, one backend per artifact (no static servers:
     the rollout engine adds them through the runtime API socket)."""
@@ -300,10 +314,25 @@ class HAProxyProvider(_Provider):
     def _paths(props):
         d = props["dir"]
         return {k: os.path.join(d, f) for k, f in (("cfg", "haproxy.cfg"), ("pid", "haproxy.pid"),
-                                                   ("sock", "haproxy.sock"), ("log", "haproxy.log"))}
+                                                   ("sock", "haproxy.sock"), ("log", "haproxy.log"),
+                                                   ("servers", "servers.json"))}
 
     def alive(self, outs):
         return procs.pid_alive(procs.read_pid(self._paths(outs)["pid"]), "haproxy")
+
+    def diff(self, _id, olds, news):
+        """As every provider, plus: a config this code would write differently
+        (a new release of the collection) is a change, so `up` reloads it."""
+        result = super().diff(_id, olds, news)
+        if result.changes:
+            return result
+        try:
+            wanted = self.config(news, self._paths(news)["sock"])
+        except (KeyError, TypeError, ValueError, IndexError):  # unknown inputs during a preview
+            return result
+        if procs.read_text(self._paths(olds)["cfg"]) != wanted:
+            return DiffResult(changes=True, replaces=[], delete_before_replace=False)
+        return result
 
     @staticmethod
     def config(props, sock):
@@ -319,11 +348,17 @@ class HAProxyProvider(_Provider):
             "defaults",
             "    mode http",
             "    option dontlognull",
-            "    option redispatch",
-            "    retries 2",
-            # a connection refused / reset or a 503 (an instance starting or draining) is retried
-            # on another server; 500s stay visible so analysis and users see a faulty canary
-            "    retry-on conn-failure empty-response response-timeout 503",
+            # a failed connect, an empty response, a timeout or a 5xx is retried on another
+            # server (every retry redispatches), so users rarely see what one bad instance (a
+            # faulty canary, one starting or draining) does; the failed attempts still count
+            # on that server (econ, eresp, wretr, wredis), which is what analysis reads.  Only
+            # failed connects are retried for every method (the request never left); the rest
+            # only for safe methods (see disable-l7-retry in each backend).  A redispatch avoids
+            # only the server just tried, so it may land on another canary instance: 5 retries
+            # keep a 100 %-error canary at 50 % (2 + 2 instances) under 0.5 % failed requests
+            "    option redispatch 1",
+            "    retries 5",
+            "    retry-on conn-failure empty-response response-timeout 500 502 503 504",
             "    timeout connect 1s",
             "    timeout queue 1s",
             "    timeout client 30s",
@@ -338,6 +373,7 @@ class HAProxyProvider(_Provider):
         lines.append(f"    default_backend {backends[sorted(backends)[0]]}")
         for _artifact, backend in sorted(backends.items()):
             lines += ["", f"backend {backend}", "    balance roundrobin",
+                      "    http-request disable-l7-retry if !METH_GET !METH_HEAD !METH_OPTIONS",
                       "    option httpchk GET /healthz", "    http-check expect status 200",
                       f"    default-server check inter {inter} fastinter {inter} downinter {inter} rise 1 fall 2"]
         lines += ["", "listen stats", f"    bind {addr}:{int(props['stats_port'])}",
@@ -361,7 +397,10 @@ class HAProxyProvider(_Provider):
         if running and old.get("dir") == props["dir"] and previous == text:
             os.unlink(new)
             return
-        servers = self.runtime_servers(paths["sock"], old["backends"].values()) if running else []
+        if running:  # a reload: the running process knows its servers best
+            servers = self.runtime_servers(paths["sock"], old["backends"].values())
+        else:  # a (re)start after a crash or a kill: what the rollout engine recorded
+            servers = self.recorded_servers(paths["servers"])
         os.replace(new, paths["cfg"])
         try:
             self._launch(paths, old_pid, props)
@@ -404,20 +443,57 @@ class HAProxyProvider(_Provider):
                     found.append((f[1], f[3], f[4], f[18], f[7], int(f[6])))
         return found
 
+    @staticmethod
+    def recorded_servers(path):
+        """The servers the rollout engine recorded (``servers.json``, written
+        by the local driver after each change of servers or weights), as
+        ``runtime_servers`` gives them.  A server is kept only while the
+        instance conf that owns it still names its address and port, so a
+        stale entry never sends traffic to a port another instance reuses."""
+        try:
+            with open(path) as fh:
+                record = json.load(fh)
+            backends = record["backends"]
+            entries = [(backend, name, srv) for backend, servers in sorted(backends.items())
+                       for name, srv in sorted(servers.items())]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise procs.InfraError(f"HAProxy server record {path} is unreadable ({exc}); remove it "
+                                   "and run a deploy to set the traffic weights again")
+        found = []
+        for backend, name, srv in entries:
+            try:
+                address, port = str(srv["address"]), int(srv["port"])
+                weight, admin, conf = int(srv["weight"]), int(srv["admin"]), str(srv["conf"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise procs.InfraError(f"HAProxy server record {path}: server {name} is "
+                                       f"malformed ({exc})")
+            meta = _instance_meta(conf)
+            if meta and meta.get("instance") == name and meta.get("address") == address \
+                    and int(meta.get("port") or 0) == port:
+                found.append((backend, name, address, port, weight, admin))
+        return found
+
     def _restore_servers(self, sock, servers, props):
-        """A reload starts with empty backends: add the run-time servers again
-        (same address, weight and admin state) to the backends that remain."""
+        """A started or reloaded HAProxy has empty backends: add the run-time
+        servers again (same address, weight and admin state) to the backends
+        that remain.  Any refusal is an error (the user sees it in `up`)."""
         for backend, name, addr, port, weight, admin in servers:
             if backend not in props["backends"].values():
                 continue
             srv = f"{backend}/{name}"
-            self.runtime(sock, f"add server {srv} {addr}:{port} check inter {props['check_inter']} weight {weight}")
-            if admin & 0x01:  # SRV_ADMF_FMAINT: it was in maintenance, leave it there
-                continue
-            self.runtime(sock, f"enable health {srv}")
-            self.runtime(sock, f"enable server {srv}")
-            if admin & 0x08:  # SRV_ADMF_FDRAIN
-                self.runtime(sock, f"set server {srv} state drain")
+            commands = [f"add server {srv} {addr}:{port} check inter {props['check_inter']} weight {weight}"]
+            if not admin & 0x01:  # SRV_ADMF_FMAINT: it was in maintenance, leave it there
+                commands += [f"enable health {srv}", f"enable server {srv}"]
+                if admin & 0x08:  # SRV_ADMF_FDRAIN
+                    commands.append(f"set server {srv} state drain")
+            answer = self.runtime(sock, "; ".join(commands))
+            bad = [line.strip() for line in answer.splitlines()
+                   if line.strip() not in ("", "New server registered.")]
+            if bad:
+                raise procs.InfraError(f"haproxy: restoring server {srv} ({addr}:{port}, weight "
+                                       f"{weight}) failed: {'; '.join(bad)}")
 
     def create(self, props):
         try:
@@ -429,7 +505,8 @@ class HAProxyProvider(_Provider):
 
     def _outs(self, props):
         p = self._paths(props)
-        return {**props, "runtime_api": p["sock"], "config": p["cfg"], "running": True}
+        return {**props, "runtime_api": p["sock"], "config": p["cfg"], "server_record": p["servers"],
+                "running": True}
 
     def update(self, _id, olds, news):
         self._apply(news, old=olds)

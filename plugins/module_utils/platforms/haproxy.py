@@ -82,6 +82,16 @@ class RuntimeAPI:
             raise RuntimeAPIError("show stat %s: %s" % (backend, text.strip()))
         return rows
 
+    def process_id(self) -> str:
+        """``Pid`` of ``show info``: it changes when HAProxy restarts or
+        reloads, which resets every counter."""
+        text = self.command("show", "info")
+        for line in text.splitlines():
+            key, _sep, value = line.partition(":")
+            if key.strip() == "Pid":
+                return value.strip()
+        raise RuntimeAPIError("show info: no Pid in %r" % text.strip()[:200])
+
     def servers_state(self, backend: str) -> dict:
         """``show servers state``: admin state bits and user weight by server."""
         text = self.command("show", "servers", "state", backend)

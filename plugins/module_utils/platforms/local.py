@@ -83,6 +83,8 @@ _STOPPED = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")
 # HAProxy admin state bits (show servers state)
 _ADMIN_MAINT = 0x01 | 0x02 | 0x04 | 0x20
 _ADMIN_DRAIN = 0x08 | 0x10 | 0x40
+# show stat counters per server that metrics() reads (see _attempts)
+_COUNTERS = ("req_tot", "hrsp_5xx", "econ", "eresp", "wretr", "wredis")
 
 
 def parse_image_ref(ref: str):
@@ -128,6 +130,9 @@ class LocalPlatform(Platform):
             raise PlatformError("infra: network.address %s is not a loopback address"
                                 % self.address)
         self.api = RuntimeAPI(balancer["runtime_api"])
+        # what the infra restore adds again after HAProxy restarted (see _record_servers)
+        self.server_record = balancer.get("server_record") or os.path.join(
+            os.path.dirname(balancer["runtime_api"]), "servers.json")
         self.image_store = image_store
         self.data_dir = data_dir or os.path.join(self.state_dir, "rollout")
         self.drain_timeout = float(drain_timeout)
@@ -378,6 +383,51 @@ class LocalPlatform(Platform):
             commands += [("set", "server", srv, "weight", str(weight)),
                          ("enable", "health", srv), ("enable", "server", srv)]
         self._haproxy("add server", self.api.batch, commands)
+        self._forget_counters([m["instance"] for m in metas if m["instance"] not in present])
+        self._record_servers(backend)
+
+    def _forget_counters(self, names):
+        """Servers removed or added again restart their counters: a metrics
+        window that holds them gives no data, even if a counter has grown back
+        past its value at the start of the window."""
+        names = set(names)
+        for group, (since, counters, _process) in list(self._baseline.items()):
+            if names & set(counters):
+                self._baseline[group] = (since, counters, None)
+
+    def _record_servers(self, backend):
+        """Record the runtime servers of ``backend`` (address, port, weight,
+        admin state and the instance conf that owns each) in the load
+        balancer's server record, a 0600 JSON file written atomically.  A
+        restarted HAProxy starts with empty backends; the infra restore adds
+        these servers again at their recorded weights (only those whose
+        instance conf still names the same address and port).  Called after
+        every change of servers or weights, under a lock, so the file always
+        ends with the state after the last change."""
+        instances = self._instances()
+        try:
+            fd = os.open(self.server_record + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise PlatformError("HAProxy server record %s: %s" % (self.server_record, exc))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            servers = self._servers(backend)
+            try:
+                with open(self.server_record) as handle:
+                    record = json.load(handle)
+                if not isinstance(record, dict) or not isinstance(record.get("backends"), dict):
+                    raise ValueError("not a server record")
+            except (OSError, ValueError):
+                record = {"version": 1, "backends": {}}
+            record["backends"][backend] = {
+                name: {"address": srv["address"], "port": srv["port"], "weight": srv["weight"],
+                       "admin": srv["admin"], "conf": instances[name]["conf"]}
+                for name, srv in sorted(servers.items()) if name in instances}
+            self._write_private(self.server_record, json.dumps(record, indent=1, sort_keys=True))
+        except OSError as exc:
+            raise PlatformError("HAProxy server record %s: %s" % (self.server_record, exc))
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------ the interface
     def create_group(self, artifact, environment, release_id, image, size, env,
@@ -569,6 +619,7 @@ class LocalPlatform(Platform):
             (raises if value > srv["weight"] else lowers).append(cmd)
         # raise first, lower after: never a moment where every weight is 0
         self._haproxy("set weight", self.api.batch, raises + lowers)
+        self._record_servers(backend)
 
     def _wait_up(self, backend, metas, deadline):
         names = {m["instance"] for m in metas}
@@ -591,6 +642,7 @@ class LocalPlatform(Platform):
             return
         self._haproxy("drain", self.api.batch, [
             ("set", "server", "%s/%s" % (backend, n), "state", "drain") for n in names])
+        self._record_servers(backend)
         deadline = time.time() + self.drain_timeout
         while time.time() < deadline:
             stats = self._stat(backend)
@@ -601,6 +653,8 @@ class LocalPlatform(Platform):
             ("set", "server", "%s/%s" % (backend, n), "state", "maint") for n in names])
         self._haproxy("del server", self.api.batch, [
             ("del", "server", "%s/%s" % (backend, n)) for n in names])
+        self._forget_counters(names)
+        self._record_servers(backend)
 
     def _remove(self, backend, metas):
         """Drain from HAProxy, SIGTERM (the service drains too), wait, remove."""
@@ -690,44 +744,81 @@ class LocalPlatform(Platform):
 
     @staticmethod
     def _counters(members, stats) -> dict:
-        """{instance: (req_tot, hrsp_5xx)} from one ``show stat``."""
+        """{instance: (req_tot, hrsp_5xx, econ, eresp, wretr, wredis)} from one
+        ``show stat`` (see ``_COUNTERS``)."""
         counters = {}
         for meta in members:
             row = stats.get(meta["instance"])
             if row is not None:
-                counters[meta["instance"]] = (int(row.get("req_tot") or 0),
-                                              int(row.get("hrsp_5xx") or 0))
+                counters[meta["instance"]] = tuple(int(row.get(k) or 0) for k in _COUNTERS)
         return counters
+
+    @staticmethod
+    def _attempts(delta) -> tuple:
+        """(attempts, failed attempts) of one server from counter deltas.
+
+        HAProxy counts each attempt on a server in exactly one place:
+        ``req_tot`` (a response reached the client, ``hrsp_5xx`` among them),
+        ``econ`` / ``eresp`` (the last attempt could not connect / got no or
+        a broken response), or, when the attempt failed and the request was
+        retried, ``wretr`` / ``wredis``: a retry after a 5xx, an empty
+        response or a timeout counts in ``wretr`` and, when it went to
+        another server, in ``wredis`` too; a retry after a failed connect
+        counts in ``wredis`` when redispatched, else in ``wretr``.  With
+        ``option redispatch 1`` and several servers every retry is
+        redispatched, so ``max(wretr, wredis)`` is the number of retried
+        attempts (measured on HAProxy 2.6)."""
+        req, err5, econ, eresp, wretr, wredis = delta
+        retried = max(wretr, wredis)
+        return req + econ + eresp + retried, err5 + econ + eresp + retried
+
+    def _process(self) -> str:
+        return self._haproxy("show info", self.api.process_id)
 
     def _snapshot(self, group, members, stats):
         counters = self._counters(members, stats)
-        self._baseline.setdefault(group, (time.time(), counters))
+        if group not in self._baseline:
+            self._baseline[group] = (time.time(), counters, self._process())
         return counters
 
     def metrics(self, group, window) -> Metrics:
-        """Requests and 5xx of ``group`` since the previous call (or since its
-        weights were last set), from ``show stat`` counter deltas.  HAProxy
-        only keeps averages of response times (over the last 1024 requests),
-        so ``latency_ms`` carries ``avg`` (and no percentiles): a percentile
+        """Requests and server-side errors of ``group`` since the previous call
+        (or since its weights were last set), from ``show stat`` counter
+        deltas.  Errors are what the group's servers did, whether or not
+        users saw it: 5xx answers, failed connects, empty or broken
+        responses, and attempts HAProxy retried on another server (a retried
+        attempt is in none of the 5xx counters).  A window in which HAProxy
+        restarted or any counter went down (a reload, a server re-added)
+        gives no data (inconclusive), never a clamped count.  HAProxy only
+        keeps averages of response times (over the last 1024 requests), so
+        ``latency_ms`` carries ``avg`` (and no percentiles): a percentile
         check on this platform is inconclusive, never a pass."""
         members = self._group_meta(group)
         stats = self._stat(members[0]["backend"])
+        process = self._process()
         now = time.time()
         base = self._baseline.get(group)
         counters = self._counters(members, stats)
-        self._baseline[group] = (now, counters)
+        self._baseline[group] = (now, counters, process)
         if base is None:
             return Metrics(0, 0, None, window)
+        since, old_counters, old_process = base
+        if process != old_process:
+            return Metrics(0, 0, None, now - since)  # counters were reset: window lost
         requests = errors = 0
-        for name, (req, err) in counters.items():
-            old = base[1].get(name)
-            if old is None:
-                continue
-            requests += max(0, req - old[0])
-            errors += max(0, err - old[1])
+        if set(old_counters) - set(counters):  # a server gone mid-window: its share is unknown
+            return Metrics(0, 0, None, now - since)
+        for name, current in counters.items():
+            old = old_counters.get(name, (0,) * len(_COUNTERS))  # added in this window
+            delta = [c - o for c, o in zip(current, old)]
+            if min(delta) < 0:  # a reset (server re-added, reload): discard, never clamp
+                return Metrics(0, 0, None, now - since)
+            attempts, failed = self._attempts(delta)
+            requests += attempts
+            errors += failed
         latency = None
         if requests:
             times = [int(stats[m["instance"]].get("ttime") or 0) for m in members
                      if m["instance"] in stats]
             latency = {"avg": sum(times) / float(len(times))} if times else None
-        return Metrics(requests, errors, latency, now - base[0])
+        return Metrics(requests, errors, latency, now - since)
