@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
@@ -318,12 +319,28 @@ def build_plan(strategy: str, settings: dict, size: int, old_size: int,
 # executor
 # --------------------------------------------------------------------------
 class StepFailed(Exception):
-    """A step failed; ``cause`` is health / analysis / deadline / platform."""
+    """A step failed; ``cause`` is health / analysis / deadline / platform /
+    cancelled."""
 
     def __init__(self, reason: str, cause: str):
         super().__init__(reason)
         self.reason = reason
         self.cause = cause
+
+
+class Cancel(threading.Event):
+    """Set (with a reason) to stop a forward rollout: the executor checks it
+    between steps and at every poll of a wait, pause or verification (at least
+    once a second) and raises ``StepFailed(reason, "cancelled")``, so the
+    rollout rolls back to the live release.  Once the new release is recorded
+    live the rest of the plan (drain, destroy) is finished instead."""
+
+    reason = "cancelled"
+
+    def request(self, reason: str) -> None:
+        if not self.is_set():
+            self.reason = reason
+            self.set()
 
 
 @dataclass
@@ -371,6 +388,22 @@ class Executor:
         self.progress_deadline = progress_deadline
         self.deadline = deadline
         self.interval = interval or getattr(platform, "poll_interval", 1.0)
+        self.cancel = None  # a Cancel, set by the rollout for the forward plan
+        self._live = False
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set() and not self._live:
+            raise StepFailed(self.cancel.reason, "cancelled")
+
+    def _sleep(self, seconds: float) -> None:
+        """``clock.sleep`` in slices of at most a second, checking ``cancel``."""
+        end = self.clock.now() + seconds
+        while True:
+            self.check_cancel()
+            left = end - self.clock.now()
+            if left <= 0:
+                return
+            self.clock.sleep(min(left, 1.0))
 
     # -- primitives ----------------------------------------------------------
     def name(self, role: str) -> Optional[str]:
@@ -388,8 +421,11 @@ class Executor:
         limit = "progress deadline %gs" % self.progress_deadline
         if self.deadline is not None and self.deadline < deadline:
             deadline, limit = self.deadline, "timeout"
+        def checked():
+            self.check_cancel()
+            return predicate()
         try:
-            wait_until(predicate, deadline, self.interval, describe, self.clock)
+            wait_until(checked, deadline, self.interval, describe, self.clock)
         except WaitTimeout as exc:
             raise StepFailed("%s exceeded: %s" % (limit, exc), "deadline")
         except HealthFailure as exc:
@@ -483,7 +519,7 @@ class Executor:
                                  % (name, health.summary()), "health")
             if self.clock.now() >= end:
                 return
-            self.clock.sleep(min(self.interval, end - self.clock.now()))
+            self._sleep(min(self.interval, end - self.clock.now()))
 
     def pause(self, step: Step) -> Optional[str]:
         """None when finished; a reason string when the rollout must pause."""
@@ -495,7 +531,7 @@ class Executor:
         end = self.clock.now() + step.duration
         while self.clock.now() < end:
             started = self.clock.now()
-            self.clock.sleep(min(interval, end - started))
+            self._sleep(min(interval, end - started))
             if name:
                 self._check_failing(name)
             if run is None:
@@ -534,6 +570,7 @@ class Executor:
             self.verify(step.role, step.duration)
         elif kind == "mark_live":
             self.hooks.live()
+            self._live = True
         elif kind == "drain":
             self.drain(step.role)
         elif kind == "destroy":
@@ -547,8 +584,10 @@ class Executor:
         return None
 
     def run(self, plan: list, start: int = 0) -> Outcome:
+        self._live = any(s.kind == "mark_live" for s in plan[:start])
         for index in range(start, len(plan)):
             step = plan[index]
+            self.check_cancel()
             if self.deadline is not None and self.clock.now() > self.deadline:
                 raise StepFailed("timeout exceeded before step %d/%d (%s)"
                                  % (index + 1, len(plan), step.describe(self.groups)),
