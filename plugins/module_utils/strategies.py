@@ -421,6 +421,7 @@ class Executor:
         limit = "progress deadline %gs" % self.progress_deadline
         if self.deadline is not None and self.deadline < deadline:
             deadline, limit = self.deadline, "timeout"
+
         def checked():
             self.check_cancel()
             return predicate()
