@@ -69,13 +69,26 @@ def _stat(pid: int) -> Optional[dict]:
             "start": rest[19]}
 
 
+def _looks_like_ansible(pid: int) -> bool:
+    """``ansible-playbook`` or one of its forked workers (``python
+    .../ansible-playbook ...``): argv[0] or argv[1] is named ``ansible*``."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            argv = handle.read().split(b"\0")[:2]
+    except OSError:
+        return False
+    return any(os.path.basename(arg).startswith(b"ansible") for arg in argv)
+
+
 def playbook_chain(pid: Optional[int] = None, limit: int = 32) -> list:
     """``[(pid, start, name)]`` from the parent of ``pid`` (default: this
-    process) up to the parent of the first session leader: with ansible-core
-    that is shell -> worker (which called setsid) -> ``ansible-playbook``.
-    Without /proc the chain is empty (only the stdout pipe and signals are
-    watched)."""
-    chain = []
+    process) up to the playbook: with ansible-core that is shell -> worker (a
+    session leader: it called setsid) -> ``ansible-playbook``.  The chain
+    ends at the parent of the first session leader that is an ansible
+    process, else (no ansible ancestor, e.g. become with a pty) at the parent
+    of the first session leader.  Without /proc it is empty (then only the
+    output pipe and signals are watched)."""
+    chain, cut = [], None
     current = _stat(os.getpid() if pid is None else pid)
     parent = current["ppid"] if current else 0
     while parent > 1 and len(chain) < limit:
@@ -83,13 +96,18 @@ def playbook_chain(pid: Optional[int] = None, limit: int = 32) -> list:
         if info is None:
             break
         chain.append((parent, info["start"], info["comm"]))
-        if info["sid"] == parent:  # a session leader: the worker; one more, its playbook
+        if info["sid"] == parent:  # a session leader: one more, its parent
             top = _stat(info["ppid"]) if info["ppid"] > 1 else None
-            if top is not None:
-                chain.append((info["ppid"], top["start"], top["comm"]))
-            break
+            end = len(chain) + (1 if top is not None else 0)
+            if cut is None:
+                cut = end
+            if _looks_like_ansible(parent):
+                cut = end
+                if top is not None:
+                    chain.append((info["ppid"], top["start"], top["comm"]))
+                break
         parent = info["ppid"]
-    return chain
+    return chain[:cut] if cut is not None else chain
 
 
 def stdout_orphaned(fd: int = 1) -> bool:

@@ -331,8 +331,9 @@ class StepFailed(Exception):
 class Cancel(threading.Event):
     """Set (with a reason) to stop a forward rollout: the executor checks it
     between steps and at every poll of a wait, pause or verification (at least
-    once a second) and raises ``StepFailed(reason, "cancelled")``, so the
-    rollout rolls back to the live release.  Once the new release is recorded
+    once a second; a drain or destroy is finished first) and raises
+    ``StepFailed(reason, "cancelled")``, so the rollout rolls back to the live
+    release.  Once the new release is recorded
     live the rest of the plan (drain, destroy) is finished instead."""
 
     reason = "cancelled"
@@ -416,14 +417,15 @@ class Executor:
                 return group
         return None
 
-    def wait(self, predicate: Callable, describe) -> None:
+    def wait(self, predicate: Callable, describe, cancellable: bool = True) -> None:
         deadline = self.clock.now() + self.progress_deadline
         limit = "progress deadline %gs" % self.progress_deadline
         if self.deadline is not None and self.deadline < deadline:
             deadline, limit = self.deadline, "timeout"
 
-        def checked():
-            self.check_cancel()
+        def checked():  # a drain or destroy is never left half-way
+            if cancellable:
+                self.check_cancel()
             return predicate()
         try:
             wait_until(checked, deadline, self.interval, describe, self.clock)
@@ -489,14 +491,15 @@ class Executor:
         def detached():
             group = self.observed(name)
             return group is None or not group.attached
-        self.wait(detached, "%s to be drained and detached" % name)
+        self.wait(detached, "%s to be drained and detached" % name, cancellable=False)
 
     def destroy(self, role: Optional[str] = None, name: Optional[str] = None) -> None:
         name = name or self.name(role)
         if not name:
             return
         self.platform.destroy(name)
-        self.wait(lambda: self.observed(name) is None, "%s to be destroyed" % name)
+        self.wait(lambda: self.observed(name) is None, "%s to be destroyed" % name,
+                  cancellable=False)
         for key, value in list(self.groups.items()):
             if value == name:
                 self.groups[key] = None
