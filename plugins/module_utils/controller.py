@@ -37,7 +37,7 @@ from typing import Callable, Optional
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
-    FAILED, IN_PROGRESS, INTERRUPTED, ROLLED_BACK, pid_alive)
+    FAILED, IN_PROGRESS, INTERRUPTED, LIVE, PAUSED, ROLLED_BACK, SUCCEEDED, pid_alive)
 
 PLAYBOOK_GONE = "the playbook that ran this rollout is gone"
 SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
@@ -220,6 +220,26 @@ def final_release(store, artifact: str, environment: str, holder):
             event.get("cause") == "cancelled" for event in release.events):
         return None
     return release
+
+
+def awaited_result(history, release, holder, waited: float) -> dict:
+    """The module result of a run that waited for ``holder`` (same request)
+    and now reports the outcome of its ``release``."""
+    live = history.live_release()
+    by = "by controller pid %d of the same request (waited %.1fs)" % (holder.pid, waited)
+    if release.status == PAUSED:
+        state, failed = PAUSED, False
+        msg = "%s paused at %d%%: %s (%s)" % (release.release_id, release.weight,
+                                              release.reason, by)
+    elif release.outcome == SUCCEEDED:
+        state, failed = LIVE, False
+        msg = "%s (%s) is live; rolled out %s" % (release.version, release.release_id, by)
+    else:
+        state, failed = release.outcome, True
+        msg = "%s of %s (%s) %s: %s (%s)" % (release.kind, release.version, release.release_id,
+                                            release.outcome, release.reason, by)
+    return dict(changed=False, failed=failed, state=state, msg=msg, release=release.as_dict(),
+                live=live.as_dict() if live else None, events=list(release.events), plan=[])
 
 
 # --------------------------------------------------------------------------

@@ -253,7 +253,7 @@ from ansible_collections.phoenix.deploy.plugins.module_utils import targets
 try:
     from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout
     from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
-        PAUSED, SUCCEEDED, LockHeld, LockHolder)
+        LockHeld, LockHolder)
     from ansible_collections.phoenix.deploy.plugins.module_utils import controller
     from ansible_collections.phoenix.deploy.plugins.module_utils import report as reporting
     from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import local as local_platform
@@ -429,27 +429,14 @@ class RolloutManager:
                                                    p["environment"], holder)
                 if release is not None:
                     return self._awaited(release, holder, waited)
+                if time.time() >= deadline:
+                    raise PhoenixError("timeout: %ds passed waiting for %s" % (
+                        p["timeout"], holder.describe()), param="timeout")
                 # it ended without an outcome of its own (cancelled or dead): run it here
 
     def _awaited(self, release, holder, waited) -> dict:
         history = self.store.load(self.params["artifact"], self.params["environment"])
-        live = history.live_release()
-        by = "by controller pid %d of the same request (waited %.1fs)" % (holder.pid, waited)
-        if release.status == PAUSED:
-            state, failed = PAUSED, False
-            msg = "%s paused at %d%%: %s (%s)" % (release.release_id, release.weight,
-                                                  release.reason, by)
-        elif release.outcome == SUCCEEDED:
-            state, failed = "live", False
-            msg = "%s (%s) is live; rolled out %s" % (release.version, release.release_id, by)
-        else:
-            state, failed = release.outcome, True
-            msg = "%s of %s (%s) %s: %s (%s)" % (
-                release.kind, release.version, release.release_id, release.outcome,
-                release.reason, by)
-        return dict(changed=False, failed=failed, state=state, msg=msg,
-                    release=release.as_dict(), live=live.as_dict() if live else None,
-                    events=list(release.events), plan=[])
+        return controller.awaited_result(history, release, holder, waited)
 
     def detached(self) -> dict:
         """Run the action in a detached controller process; return once it
