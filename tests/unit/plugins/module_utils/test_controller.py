@@ -48,7 +48,7 @@ PLAYBOOK = textwrap.dedent("""
     time.sleep(60)
 """)
 LEAF = textwrap.dedent("""
-    import json, sys, time
+    import json, os, sys, time
     sys.path.insert(0, %r)
     from ansible_collections.phoenix.deploy.plugins.module_utils import controller
     gone = []
@@ -58,8 +58,9 @@ LEAF = textwrap.dedent("""
     deadline = time.time() + 30
     while not gone and time.time() < deadline:
         time.sleep(0.05)
-    with open(sys.argv[1], "w") as out:
+    with open(sys.argv[1] + ".tmp", "w") as out:
         out.write(gone[0] if gone else "not noticed")
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
 """)
 
 
