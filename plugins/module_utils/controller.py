@@ -236,8 +236,9 @@ def awaited_result(history, release, holder, waited: float) -> dict:
         msg = "%s (%s) is live; rolled out %s" % (release.version, release.release_id, by)
     else:
         state, failed = release.outcome, True
-        msg = "%s of %s (%s) %s: %s (%s)" % (release.kind, release.version, release.release_id,
-                                            release.outcome, release.reason, by)
+        msg = "%s of %s (%s) %s: %s (%s)" % (
+            release.kind, release.version, release.release_id, release.outcome,
+            release.reason, by)
     return dict(changed=False, failed=failed, state=state, msg=msg, release=release.as_dict(),
                 live=live.as_dict() if live else None, events=list(release.events), plan=[])
 
