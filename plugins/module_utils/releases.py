@@ -311,7 +311,6 @@ class ReleaseStore(abc.ABC):
 _TYPES = {"str": ((str,), "a string"), "int": ((int,), "an integer"),
           "float": ((int, float), "a number"), "dict": ((dict,), "a mapping"),
           "list": ((list,), "a list"), "bool": ((bool,), "true or false")}
-_STEP_KEYS = ("kind", "role", "size", "weights", "duration", "analyze")
 
 
 def _field_types(cls) -> dict:
@@ -369,6 +368,8 @@ def _check_record(data, cls, path: str, kind: str, where: str) -> None:
 def check_history_data(data, path: str, artifact: str, environment: str) -> None:
     """Raise ``StoreError`` naming ``path`` and the field unless ``data``
     (parsed history.json) has the types ``History.from_dict`` relies on."""
+    from ansible_collections.phoenix.deploy.plugins.module_utils.strategies import Step
+    step_keys = [f.name for f in fields(Step)]
     kind = "release history"
     _check_record(data, History, path, kind, "")
     if (data["artifact"], data["environment"]) != (artifact, environment):
@@ -388,10 +389,10 @@ def check_history_data(data, path: str, artifact: str, environment: str) -> None
                     raise _bad(path, kind, "%s.%s[%d]" % (where, name, pos),
                                "is %r, expected a mapping" % (entry,))
                 if name == "plan" and (not isinstance(entry.get("kind"), str)
-                                       or set(entry) - set(_STEP_KEYS)):
+                                       or set(entry) - set(step_keys)):
                     raise _bad(path, kind, "%s.plan[%d]" % (where, pos),
                                "is %r, expected a step with kind and %s"
-                               % (entry, ", ".join(_STEP_KEYS[1:])))
+                               % (entry, ", ".join(k for k in step_keys if k != "kind")))
     if data.get("live") is not None and data["live"] not in seen:
         raise _bad(path, kind, "live", "names release %s, which is not in the history"
                    % data["live"])
