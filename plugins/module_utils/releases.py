@@ -237,10 +237,13 @@ class LockHolder:
     release_id: Optional[str] = None
     proc_start: Optional[str] = None
     token: str = ""
+    #: digest of the request the holder runs (see controller.request_digest):
+    #: a rerun of the same request waits for the holder instead of failing
+    request: Optional[str] = None
 
     @classmethod
     def current(cls, action: str = "", release_id: Optional[str] = None,
-                pid: Optional[int] = None) -> "LockHolder":
+                pid: Optional[int] = None, request: Optional[str] = None) -> "LockHolder":
         pid = os.getpid() if pid is None else pid
         try:
             user = getpass.getuser()
@@ -248,7 +251,8 @@ class LockHolder:
             user = str(os.getuid())
         return cls(pid=pid, host=socket.gethostname(), user=user,
                    started=time.time(), action=action, release_id=release_id,
-                   proc_start=_proc_start(pid), token=uuid.uuid4().hex)
+                   proc_start=_proc_start(pid), token=uuid.uuid4().hex,
+                   request=request)
 
     def describe(self) -> str:
         what = self.action or "rollout"
@@ -304,6 +308,106 @@ class ReleaseStore(abc.ABC):
     @abc.abstractmethod
     def update_lock(self, lock: Lock, **changes) -> None:
         """Rewrite the holder info of a lock we hold (e.g. its release id)."""
+
+
+# --------------------------------------------------------------------------
+# validation of what is read back (a hand-edited or damaged file must give a
+# clear error naming the file and the field, never a traceback later on)
+# --------------------------------------------------------------------------
+_TYPES = {"str": ((str,), "a string"), "int": ((int,), "an integer"),
+          "float": ((int, float), "a number"), "dict": ((dict,), "a mapping"),
+          "list": ((list,), "a list"), "bool": ((bool,), "true or false")}
+
+
+def _field_types(cls) -> dict:
+    """``{field: (types, what, optional)}`` from the dataclass annotations
+    (``str``, ``int``, ``Optional[float]`` ...); other annotations are not
+    checked."""
+    out = {}
+    for item in fields(cls):
+        text = item.type if isinstance(item.type, str) else getattr(item.type, "__name__", "")
+        optional = text.startswith("Optional[") and text.endswith("]")
+        base = text[len("Optional["):-1] if optional else text
+        if base in _TYPES:
+            out[item.name] = _TYPES[base] + (optional,)
+    return out
+
+
+def _required(cls) -> list:
+    from dataclasses import MISSING
+    return [f.name for f in fields(cls)
+            if f.default is MISSING and f.default_factory is MISSING]
+
+
+def _bad(path: str, kind: str, where: str, problem: str) -> StoreError:
+    hint = ("restore it or correct that field" if kind != "lock" else
+            "remove it if no rollout of this artifact and environment is running")
+    return StoreError("%s %s: %s%s; phoenix.deploy only ever replaces this file "
+                      "atomically, so it was edited by hand or is damaged: %s"
+                      % (kind, path, where + " " if where else "", problem, hint))
+
+
+def _finite(value) -> bool:
+    return not isinstance(value, float) or value - value == 0  # not NaN or +-inf
+
+
+def _check_record(data, cls, path: str, kind: str, where: str) -> None:
+    if not isinstance(data, dict):
+        raise _bad(path, kind, where, "is %s, expected a mapping" % type(data).__name__)
+    missing = [name for name in _required(cls) if name not in data]
+    if missing:
+        raise _bad(path, kind, where, "lacks %s" % ", ".join(missing))
+    for name, (types, what, optional) in _field_types(cls).items():
+        if name not in data or (optional and data[name] is None):
+            continue
+        value = data[name]
+        if bool in types:
+            ok = isinstance(value, bool)
+        else:  # JSON true/false are no numbers here
+            ok = isinstance(value, types) and not isinstance(value, bool) and _finite(value)
+        if not ok:
+            raise _bad(path, kind, "%s.%s" % (where, name) if where else name,
+                       "is %r (%s), expected %s%s" % (value, type(value).__name__, what,
+                                                      " or null" if optional else ""))
+
+
+def check_history_data(data, path: str, artifact: str, environment: str) -> None:
+    """Raise ``StoreError`` naming ``path`` and the field unless ``data``
+    (parsed history.json) has the types ``History.from_dict`` relies on."""
+    from ansible_collections.phoenix.deploy.plugins.module_utils.strategies import Step
+    step_keys = [f.name for f in fields(Step)]
+    kind = "release history"
+    _check_record(data, History, path, kind, "")
+    if (data["artifact"], data["environment"]) != (artifact, environment):
+        raise _bad(path, kind, "", "belongs to %s/%s, not %s/%s" % (
+            data["artifact"], data["environment"], artifact, environment))
+    seen = set()
+    for index, rel in enumerate(data.get("releases", [])):
+        where = "releases[%d]" % index
+        _check_record(rel, Release, path, kind, where)
+        where = "releases[%d] (%s)" % (index, rel["release_id"])
+        if rel["release_id"] in seen:
+            raise _bad(path, kind, where, "repeats release id %s" % rel["release_id"])
+        seen.add(rel["release_id"])
+        for name in ("plan", "events"):
+            for pos, entry in enumerate(rel.get(name) or []):
+                if not isinstance(entry, dict):
+                    raise _bad(path, kind, "%s.%s[%d]" % (where, name, pos),
+                               "is %r, expected a mapping" % (entry,))
+                if name == "plan" and (not isinstance(entry.get("kind"), str)
+                                       or set(entry) - set(step_keys)):
+                    raise _bad(path, kind, "%s.plan[%d]" % (where, pos),
+                               "is %r, expected a step with kind and %s"
+                               % (entry, ", ".join(k for k in step_keys if k != "kind")))
+    if data.get("live") is not None and data["live"] not in seen:
+        raise _bad(path, kind, "live", "names release %s, which is not in the history"
+                   % data["live"])
+
+
+def check_lock_data(data, path: str) -> None:
+    _check_record(data, LockHolder, path, "lock", "")
+    if data["pid"] <= 0:
+        raise _bad(path, "lock", "pid", "is %d, expected a process id" % data["pid"])
 
 
 def fsync_dir(path: str) -> None:
@@ -428,6 +532,7 @@ class FileReleaseStore(ReleaseStore):
         data = self._read(path)
         if data is None:
             return History(artifact=artifact, environment=environment)
+        check_history_data(data, path, artifact, environment)
         return History.from_dict(data)
 
     def save(self, history: History) -> None:
@@ -464,8 +569,12 @@ class FileReleaseStore(ReleaseStore):
         return os.path.join(self.directory(artifact, environment), self.LOCK)
 
     def lock_holder(self, artifact: str, environment: str) -> Optional[LockHolder]:
-        data = self._read(self._lock_path(artifact, environment))
-        return LockHolder.from_dict(data) if data else None
+        path = self._lock_path(artifact, environment)
+        data = self._read(path)
+        if data is None:
+            return None
+        check_lock_data(data, path)
+        return LockHolder.from_dict(data)
 
     def acquire(self, artifact: str, environment: str, holder: LockHolder) -> Lock:
         directory = self.directory(artifact, environment)

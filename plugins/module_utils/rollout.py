@@ -31,7 +31,7 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
     ABORTED, IN_PROGRESS, INTERRUPTED, LIVE, PAUSED, RETIRED, ROLLED_BACK,
     SUCCEEDED, FAILED, LockHolder, Release, check_name)
 from ansible_collections.phoenix.deploy.plugins.module_utils.strategies import (
-    Executor, Hooks, Step, StepFailed, build_plan, parse_settings)
+    Cancel, Executor, Hooks, Step, StepFailed, build_plan, parse_settings)
 
 
 NO_ANALYSIS = "none"  # analysis: none, a deliberate choice recorded on the release
@@ -169,6 +169,7 @@ class Rollout:
         self.force = bool(force)
         self.timeout = timeout
         self.owner = owner or LockHolder.current
+        self.cancel = Cancel()  # request() it to roll back at the next step or poll
         self.events = []
         self._lock = None
 
@@ -539,6 +540,7 @@ class Rollout:
         executor = self._executor(release, hooks, name=release.group, groups={
             "old": release.old_group,
             "new": release.group if release.position else None})
+        executor.cancel = self.cancel
         plan = [Step(**s) for s in release.plan]
         release.status, release.reason = IN_PROGRESS, None
         try:

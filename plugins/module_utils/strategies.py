@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
@@ -372,12 +373,29 @@ def build_plan(strategy: str, settings: dict, size: int, old_size: int,
 # executor
 # --------------------------------------------------------------------------
 class StepFailed(PhoenixError):
-    """A step failed; ``cause`` is health / analysis / deadline / platform."""
+    """A step failed; ``cause`` is health / analysis / deadline / platform /
+    cancelled."""
 
     def __init__(self, reason: str, cause: str):
         super().__init__(reason)
         self.reason = reason
         self.cause = cause
+
+
+class Cancel(threading.Event):
+    """Set (with a reason) to stop a forward rollout: the executor checks it
+    between steps and at every poll of a wait, pause or verification (at least
+    once a second; a drain or destroy is finished first) and raises
+    ``StepFailed(reason, "cancelled")``, so the rollout rolls back to the live
+    release.  Once the new release is recorded
+    live the rest of the plan (drain, destroy) is finished instead."""
+
+    reason = "cancelled"
+
+    def request(self, reason: str) -> None:
+        if not self.is_set():
+            self.reason = reason
+            self.set()
 
 
 @dataclass
@@ -430,6 +448,22 @@ class Executor:
         self.interval = interval or getattr(platform, "poll_interval", 1.0)
         # one run for the whole release: failed windows add up over all steps
         self.judge = AnalysisRun(analysis, "canary", analysis_state) if analysis else None
+        self.cancel = None  # a Cancel, set by the rollout for the forward plan
+        self._live = False
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set() and not self._live:
+            raise StepFailed(self.cancel.reason, "cancelled")
+
+    def _sleep(self, seconds: float) -> None:
+        """``clock.sleep`` in slices of at most a second, checking ``cancel``."""
+        end = self.clock.now() + seconds
+        while True:
+            self.check_cancel()
+            left = end - self.clock.now()
+            if left <= 0:
+                return
+            self.clock.sleep(min(left, 1.0))
 
     # -- primitives ----------------------------------------------------------
     def name(self, role: str) -> Optional[str]:
@@ -442,13 +476,18 @@ class Executor:
                 return group
         return None
 
-    def wait(self, predicate: Callable, describe) -> None:
+    def wait(self, predicate: Callable, describe, cancellable: bool = True) -> None:
         deadline = self.clock.now() + self.progress_deadline
         limit = "progress deadline %gs" % self.progress_deadline
         if self.deadline is not None and self.deadline < deadline:
             deadline, limit = self.deadline, "timeout"
+
+        def checked():  # a drain or destroy is never left half-way
+            if cancellable:
+                self.check_cancel()
+            return predicate()
         try:
-            wait_until(predicate, deadline, self.interval, describe, self.clock)
+            wait_until(checked, deadline, self.interval, describe, self.clock)
         except WaitTimeout as exc:
             raise StepFailed("%s exceeded: %s" % (limit, exc), "deadline")
         except HealthFailure as exc:
@@ -511,14 +550,15 @@ class Executor:
         def detached():
             group = self.observed(name)
             return group is None or not group.attached
-        self.wait(detached, "%s to be drained and detached" % name)
+        self.wait(detached, "%s to be drained and detached" % name, cancellable=False)
 
     def destroy(self, role: Optional[str] = None, name: Optional[str] = None) -> None:
         name = name or self.name(role)
         if not name:
             return
         self.platform.destroy(name)
-        self.wait(lambda: self.observed(name) is None, "%s to be destroyed" % name)
+        self.wait(lambda: self.observed(name) is None, "%s to be destroyed" % name,
+                  cancellable=False)
         for key, value in list(self.groups.items()):
             if value == name:
                 self.groups[key] = None
@@ -542,13 +582,13 @@ class Executor:
                                  % (name, health.summary()), "health")
             if self.clock.now() >= end:
                 return
-            self.clock.sleep(min(self.interval, end - self.clock.now()))
+            self._sleep(min(self.interval, end - self.clock.now()))
 
     def _window(self, name: str, seconds: float, subject: Optional[str] = None):
         """Wait ``seconds``, then judge that window of ``name``."""
         run = self.judge
         started = self.clock.now()
-        self.clock.sleep(seconds)
+        self._sleep(seconds)
         self._check_failing(name)
         sample = run.add(self.platform.metrics(name, self.clock.now() - started), subject)
         self.hooks.event("analysis %s: %s" % (sample.result, sample.reason),
@@ -597,7 +637,7 @@ class Executor:
             if judged and name:
                 self._window(name, min(self.analysis.interval, end - self.clock.now()))
                 continue
-            self.clock.sleep(min(self.interval, end - self.clock.now()))
+            self._sleep(min(self.interval, end - self.clock.now()))
             if name:
                 self._check_failing(name)
         return self._conclude(step) if judged else None
@@ -640,6 +680,7 @@ class Executor:
             return self.analyze(step)
         elif kind == "mark_live":
             self.hooks.live()
+            self._live = True
         elif kind == "drain":
             self.drain(step.role)
         elif kind == "destroy":
@@ -653,8 +694,10 @@ class Executor:
         return None
 
     def run(self, plan: list, start: int = 0) -> Outcome:
+        self._live = any(s.kind == "mark_live" for s in plan[:start])
         for index in range(start, len(plan)):
             step = plan[index]
+            self.check_cancel()
             if self.deadline is not None and self.clock.now() > self.deadline:
                 raise StepFailed("timeout exceeded before step %d/%d (%s)"
                                  % (index + 1, len(plan), step.describe(self.groups)),

@@ -17,6 +17,12 @@ description:
   - Failed health, failed analysis or the progress deadline roll back automatically to the live release.
   - One rollout at a time per artifact and environment; a rollout whose controller died is
     converged by the next run (finished if it was live, undone otherwise).
+  - The module is the rollout's controller. When the playbook that runs it is gone (killed, a CI
+    abort, SIGTERM) it rolls back to the live release at the next step or poll and records why;
+    a release already recorded live is finished instead.
+  - A run of the same request (same action and inputs) while a controller of it holds the lock
+    waits for it (up to O(timeout)) and reports its outcome; a different request fails naming
+    the holder.
   - Writes a rollout report (JSON) and a PNG timeline of traffic weights and error rate per group.
   - The platform is chosen by the infra stack outputs; today V(local) (supervisord + HAProxy).
 author:
@@ -105,11 +111,14 @@ options:
     description:
       - Wait until the rollout is finished (or paused). With V(false) the rollout continues in a
         detached controller process and the module returns once it holds the lock;
-        follow it with M(phoenix.deploy.release_info).
+        follow it with M(phoenix.deploy.release_info). A detached controller does not stop with
+        the playbook.
     type: bool
     default: true
   timeout:
-    description: Seconds the whole action may take; past it the rollout is rolled back. NaN and infinity are refused.
+    description:
+      - Seconds the whole action may take; past it the rollout is rolled back. NaN and infinity are refused.
+      - Also how long a run waits for a controller of the same request that holds the lock.
     type: float
     default: 600
   drain_timeout:
@@ -278,7 +287,9 @@ from ansible_collections.phoenix.deploy.plugins.module_utils import targets
 
 try:
     from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout, check_env
-    from ansible_collections.phoenix.deploy.plugins.module_utils.releases import LockHolder
+    from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
+        LockHeld, LockHolder)
+    from ansible_collections.phoenix.deploy.plugins.module_utils import controller
     from ansible_collections.phoenix.deploy.plugins.module_utils import report as reporting
     from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import local as local_platform
     HAS_SUPERVISOR = local_platform.HAS_SUPERVISOR
@@ -335,12 +346,29 @@ class RolloutManager:
         try:
             self.engine = Rollout(self.platform, self.store, p["artifact"], p["environment"],
                                   env=dict(list(p["env"].items()) + list(p["secret_env"].items())),
-                                  timeout=p["timeout"], owner=LockHolder.current,
+                                  timeout=p["timeout"], owner=self._owner,
                                   force=p["force"])
         except ValueError as exc:
             raise PhoenixError(str(exc))
         self.image = None
+        self.request = None
         self.result = dict(changed=False)
+
+    def _owner(self, action):
+        return LockHolder.current(action, request=self.request)
+
+    def _request(self) -> str:
+        p = self.params
+        inputs = {}
+        if p["action"] == "deploy":
+            inputs = dict(version=p["version"], image=self.image["ref"], size=p["size"],
+                          strategy=p["strategy"], strategy_settings=p["strategy_settings"],
+                          analysis=p["analysis"], env=controller.request_digest(
+                              "env", "", "", **{k: str(v) for k, v in
+                                                list(p["env"].items()) +
+                                                list(p["secret_env"].items())}),
+                          force=p["force"])
+        return controller.request_digest(p["action"], p["artifact"], p["environment"], **inputs)
 
     def weights(self) -> dict:
         return {g.name: g.weight for g in self.platform.list_groups(
@@ -360,13 +388,14 @@ class RolloutManager:
                                                p["image_store"])
             if p["version"] is None:
                 p["version"] = self.image["version"]
+        self.request = self._request()
         before = self.snapshot()
         if self.module.check_mode:
             result = self.check()
         elif not p["wait"] and p["action"] in ("deploy", "promote"):
             result = self.detached()
         else:
-            result = self.act()
+            result = self.watched()
         self.result.update(result)
         after = self.snapshot() if not self.module.check_mode else result.pop("predicted", before)
         self.result.setdefault("weights", after["weights"])
@@ -425,55 +454,79 @@ class RolloutManager:
             out.update(self._write_report(out, samples, time.time() - started))
         return out
 
-    def detached(self) -> dict:
-        """Run the action in a detached controller process (double fork); return
-        once it holds the lock (or has failed before taking it)."""
+    def watched(self) -> dict:
+        """Run the action here while watching the playbook: when it is gone
+        (or this process gets SIGTERM/SIGINT/SIGHUP) the engine is cancelled."""
+        watch = controller.PlaybookWatch(self.engine.cancel.request).start()
+        try:
+            return self.act_or_await()
+        finally:
+            watch.stop()
+
+    def act_or_await(self) -> dict:
+        """``act``; while a controller of the same request holds the lock, wait
+        for it (up to ``timeout``) and report its outcome instead."""
         p = self.params
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # first child
-            os.close(read_fd)
-            os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            code = 0
+        deadline = time.time() + p["timeout"]
+        while True:
             try:
-                self.engine.owner = self._notifying_owner(write_fd)
+                return self.act()
+            except LockHeld as exc:
+                holder = exc.holder
+                if holder is None or not holder.request or holder.request != self.request:
+                    raise
+                waited = controller.await_holder(self.store, p["artifact"], p["environment"],
+                                                 holder, deadline, cancel=self.engine.cancel)
+                release = controller.final_release(self.store, p["artifact"],
+                                                   p["environment"], holder)
+                if release is not None:
+                    return self._awaited(release, holder, waited)
+                if time.time() >= deadline:
+                    raise PhoenixError("timeout: %ds passed waiting for %s" % (
+                        p["timeout"], holder.describe()), param="timeout")
+                # it ended without an outcome of its own (cancelled or dead): run it here
+
+    def _awaited(self, release, holder, waited) -> dict:
+        history = self.store.load(self.params["artifact"], self.params["environment"])
+        return controller.awaited_result(history, release, holder, waited)
+
+    def detached(self) -> dict:
+        """Run the action in a detached controller process; return once it
+        really holds the lock (or with the error that kept it from it)."""
+        p = self.params
+
+        def work(report):
+            # connections of its own: the module keeps using the inherited ones
+            self.platform = targets.make_platform(self.infra, p["image_store"],
+                                                  p["drain_timeout"])
+            self.engine.platform = self.platform
+            self.engine.store = controller.NotifyingStore(
+                self.engine.store, lambda lock: report({"pid": lock.holder.pid}))
+            try:
                 self.act()
-            except BaseException:  # the history records what happened
-                code = 1
-            os._exit(code)
-        os.close(write_fd)
-        os.waitpid(pid, 0)
-        deadline = time.time() + 60
-        data = b""
-        while time.time() < deadline:
-            chunk = os.read(read_fd, 64)
-            if not chunk:
-                break
-            data += chunk
-            if b"\n" in data:
-                break
-        os.close(read_fd)
-        if not data:
+            except LockHeld as exc:
+                same = exc.holder is not None and exc.holder.request == self.request
+                report({"pid": exc.holder.pid, "same": True} if same else {"error": exc.msg})
+            except PhoenixError as exc:
+                report({"error": exc.msg, "param": exc.param})
+            except Exception as exc:
+                report({"error": "%s: %s" % (type(exc).__name__, exc)})
+                raise
+
+        message = controller.run_detached(work)
+        if message.get("error"):
+            raise PhoenixError(message["error"], param=message.get("param"))
+        if not message.get("pid"):
             raise PhoenixError("the detached rollout controller did not take the lock; "
                                "see phoenix.deploy.release_info for what it recorded")
         holder = self.store.lock_holder(p["artifact"], p["environment"])
-        return dict(changed=True, state="in_progress",
-                    msg="%s continues in controller pid %s" % (p["action"], data.decode().strip()),
+        if message.get("same"):
+            msg = ("%s continues in controller pid %d, started earlier for the same request"
+                   % (p["action"], message["pid"]))
+        else:
+            msg = "%s continues in controller pid %d" % (p["action"], message["pid"])
+        return dict(changed=not message.get("same"), state="in_progress", msg=msg,
                     lock=vars(holder) if holder else None, events=[])
-
-    @staticmethod
-    def _notifying_owner(fd):
-        def owner(action):
-            holder = LockHolder.current(action)
-            os.write(fd, b"%d\n" % holder.pid)
-            os.close(fd)
-            return holder
-        return owner
 
     def _engine_result(self, res) -> dict:
         return dict(changed=res.changed, failed=res.failed, state=res.state, msg=res.msg,
