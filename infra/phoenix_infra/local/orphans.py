@@ -28,7 +28,6 @@ import http.client
 import json
 import os
 import re
-import socket
 import time
 import xmlrpc.client
 
@@ -70,14 +69,7 @@ def _runtime(sock, command):
     if not sock or not os.path.exists(sock):
         return None
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(10)
-            conn.connect(sock)
-            conn.sendall(command.encode() + b"\n")
-            chunks = []
-            while chunk := conn.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode()
+        return procs.haproxy_runtime(sock, command)
     except OSError:
         return None
 

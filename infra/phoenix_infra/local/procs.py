@@ -239,3 +239,16 @@ def stop_pids(pids, grace):
                 pass
     wait_until(lambda: not any(pid_alive(p) for p in killed), 10)
     return killed
+
+
+def haproxy_runtime(sock, command):
+    """One command on HAProxy's runtime API (a line-based text protocol on
+    the unix socket); the infra's one client for it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10)
+        conn.connect(sock)
+        conn.sendall(command.encode() + b"\n")
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()

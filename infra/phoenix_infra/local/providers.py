@@ -20,7 +20,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import sys
 import xmlrpc.client
 
@@ -423,15 +422,8 @@ class HAProxyProvider(_Provider):
 
     @staticmethod
     def runtime(sock, command):
-        """One command on the runtime API (a line-based text protocol on the unix socket)."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(10)
-            conn.connect(sock)
-            conn.sendall(command.encode() + b"\n")
-            chunks = []
-            while chunk := conn.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode()
+        """One command on the runtime API (see procs.haproxy_runtime)."""
+        return procs.haproxy_runtime(sock, command)
 
     def runtime_servers(self, sock, backends):
         """Servers the rollout engine added at run time: (backend, name, addr, port, weight, admin)."""
