@@ -138,7 +138,8 @@ options:
     description: Stack of O(project_path), for example V(local).
     type: str
   store:
-    description: Release store directory (history and locks). Defaults to C($PHOENIX_STATE_DIR/releases) (the playbooks' C(phoenix_release_store)), else C(<infra state_dir>/releases).
+    description: Release store directory (history and locks). Defaults to C($PHOENIX_STATE_DIR/releases)
+      (the playbooks' C(phoenix_release_store)), else C(<infra state_dir>/releases).
     type: path
   image_store:
     description: Image store of the bakes. Defaults to C($PHOENIX_STATE_DIR/images).

@@ -33,7 +33,7 @@ def run_module(name, args, tmp):
     env = dict(os.environ, PYTHONPATH=str(COLLECTIONS), PHOENIX_STATE_DIR=str(tmp / "state"))
     proc = subprocess.run([sys.executable, str(MODULES / (name + ".py"))],
                           input=json.dumps({"ANSIBLE_MODULE_ARGS": args}),
-                          capture_output=True, text=True, env=env, timeout=120)
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
     return proc
 
 
