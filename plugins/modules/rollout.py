@@ -95,7 +95,7 @@ options:
         set by the platform and refused here. Values are strings or numbers (multi-line values such as a PEM
         work; NUL bytes do not).
       - A release is keyed by image, size and config (this env plus what the platform injects, the database
-        password as a digest): redeploying the live version with a changed env or a rotated password rolls
+        password as a digest). Redeploying the live version with a changed env or a rotated password rolls
         out a new release.
     type: dict
     default: {}
