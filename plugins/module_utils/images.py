@@ -54,6 +54,7 @@ import tempfile
 import time
 
 from ansible_collections.phoenix.deploy.plugins.module_utils import versioning
+from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.packer_runner import (
     PackerError, PackerRunner, template_variables,
 )
@@ -91,12 +92,16 @@ _VAR_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 _UNSAFE_PATH_RE = re.compile(r"['\"`$\\\n\r;&|<>*?!{}()\[\]]")
 
 
-class ImageError(Exception):
-    """A bake or store error. ``option`` names the module option at fault, if any."""
+class ImageError(PhoenixError):
+    """A bake or store error. ``param`` (also ``option``, its older name) names the module
+    option at fault, if any."""
 
-    def __init__(self, msg, option=None):
-        Exception.__init__(self, msg)
-        self.option = option
+    def __init__(self, msg, option=None, **details):
+        PhoenixError.__init__(self, msg, param=option, **details)
+
+    @property
+    def option(self):
+        return self.param
 
 
 class TamperError(ImageError):
@@ -782,7 +787,7 @@ def _run_bake(req, runner, existing):
         verify_image(final, doc["id"] if req.target == "local" else None)
         return doc
     except PackerError as exc:
-        raise ImageError(str(exc))
+        raise ImageError(exc.msg)
     finally:
         if staging and os.path.lexists(staging):
             _rmtree(staging)

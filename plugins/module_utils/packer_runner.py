@@ -30,6 +30,8 @@ import re
 import shutil
 import time
 
+from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
+
 try:
     from packerpy import PackerExecutable
     HAS_PACKERPY = True
@@ -44,11 +46,12 @@ __all__ = ["PackerError", "PackerRunner", "HAS_PACKERPY", "PACKERPY_IMPORT_ERROR
 _VAR_RE = re.compile(r'^\s*variable\s+"([A-Za-z_][A-Za-z0-9_-]*)"', re.M)
 
 
-class PackerError(RuntimeError):
-    """Packer failed; ``str()`` carries Packer's own error lines."""
+class PackerError(PhoenixError, RuntimeError):
+    """Packer failed; ``str()`` carries Packer's own error lines (the full
+    ``output`` stays out of module results)."""
 
     def __init__(self, msg, returncode=None, output=""):
-        RuntimeError.__init__(self, msg)
+        PhoenixError.__init__(self, msg)
         self.returncode = returncode
         self.output = output
 

@@ -29,11 +29,8 @@ QUALIFYING_ANALYSIS = ("pass", "none")  # Release.analysed values that qualify a
 
 def tested_image(artifact, version, test_store):
     """image.json of the verified image of ``version`` in the test store."""
-    try:
-        versioning.parse(version, "version")
-        name = versioning.image_name(version, artifact)
-    except versioning.VersionError as exc:
-        raise PhoenixError(str(exc), param="version")
+    versioning.parse(version, "version")  # VersionError names its option
+    name = versioning.image_name(version, artifact)
     path = images.ImageStore(test_store).path(TARGET, artifact, name)
     if not os.path.isdir(path):
         raise PhoenixError("version %s of %s is not baked in the test store (%s): bake it first"

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
-from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
+from ansible_collections.phoenix.deploy.plugins.module_utils.errors import InvalidName, PhoenixError
 
 # release status (lifecycle) and outcome (result)
 IN_PROGRESS = "in_progress"
@@ -71,10 +71,12 @@ def iso(ts: Optional[float]) -> Optional[str]:
 
 
 def check_name(value: str, option: str) -> str:
+    """``value`` if it is a valid store name, else ``InvalidName`` (also a
+    ``ValueError``) with ``param`` = ``option``."""
     if not isinstance(value, str) or not _NAME.fullmatch(value):
-        raise ValueError("%s: %r is not a valid name; use letters, digits, "
-                         "'.', '_' or '-' (max 63, starting with a letter or "
-                         "digit)" % (option, value))
+        raise InvalidName("%s: %r is not a valid name; use letters, digits, "
+                          "'.', '_' or '-' (max 63, starting with a letter or "
+                          "digit)" % (option, value), param=option)
     return value
 
 

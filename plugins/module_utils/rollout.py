@@ -450,8 +450,12 @@ class Rollout:
         ``SettingsError`` names the option.  Returns (settings, spec)."""
         if analysis == NO_ANALYSIS:  # explicit: recorded on the release as such
             return parse_settings(strategy, settings, size), None
-        return (parse_settings(strategy, settings, size),
-                AnalysisSpec.from_dict(analysis) if analysis is not None else None)
+        parsed = parse_settings(strategy, settings, size)
+        try:
+            return parsed, AnalysisSpec.from_dict(analysis) if analysis is not None else None
+        except SettingsError as exc:
+            exc.param = exc.param or "analysis"
+            raise
 
     def _validate(self, version, image, size, strategy, settings, analysis):
         if not isinstance(version, str) or not version or version.lower() == "latest":

@@ -23,6 +23,7 @@ FAIL switches straight back), a first deploy once it has 100 %.
 from __future__ import annotations
 
 import math
+import random
 import re
 import threading
 from dataclasses import asdict, dataclass
@@ -33,6 +34,8 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.analysis import (
     FAIL, INCONCLUSIVE, PASS, AnalysisRun, SettingsError, parse_duration)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
     HealthFailure, PlatformError, WaitTimeout, wait_until)
+from ansible_collections.phoenix.deploy.plugins.module_utils.retries import (
+    RetryDeadline, retry_transient)
 
 STRATEGIES = ("rolling", "recreate", "blue_green", "canary")
 MAX_SIZE = 1000
@@ -58,7 +61,7 @@ _PERCENT = re.compile(r"^\s*(\d{1,3})\s*%\s*$")
 def check_size(size, option: str = "size") -> int:
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIZE:
         raise SettingsError("%s: %r; allowed an integer from 1 to %d"
-                            % (option, size, MAX_SIZE))
+                            % (option, size, MAX_SIZE), param=option)
     return size
 
 
@@ -127,12 +130,20 @@ def _parse_steps(steps) -> list:
 
 def parse_settings(strategy: str, settings: Optional[dict], size: int) -> dict:
     """Validate and normalise strategy settings; raise ``SettingsError``
-    naming the option and what is allowed.  Nothing is touched before this
-    succeeds."""
+    naming the option and what is allowed (``param``: ``strategy``, ``size``
+    or ``strategy_settings``).  Nothing is touched before this succeeds."""
     if strategy not in STRATEGIES:
         raise SettingsError("strategy: %r is unknown; allowed: %s"
-                            % (strategy, ", ".join(STRATEGIES)))
+                            % (strategy, ", ".join(STRATEGIES)), param="strategy")
     check_size(size)
+    try:
+        return _parse_settings(strategy, settings, size)
+    except SettingsError as exc:
+        exc.param = exc.param or "strategy_settings"
+        raise
+
+
+def _parse_settings(strategy: str, settings: Optional[dict], size: int) -> dict:
     data = dict(settings or {})
     allowed = OPTIONS[strategy] + COMMON_OPTIONS
     unknown = sorted(set(data) - set(allowed))
@@ -431,12 +442,21 @@ class Executor:
 
     ``groups`` maps a role (``old``/``new``) to a group name; ``create``
     holds the create_group arguments of the new group.
+
+    Every platform call goes through ``_call``: a transient ``PlatformError``
+    (HTTP 429/5xx, a 412 conflict, a dropped connection) is retried with
+    jittered exponential backoff (``retries.retry_transient``, delays from
+    ``retry_base`` doubling up to ``retry_cap`` seconds, drawn from ``rng``)
+    until the progress deadline or the timeout, each retry recorded as an
+    event; a permanent error fails the step at once (cause ``platform``), the
+    deadline with cause ``deadline``.
     """
 
     def __init__(self, platform, clock, groups: dict, create: Optional[dict] = None,
                  hooks: Optional[Hooks] = None, analysis=None,
                  progress_deadline: float = 600.0, deadline: Optional[float] = None,
-                 interval: Optional[float] = None, analysis_state: Optional[dict] = None):
+                 interval: Optional[float] = None, analysis_state: Optional[dict] = None,
+                 rng=None, retry_base: float = 0.5, retry_cap: float = 10.0):
         self.platform = platform
         self.clock = clock
         self.groups = groups
@@ -450,6 +470,9 @@ class Executor:
         self.judge = AnalysisRun(analysis, "canary", analysis_state) if analysis else None
         self.cancel = None  # a Cancel, set by the rollout for the forward plan
         self._live = False
+        self.rng = rng or random.Random()
+        self.retry_base, self.retry_cap = retry_base, retry_cap
+        self._waiting = None  # (deadline, limit) of the wait in progress
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set() and not self._live:
@@ -469,34 +492,59 @@ class Executor:
     def name(self, role: str) -> Optional[str]:
         return self.groups.get(role)
 
+    def _limit(self):
+        """(deadline, its name): the progress deadline from now, or the
+        timeout when that comes first; inside a wait, the wait's own."""
+        if self._waiting is not None:
+            return self._waiting
+        deadline = self.clock.now() + self.progress_deadline
+        limit = "progress deadline %gs" % self.progress_deadline
+        if self.deadline is not None and self.deadline < deadline:
+            deadline, limit = self.deadline, "timeout"
+        return deadline, limit
+
+    def _call(self, op: str, *args, **kwargs):
+        """``platform.<op>(...)``, with transient errors retried until the deadline."""
+        deadline, limit = self._limit()
+
+        def retrying(exc, attempt, delay):
+            self.hooks.event("%s: transient error %s; retry %d in %.1fs"
+                             % (op, exc.msg, attempt, delay), op=op, retry=attempt)
+        try:
+            return retry_transient(lambda: getattr(self.platform, op)(*args, **kwargs),
+                                   deadline, self.clock, base=self.retry_base,
+                                   cap=self.retry_cap, rng=self.rng, on_retry=retrying)
+        except RetryDeadline as exc:
+            raise StepFailed("%s exceeded: %s %s" % (limit, op, exc.msg), "deadline")
+
     def observed(self, name: str):
-        for group in self.platform.list_groups(self.create_args["artifact"],
-                                               self.create_args["environment"]):
+        for group in self._call("list_groups", self.create_args["artifact"],
+                                self.create_args["environment"]):
             if group.name == name:
                 return group
         return None
 
     def wait(self, predicate: Callable, describe, cancellable: bool = True) -> None:
-        deadline = self.clock.now() + self.progress_deadline
-        limit = "progress deadline %gs" % self.progress_deadline
-        if self.deadline is not None and self.deadline < deadline:
-            deadline, limit = self.deadline, "timeout"
+        deadline, limit = self._limit()
 
         def checked():  # a drain or destroy is never left half-way
             if cancellable:
                 self.check_cancel()
             return predicate()
+        outer, self._waiting = self._waiting, (deadline, limit)
         try:
             wait_until(checked, deadline, self.interval, describe, self.clock)
         except WaitTimeout as exc:
             raise StepFailed("%s exceeded: %s" % (limit, exc), "deadline")
         except HealthFailure as exc:
             raise StepFailed(str(exc), "health")
+        finally:
+            self._waiting = outer
 
     def create(self, role: str, size: int, name: Optional[str] = None) -> str:
         args = dict(self.create_args)
         args["name"] = name or args.get("name")
-        group = self.platform.create_group(size=size, **args)
+        group = self._call("create_group", size=size, **args)
         self.groups[role] = group.name
         self.hooks.event("created %s (%d instance(s)) from %s"
                          % (group.name, size, args["image"]), group=group.name)
@@ -504,7 +552,7 @@ class Executor:
 
     def resize(self, role: str, size: int) -> None:
         name = self.name(role)
-        self.platform.resize(name, size)
+        self._call("resize", name, size)
 
         def done():
             group = self.observed(name)
@@ -516,7 +564,7 @@ class Executor:
         last = {"health": None}
 
         def ready():
-            health = self.platform.health(name)
+            health = self._call("health", name)
             last["health"] = health
             if health.failed:
                 raise HealthFailure("%s is failing: %s" % (name, health.summary()))
@@ -529,11 +577,11 @@ class Executor:
         named = {self.name(r): w for r, w in weights.items() if self.name(r)}
         if not named:
             return
-        self.platform.set_weights(named)
+        self._call("set_weights", named)
 
         def applied():
-            seen = {g.name: g for g in self.platform.list_groups(
-                self.create_args["artifact"], self.create_args["environment"])}
+            seen = {g.name: g for g in self._call(
+                "list_groups", self.create_args["artifact"], self.create_args["environment"])}
             return all(n in seen and seen[n].weight == w and (w == 0 or seen[n].attached)
                        for n, w in named.items())
         self.wait(applied, "traffic weights " + ", ".join(
@@ -545,7 +593,7 @@ class Executor:
         name = self.name(role)
         if not name:
             return
-        self.platform.drain_and_detach(name)
+        self._call("drain_and_detach", name)
 
         def detached():
             group = self.observed(name)
@@ -556,7 +604,7 @@ class Executor:
         name = name or self.name(role)
         if not name:
             return
-        self.platform.destroy(name)
+        self._call("destroy", name)
         self.wait(lambda: self.observed(name) is None, "%s to be destroyed" % name,
                   cancellable=False)
         for key, value in list(self.groups.items()):
@@ -566,7 +614,7 @@ class Executor:
 
     # -- pauses and analysis -------------------------------------------------
     def _check_failing(self, name: str) -> None:
-        health = self.platform.health(name)
+        health = self._call("health", name)
         if health.failed:
             raise StepFailed("%s is failing: %s" % (name, health.summary()), "health")
         return health
@@ -590,7 +638,7 @@ class Executor:
         started = self.clock.now()
         self._sleep(seconds)
         self._check_failing(name)
-        sample = run.add(self.platform.metrics(name, self.clock.now() - started), subject)
+        sample = run.add(self._call("metrics", name, self.clock.now() - started), subject)
         self.hooks.event("analysis %s: %s" % (sample.result, sample.reason),
                          verdict=sample.result, requests=sample.requests,
                          windows=run.counts["windows"], failed=run.counts["failed"])

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
+
 __all__ = [
     "VersionError", "Version", "parse", "is_semver", "semver_build", "image_name",
     "oci_tag", "check_artifact", "GCE_NAME_RE", "OCI_TAG_RE", "MUTABLE_TAGS",
@@ -47,8 +49,9 @@ _SUGGESTION = ("use an exact semver version MAJOR.MINOR.PATCH[-pre][+build], e.g
                "(build metadata = git hash + CI build id; the phoenix.deploy.semver_build filter makes it)")
 
 
-class VersionError(ValueError):
-    """A version, tag or name that the policy refuses; the message says what to use instead."""
+class VersionError(PhoenixError, ValueError):
+    """A version, tag or name that the policy refuses; the message says what to use instead.
+    ``param`` is the option the value came from."""
 
 
 class Version(object):
@@ -116,15 +119,16 @@ def parse(version, option="version"):
     if isinstance(version, Version):
         return version
     if not isinstance(version, str) or not version:
-        raise VersionError("%s must be a non-empty string; %s" % (option, _SUGGESTION))
+        raise VersionError("%s must be a non-empty string; %s" % (option, _SUGGESTION), param=option)
     if version.strip().lower() in MUTABLE_TAGS:
         raise VersionError("%s %r is a mutable tag and is refused: an image name must never point at other "
-                           "content; %s" % (option, version, _SUGGESTION))
+                           "content; %s" % (option, version, _SUGGESTION), param=option)
     if version[:1] in ("v", "V") and _SEMVER_RE.match(version[1:]):
-        raise VersionError("%s %r has a leading 'v'; write it as %r" % (option, version, version[1:]))
+        raise VersionError("%s %r has a leading 'v'; write it as %r" % (option, version, version[1:]),
+                           param=option)
     m = _SEMVER_RE.match(version)
     if not m:
-        raise VersionError("%s %r is not semver; %s" % (option, version, _SUGGESTION))
+        raise VersionError("%s %r is not semver; %s" % (option, version, _SUGGESTION), param=option)
     pre = tuple(m.group(4).split(".")) if m.group(4) else ()
     build = tuple(m.group(5).split(".")) if m.group(5) else ()
     return Version(m.group(1), m.group(2), m.group(3), pre, build, text=version)
@@ -147,13 +151,14 @@ def semver_build(version, git_hash, build_id=None):
     v = parse(version)
     gh = str(git_hash or "").strip().lower()
     if not _GIT_HASH_RE.match(gh):
-        raise VersionError("git_hash %r is not a git commit hash (7 to 40 hex digits)" % (git_hash,))
+        raise VersionError("git_hash %r is not a git commit hash (7 to 40 hex digits)" % (git_hash,),
+                           param="git_hash")
     build = [gh[:7]]
     if build_id is not None and str(build_id).strip() != "":
         m = _BUILD_ID_RE.match(str(build_id).strip())
         if not m:
             raise VersionError("build_id %r is not a CI build number (digits, optionally prefixed with 'b')"
-                               % (build_id,))
+                               % (build_id,), param="build_id")
         build.append("b" + str(int(m.group(1))))
     return str(Version(v.major, v.minor, v.patch, v.prerelease, build))
 
@@ -164,7 +169,7 @@ def check_artifact(artifact, option="artifact"):
         raise VersionError(
             "%s %r is not allowed: use 2-32 characters of lowercase letters, digits and '-', starting with a "
             "letter and not ending with '-' (no '/', '..', spaces or shell metacharacters), e.g. 'catalog'"
-            % (option, artifact))
+            % (option, artifact), param=option)
     return artifact
 
 
@@ -188,7 +193,8 @@ def image_name(version, artifact):
         suffix = "-h" + hashlib.sha256(v.text.encode("utf-8")).hexdigest()[:7]
         name = name.lower()[:63 - len(suffix)].rstrip("-") + suffix
     if not GCE_NAME_RE.match(name):  # pragma: no cover - guaranteed by construction
-        raise VersionError("cannot derive a valid image name from %r/%r" % (artifact, version))
+        raise VersionError("cannot derive a valid image name from %r/%r" % (artifact, version),
+                           param="version")
     return name
 
 
@@ -197,5 +203,6 @@ def oci_tag(version):
     v = parse(version)
     tag = v.text.replace("+", "_")
     if not OCI_TAG_RE.match(tag):
-        raise VersionError("version %r is too long for an OCI tag (128 characters max)" % (version,))
+        raise VersionError("version %r is too long for an OCI tag (128 characters max)" % (version,),
+                           param="version")
     return tag

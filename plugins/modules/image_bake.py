@@ -242,6 +242,7 @@ import time
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.phoenix.deploy.plugins.module_utils import images, packer_runner
+from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.module import PhoenixModule
 
 
@@ -269,14 +270,15 @@ class ImageBaker(object):
         self.params = module.params
 
     def fail(self, exc):
-        """The one error helper: the message names the option and what is allowed."""
-        self.module.fail_json(msg=str(exc), option=getattr(exc, "option", None))
+        """``fail_phoenix`` (the message names the option and what is allowed; ``param`` is the
+        option), plus ``option``, the older name of ``param`` in this module's results."""
+        self.module.fail_phoenix(exc, option=exc.param)
 
     def run(self):
         t0 = time.monotonic()
         p = self.params
         if p["retain"] < 0:
-            self.module.fail_json(msg="retain must be 0 or more, got %d" % p["retain"], option="retain")
+            self.fail(images.ImageError("retain must be 0 or more, got %d" % p["retain"], "retain"))
         try:
             req = images.BakeRequest(
                 artifact=p["artifact"], version=p["version"], source=p["source"], target=p["target"],
@@ -284,7 +286,7 @@ class ImageBaker(object):
             before = sorted(d["name"] for d in req.store.images(req.target, req.artifact))
             result = images.bake(req, check_mode=self.module.check_mode, retain=p["retain"], live=p["live"],
                                  cleanup=p["cleanup"])
-        except (images.ImageError, packer_runner.PackerError) as exc:
+        except PhoenixError as exc:  # ImageError, PackerError, VersionError
             self.fail(exc)
 
         result["duration"] = round(time.monotonic() - t0, 3)

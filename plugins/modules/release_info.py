@@ -128,16 +128,14 @@ def main():
         module.fail_json(msg=missing_required_lib("supervisor"), exception=str(IMPORT_ERROR))
     p = module.params
     if p["history"] < 0:
-        module.fail_json(msg="history: %d; allowed 0 or more releases" % p["history"])
+        module.fail_json(msg="history: %d; allowed 0 or more releases" % p["history"], param="history")
     try:
         infra = targets.load_infra(p)
         platform = targets.make_platform(infra, p["image_store"])
         engine = Rollout(platform, targets.make_store(p, infra), p["artifact"], p["environment"])
         info = engine.info()
-    except PhoenixError as exc:
+    except PhoenixError as exc:  # every engine error, the release store's name checks included
         module.fail_phoenix(exc)
-    except ValueError as exc:
-        module.fail_json(msg=str(exc))
     instances = []
     for group in info["groups"]:
         for inst in group.pop("instances"):

@@ -344,13 +344,10 @@ class RolloutManager:
         check_env(p["secret_env"], "secret_env")  # names keys only, never a value
         self.platform = targets.make_platform(self.infra, p["image_store"], p["drain_timeout"])
         self.store = targets.make_store(p, self.infra)
-        try:
-            self.engine = Rollout(self.platform, self.store, p["artifact"], p["environment"],
-                                  env=dict(list(p["env"].items()) + list(p["secret_env"].items())),
-                                  timeout=p["timeout"], owner=self._owner,
-                                  force=p["force"])
-        except ValueError as exc:
-            raise PhoenixError(str(exc))
+        self.engine = Rollout(self.platform, self.store, p["artifact"], p["environment"],
+                              env=dict(list(p["env"].items()) + list(p["secret_env"].items())),
+                              timeout=p["timeout"], owner=self._owner,
+                              force=p["force"])
         self.image = None
         self.request = None
         self.result = dict(changed=False)
@@ -563,10 +560,8 @@ def main():
     try:
         manager = RolloutManager(module)
         manager.run()
-    except PhoenixError as exc:
+    except PhoenixError as exc:  # every engine error, the release store's name checks included
         module.fail_phoenix(exc, **(manager.result if manager else {}))
-    except ValueError as exc:  # names checked by the release store
-        module.fail_json(msg=str(exc))
     result = manager.result
     if result.get("failed"):
         module.fail_json(**result)

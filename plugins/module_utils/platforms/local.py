@@ -158,7 +158,8 @@ class LocalPlatform(Platform):
         except (OSError, xmlrpc.client.ProtocolError) as exc:
             self._local.rpc = None
             raise PlatformError("supervisord at %s unreachable (%s): %s"
-                                % (self.endpoint, what, exc))
+                                % (self.endpoint, what, exc),
+                                transient=isinstance(exc, ConnectionError))
 
     def _processes(self) -> dict:
         return {p["name"]: p for p in self._call("getAllProcessInfo",
@@ -175,8 +176,9 @@ class LocalPlatform(Platform):
     def _haproxy(self, what, fn, *args):
         try:
             return fn(*args)
-        except RuntimeAPIError as exc:
-            raise PlatformError("haproxy %s: %s" % (what, exc))
+        except RuntimeAPIError as exc:  # a refused or dropped connection is retried
+            raise PlatformError("haproxy %s: %s" % (what, exc),
+                                transient=isinstance(exc.__context__, ConnectionError))
 
     def _instances(self) -> dict:
         """Every instance of ours: conf metadata by instance name."""

@@ -5,6 +5,13 @@ effect later (instances become ready after ``start_delay``, weights after
 ``weight_delay``, ...) so the engine's polling is exercised.  Every mutating
 call is logged with a snapshot, and ``crash_at`` raises ``Crash`` (a
 BaseException, like the controller being killed) at the n-th mutating call.
+``fail_next`` is a list of ``(operation, error[, skip])``: the next call of
+that operation (after ``skip`` calls that succeed) raises the error before it
+takes any effect, and the entry is used up, e.g.
+``[("set_weights", PlatformError("HTTP 429", transient=True), 1)]``;
+``outage(operation, error, seconds, skip)`` makes every call of it fail for
+``seconds`` of clock time from the first failing one.  ``failed`` records
+``(time, operation, error)`` of every injected failure.
 """
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
     DRAINING, FAILED, READY, STARTING, Health, InstanceHealth, Metrics, Platform,
@@ -43,8 +50,38 @@ class FakePlatform(Platform):
         self.crash_at = None
         self.crash_after = None  # crash right after the n-th call took effect
         self.seq = 0
+        self.fail_next = []  # [(operation, exception[, skip])], used up in order
+        self.outages = []
+        self.failed = []
 
     # -- internals -----------------------------------------------------------
+    def outage(self, op, error, seconds, skip=0):
+        self.outages.append({"op": op, "error": error, "seconds": seconds, "skip": skip,
+                             "since": None})
+
+    def _fail(self, op):
+        now = self.clock.now()
+        for outage in self.outages:
+            if outage["op"] != op:
+                continue
+            if outage["since"] is None and outage["skip"]:
+                outage["skip"] -= 1
+                continue
+            if outage["since"] is None:
+                outage["since"] = now
+            if now < outage["since"] + outage["seconds"]:
+                self.failed.append((now, op, outage["error"]))
+                raise outage["error"]
+        for index, entry in enumerate(self.fail_next):
+            if entry[0] != op:
+                continue
+            if len(entry) > 2 and entry[2] > 0:
+                self.fail_next[index] = (entry[0], entry[1], entry[2] - 1)
+                return
+            del self.fail_next[index]
+            self.failed.append((now, op, entry[1]))
+            raise entry[1]
+
     def _mutating(self, op, *args):
         self.ops += 1
         if self.crash_at is not None and self.ops == self.crash_at:
@@ -122,6 +159,7 @@ class FakePlatform(Platform):
     # -- the interface -------------------------------------------------------
     def create_group(self, artifact, environment, release_id, image, size, env, name=None,
                      owner=None):
+        self._fail("create_group")
         self._mutating("create_group", name)
         self._refresh()
         name = name or "%s-%s-%s" % (artifact, environment, release_id)
@@ -138,6 +176,7 @@ class FakePlatform(Platform):
         return ServerGroup(name, artifact, environment, release_id, image, size, owner=owner)
 
     def resize(self, group, size):
+        self._fail("resize")
         self._mutating("resize", group, size)
         g = self._group(group)
         while len(g["instances"]) < size:
@@ -146,6 +185,7 @@ class FakePlatform(Platform):
         self._logged("resize", group, size)
 
     def health(self, group):
+        self._fail("health")
         g = self._group(group)
         now, beh, out = self.clock.now(), self._beh(g), []
         for inst in g["instances"]:
@@ -161,6 +201,7 @@ class FakePlatform(Platform):
         return Health(sum(1 for i in out if i.state == READY), len(out), out)
 
     def set_weights(self, weights):
+        self._fail("set_weights")
         self._mutating("set_weights", dict(weights))
         for name, weight in weights.items():
             g = self._group(name)
@@ -172,6 +213,7 @@ class FakePlatform(Platform):
         self._logged("set_weights", dict(weights))
 
     def drain_and_detach(self, group):
+        self._fail("drain_and_detach")
         self._mutating("drain_and_detach", group)
         g = self._group(group)
         g["pending"] = (0, self.clock.now())
@@ -187,6 +229,7 @@ class FakePlatform(Platform):
         self._logged("cancel_drain", group)
 
     def destroy(self, group):
+        self._fail("destroy")
         self._mutating("destroy", group)
         self._refresh()
         g = self.groups.get(group)
@@ -195,6 +238,7 @@ class FakePlatform(Platform):
         self._logged("destroy", group)
 
     def list_groups(self, artifact, environment):
+        self._fail("list_groups")
         self._refresh()
         return [ServerGroup(g["name"], g["artifact"], g["environment"], g["release_id"],
                             g["image"], len(g["instances"]), g["weight"],
@@ -204,6 +248,7 @@ class FakePlatform(Platform):
                 if g["artifact"] == artifact and g["environment"] == environment]
 
     def metrics(self, group, window):
+        self._fail("metrics")
         g = self._group(group)
         if not g["attached"] or self._ready(g) == 0:
             return Metrics(0, 0, None, window)

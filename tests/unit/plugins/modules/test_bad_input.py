@@ -127,3 +127,25 @@ def test_bad_input_names_the_option_and_changes_nothing(tmp_path, module, bad, o
     created = [p for p in tree(tmp_path) if p not in before and not p.startswith("state")]
     assert created == [] or all(p.startswith("releases") and "/" not in p.split("releases", 1)[1]
                                 .strip("/") for p in created), created
+
+
+# engine errors carry the module option they come from as ``param`` (issue 10, item 4)
+PARAM_CASES = [
+    ("rollout", {"size": 0}, "size"),
+    ("rollout", {"strategy_settings": {"max_surge": "many"}}, "strategy_settings"),
+    ("rollout", {"analysis": {"bogus": 1}}, "analysis"),
+    ("rollout", {"artifact": "../etc"}, "artifact"),
+    ("release_info", {"environment": "ci\nprod"}, "environment"),
+    ("release_info", {"history": -1}, "history"),
+    ("image_bake", {"version": "latest"}, "version"),
+    ("image_promote", {"artifact": "Bad_Name"}, "artifact"),
+]
+
+
+@pytest.mark.parametrize("module, bad, param", PARAM_CASES,
+                         ids=["%s-%s" % (m, "-".join(b)) for m, b, _p in PARAM_CASES])
+def test_engine_errors_name_the_option_as_param(tmp_path, module, bad, param):
+    args = base_args(module, tmp_path)
+    args.update(bad)
+    result = json.loads(run_module(module, args, tmp_path).stdout)
+    assert result.get("failed") is True and result.get("param") == param, result
