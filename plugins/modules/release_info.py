@@ -16,30 +16,6 @@ description:
 author:
   - phoenix.deploy maintainers (@phoenix-deploy)
 options:
-  artifact:
-    description: The deployable service, for example V(catalog).
-    type: str
-    required: true
-  environment:
-    description: The environment, for example V(ci).
-    type: str
-    required: true
-  infra:
-    description: The infra stack outputs (from M(phoenix.deploy.pulumi_stack) with C(show_secrets=true)).
-    type: dict
-  project_path:
-    description: Pulumi project to read the stack outputs from, with O(stack).
-    type: path
-  stack:
-    description: Stack of O(project_path).
-    type: str
-  store:
-    description: Release store directory. Defaults to C($PHOENIX_STATE_DIR/releases)
-      (the playbooks' C(phoenix_release_store)), else C(<infra state_dir>/releases).
-    type: path
-  image_store:
-    description: Image store of the bakes. Defaults to C($PHOENIX_STATE_DIR/images).
-    type: path
   history:
     description: How many of the newest releases to return.
     type: int
@@ -51,6 +27,8 @@ attributes:
   diff_mode:
     description: Nothing changes, so there is no diff.
     support: none
+extends_documentation_fragment:
+  - phoenix.deploy.target
 requirements:
   - supervisor (local platform)
 """

@@ -28,14 +28,6 @@ description:
 author:
   - phoenix.deploy maintainers (@phoenix-deploy)
 options:
-  artifact:
-    description: The deployable service, for example V(catalog).
-    type: str
-    required: true
-  environment:
-    description: Where the release runs, for example V(ci) or V(prod).
-    type: str
-    required: true
   action:
     description:
       - V(deploy) rolls out O(version) or O(image).
@@ -125,25 +117,6 @@ options:
     description: Seconds in-flight requests get when an instance is drained and stopped (0 to 600).
     type: float
     default: 10
-  infra:
-    description:
-      - The infra stack outputs (the C(outputs) of M(phoenix.deploy.pulumi_stack) registered with
-        C(show_secrets=true)). Either this or O(project_path) and O(stack).
-      - Never logged; in the module's output its secret values (the database password) are masked.
-    type: dict
-  project_path:
-    description: Pulumi project to read the stack outputs from, with O(stack).
-    type: path
-  stack:
-    description: Stack of O(project_path), for example V(local).
-    type: str
-  store:
-    description: Release store directory (history and locks). Defaults to C($PHOENIX_STATE_DIR/releases)
-      (the playbooks' C(phoenix_release_store)), else C(<infra state_dir>/releases).
-    type: path
-  image_store:
-    description: Image store of the bakes. Defaults to C($PHOENIX_STATE_DIR/images).
-    type: path
   report_dir:
     description: Where the rollout report and timeline go. Defaults to C(<store>/<artifact>/<environment>/reports).
     type: path
@@ -166,6 +139,8 @@ attributes:
     support: full
 notes:
   - Events are returned in RV(events) with timestamps; run with C(-v) to see them per step.
+extends_documentation_fragment:
+  - phoenix.deploy.target
 requirements:
   - supervisor (local platform)
   - matplotlib (for the PNG timeline; without it only the JSON report is written)
