@@ -44,14 +44,17 @@ DRAINING = "draining"
 
 
 class PlatformError(PhoenixError):
-    """A platform operation was refused or failed."""
+    """A platform operation was refused or failed.  ``transient=True`` when the
+    platform clears it by itself (HTTP 429/5xx, a 412 fingerprint conflict, a
+    refused or dropped connection to its control endpoint): the engine retries
+    the call with jittered backoff until its deadline."""
 
 
 class WaitTimeout(PhoenixError):
     """A polled condition did not become true before its deadline."""
 
 
-class HealthFailure(Exception):
+class HealthFailure(PhoenixError):
     """Instances are failing (crash loop): there is no point in waiting."""
 
 

@@ -15,7 +15,7 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.errors import (
     InvalidName, PhoenixError)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import local
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
-    PlatformError, WaitTimeout)
+    HealthFailure, PlatformError, WaitTimeout)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.haproxy import RuntimeAPI
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
     ConflictError, FileReleaseStore, LIVE, LockHeld, ROLLED_BACK, StoreError, SUCCEEDED,
@@ -187,7 +187,7 @@ def test_retry_transient_sleeps_on_the_clock_and_stops_at_the_deadline():
 @pytest.mark.parametrize("cls", [
     images.ImageError, images.TamperError, images.ImmutabilityError, versioning.VersionError,
     packer_runner.PackerError, InvalidName, SettingsError, StoreError, ConflictError, LockHeld,
-    PlatformError, WaitTimeout, StepFailed, RolloutError, retries.RetryDeadline])
+    PlatformError, WaitTimeout, HealthFailure, StepFailed, RolloutError, retries.RetryDeadline])
 def test_every_engine_error_is_a_phoenix_error(cls):
     assert issubclass(cls, PhoenixError)
 
