@@ -1,6 +1,7 @@
 """One error hierarchy under PhoenixError (with the option as ``param``), and
 transient platform errors retried with jittered backoff until the deadline
 (issue 10, item 4)."""
+import itertools
 import os
 import random
 import socket
@@ -132,7 +133,7 @@ def test_transient_errors_past_the_progress_deadline_roll_back(tmp_path):
 def test_backoff_is_jittered_capped_and_deterministic_with_a_seed():
     def first(seed, n=40):
         gen = retries.backoff_delays(base=0.5, cap=10, rng=random.Random(seed))
-        return [next(gen) for _ in range(n)]
+        return list(itertools.islice(gen, n))
     delays = first(7)
     assert delays == first(7) and delays != first(8)
     for n, delay in enumerate(delays):
@@ -174,8 +175,10 @@ def test_retry_transient_sleeps_on_the_clock_and_stops_at_the_deadline():
 
     sleeps = FakeClock()
 
+    box = []
+
     @retries.transient_retry(20, clock=sleeps, rng=random.Random(3))
-    def once_flaky(box=[]):
+    def once_flaky():
         box.append(1)
         if len(box) == 1:
             raise transient()
@@ -252,6 +255,6 @@ def test_local_driver_marks_a_refused_supervisord_transient(tmp_path):
     platform.endpoint = "unix://" + path
     platform._local = threading.local()
     with pytest.raises(PlatformError) as err:
-        platform._call("getAllProcessInfo", lambda: platform.rpc.supervisor.getAllProcessInfo())
+        platform._call("getAllProcessInfo", platform.rpc.supervisor.getAllProcessInfo)
     assert err.value.transient and "unreachable" in err.value.msg
     assert os.path.exists(path)
