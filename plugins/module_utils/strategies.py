@@ -505,14 +505,16 @@ class Executor:
 
     def _call(self, op: str, *args, **kwargs):
         """``platform.<op>(...)``, with transient errors retried until the deadline."""
+        return self._retried(op, lambda: getattr(self.platform, op)(*args, **kwargs))
+
+    def _retried(self, op: str, call: Callable):
         deadline, limit = self._limit()
 
         def retrying(exc, attempt, delay):
             self.hooks.event("%s: transient error %s; retry %d in %.1fs"
                              % (op, exc.msg, attempt, delay), op=op, retry=attempt)
         try:
-            return retry_transient(lambda: getattr(self.platform, op)(*args, **kwargs),
-                                   deadline, self.clock, base=self.retry_base,
+            return retry_transient(call, deadline, self.clock, base=self.retry_base,
                                    cap=self.retry_cap, rng=self.rng, on_retry=retrying)
         except RetryDeadline as exc:
             raise StepFailed("%s exceeded: %s %s" % (limit, op, exc.msg), "deadline")
@@ -544,7 +546,19 @@ class Executor:
     def create(self, role: str, size: int, name: Optional[str] = None) -> str:
         args = dict(self.create_args)
         args["name"] = name or args.get("name")
-        group = self._call("create_group", size=size, **args)
+        tried = []
+
+        def create():
+            # a transient error may come after the platform took the request:
+            # a retry adopts the group it made then instead of failing on it
+            if tried and args["name"]:
+                made = self.observed(args["name"])
+                if made is not None and made.owner == args.get("owner") and \
+                        made.release_id == args["release_id"]:
+                    return made
+            tried.append(True)
+            return self.platform.create_group(size=size, **args)
+        group = self._retried("create_group", create)
         self.groups[role] = group.name
         self.hooks.event("created %s (%d instance(s)) from %s"
                          % (group.name, size, args["image"]), group=group.name)

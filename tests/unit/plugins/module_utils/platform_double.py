@@ -5,9 +5,10 @@ effect later (instances become ready after ``start_delay``, weights after
 ``weight_delay``, ...) so the engine's polling is exercised.  Every mutating
 call is logged with a snapshot, and ``crash_at`` raises ``Crash`` (a
 BaseException, like the controller being killed) at the n-th mutating call.
-``fail_next`` is a list of ``(operation, error[, skip])``: the next call of
-that operation (after ``skip`` calls that succeed) raises the error before it
-takes any effect, and the entry is used up, e.g.
+``fail_next`` is a list of ``(operation, error[, skip[, after]])``: the next
+call of that operation (after ``skip`` calls that succeed) raises the error
+before it takes any effect (with ``after``: once it took effect, as when a
+reply is lost), and the entry is used up, e.g.
 ``[("set_weights", PlatformError("HTTP 429", transient=True), 1)]``;
 ``outage(operation, error, seconds, skip)`` makes every call of it fail for
 ``seconds`` of clock time from the first failing one.  ``failed`` records
@@ -59,10 +60,10 @@ class FakePlatform(Platform):
         self.outages.append({"op": op, "error": error, "seconds": seconds, "skip": skip,
                              "since": None})
 
-    def _fail(self, op):
+    def _fail(self, op, after=False):
         now = self.clock.now()
         for outage in self.outages:
-            if outage["op"] != op:
+            if outage["op"] != op or after:
                 continue
             if outage["since"] is None and outage["skip"]:
                 outage["skip"] -= 1
@@ -73,10 +74,10 @@ class FakePlatform(Platform):
                 self.failed.append((now, op, outage["error"]))
                 raise outage["error"]
         for index, entry in enumerate(self.fail_next):
-            if entry[0] != op:
+            if entry[0] != op or bool(entry[3:4] and entry[3]) != after:
                 continue
             if len(entry) > 2 and entry[2] > 0:
-                self.fail_next[index] = (entry[0], entry[1], entry[2] - 1)
+                self.fail_next[index] = (entry[0], entry[1], entry[2] - 1) + tuple(entry[3:])
                 return
             del self.fail_next[index]
             self.failed.append((now, op, entry[1]))
@@ -173,6 +174,7 @@ class FakePlatform(Platform):
         g["instances"] = [self._new_instance(g) for _index in range(size)]
         self.groups[name] = g
         self._logged("create_group", name, size)
+        self._fail("create_group", after=True)
         return ServerGroup(name, artifact, environment, release_id, image, size, owner=owner)
 
     def resize(self, group, size):

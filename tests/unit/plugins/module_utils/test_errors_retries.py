@@ -92,6 +92,20 @@ def test_transient_error_mid_canary_is_retried_with_the_same_result(tmp_path, op
     assert history.get("v002").outcome == SUCCEEDED
 
 
+def test_a_create_whose_reply_was_lost_adopts_the_group_on_retry(tmp_path):
+    clean = World(tmp_path / "clean")
+    expected = outcome(clean, clean.canary())
+    world = World(tmp_path / "faulty")
+    world.deploy("1.0.0", "sha256:a")
+    world.platform.fail_next = [("create_group", transient("HTTP 502 after insert"), 0, True)]
+    result = world.deploy("1.1.0", "sha256:b", "canary", CANARY)
+    assert result.state == LIVE, result.msg
+    assert outcome(world, result) == expected
+    assert [op for _t, op, _args, _snap in world.platform.log].count("create_group") == 2
+    assert any(m.startswith("create_group: transient error HTTP 502 after insert; retry 1 in ")
+               for m in world.messages(result))
+
+
 def test_permanent_error_rolls_back_at_once_with_the_error(tmp_path):
     world = World(tmp_path)
     world.deploy("1.0.0", "sha256:a")
