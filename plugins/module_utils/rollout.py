@@ -407,7 +407,7 @@ class Rollout:
         if target.group in observed:
             try:  # also replaces members a dead controller left half-removed
                 if not observed[target.group].attached:
-                    self.platform.cancel_drain(target.group)
+                    executor.platform_call("cancel_drain", target.group)  # transient errors retried
                 executor.resize("target", target.size)
             except PlatformError as exc:  # e.g. half-destroyed by a dead controller
                 gone = "cannot be reused (%s)" % exc

@@ -443,7 +443,7 @@ class Executor:
     ``groups`` maps a role (``old``/``new``) to a group name; ``create``
     holds the create_group arguments of the new group.
 
-    Every platform call goes through ``_call``: a transient ``PlatformError``
+    Every platform call goes through ``platform_call``: a transient ``PlatformError``
     (HTTP 429/5xx, a 412 conflict, a dropped connection) is retried with
     jittered exponential backoff (``retries.retry_transient``, delays from
     ``retry_base`` doubling up to ``retry_cap`` seconds, drawn from ``rng``)
@@ -503,7 +503,7 @@ class Executor:
             deadline, limit = self.deadline, "timeout"
         return deadline, limit
 
-    def _call(self, op: str, *args, **kwargs):
+    def platform_call(self, op: str, *args, **kwargs):
         """``platform.<op>(...)``, with transient errors retried until the deadline."""
         return self._retried(op, lambda: getattr(self.platform, op)(*args, **kwargs))
 
@@ -520,8 +520,8 @@ class Executor:
             raise StepFailed("%s exceeded: %s %s" % (limit, op, exc.msg), "deadline")
 
     def observed(self, name: str):
-        for group in self._call("list_groups", self.create_args["artifact"],
-                                self.create_args["environment"]):
+        for group in self.platform_call("list_groups", self.create_args["artifact"],
+                                        self.create_args["environment"]):
             if group.name == name:
                 return group
         return None
@@ -566,7 +566,7 @@ class Executor:
 
     def resize(self, role: str, size: int) -> None:
         name = self.name(role)
-        self._call("resize", name, size)
+        self.platform_call("resize", name, size)
 
         def done():
             group = self.observed(name)
@@ -578,7 +578,7 @@ class Executor:
         last = {"health": None}
 
         def ready():
-            health = self._call("health", name)
+            health = self.platform_call("health", name)
             last["health"] = health
             if health.failed:
                 raise HealthFailure("%s is failing: %s" % (name, health.summary()))
@@ -591,10 +591,10 @@ class Executor:
         named = {self.name(r): w for r, w in weights.items() if self.name(r)}
         if not named:
             return
-        self._call("set_weights", named)
+        self.platform_call("set_weights", named)
 
         def applied():
-            seen = {g.name: g for g in self._call(
+            seen = {g.name: g for g in self.platform_call(
                 "list_groups", self.create_args["artifact"], self.create_args["environment"])}
             return all(n in seen and seen[n].weight == w and (w == 0 or seen[n].attached)
                        for n, w in named.items())
@@ -607,7 +607,7 @@ class Executor:
         name = self.name(role)
         if not name:
             return
-        self._call("drain_and_detach", name)
+        self.platform_call("drain_and_detach", name)
 
         def detached():
             group = self.observed(name)
@@ -618,7 +618,7 @@ class Executor:
         name = name or self.name(role)
         if not name:
             return
-        self._call("destroy", name)
+        self.platform_call("destroy", name)
         self.wait(lambda: self.observed(name) is None, "%s to be destroyed" % name,
                   cancellable=False)
         for key, value in list(self.groups.items()):
@@ -628,7 +628,7 @@ class Executor:
 
     # -- pauses and analysis -------------------------------------------------
     def _check_failing(self, name: str) -> None:
-        health = self._call("health", name)
+        health = self.platform_call("health", name)
         if health.failed:
             raise StepFailed("%s is failing: %s" % (name, health.summary()), "health")
         return health
@@ -652,7 +652,7 @@ class Executor:
         started = self.clock.now()
         self._sleep(seconds)
         self._check_failing(name)
-        sample = run.add(self._call("metrics", name, self.clock.now() - started), subject)
+        sample = run.add(self.platform_call("metrics", name, self.clock.now() - started), subject)
         self.hooks.event("analysis %s: %s" % (sample.result, sample.reason),
                          verdict=sample.result, requests=sample.requests,
                          windows=run.counts["windows"], failed=run.counts["failed"])
