@@ -262,8 +262,8 @@ def test_local_driver_marks_refused_connections_transient(tmp_path):
     assert not err.value.transient
 
 
-@pytest.mark.skipif(not local.HAS_SUPERVISOR, reason="supervisor is not installed")
 def test_local_driver_marks_a_refused_supervisord_transient(tmp_path):
+    assert local.HAS_SUPERVISOR, "make setup installs supervisor: %s" % local.SUPERVISOR_IMPORT_ERROR
     path = refused_socket(tmp_path)
     platform = local.LocalPlatform.__new__(local.LocalPlatform)
     platform.endpoint = "unix://" + path
