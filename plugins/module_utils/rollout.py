@@ -291,16 +291,11 @@ class Rollout:
                    if observed[n].attached and observed[n].weight > 0]
         if serving:
             raise RolloutError(
-                "%s serve%s traffic of %s/%s but %s not created by this release store "
+                "%s serves traffic of %s/%s but was not created by this release store "
                 "(%s, id %s): nothing was changed. Use the release store that created "
-                "%s (store), or force: true to take %s over and replace %s"
-                % (", ".join(serving), "s" if len(serving) == 1 else "",
-                   self.artifact, self.environment,
-                   "it was" if len(serving) == 1 else "they were",
-                   getattr(self.store, "root", "?"), self.store_id,
-                   "it" if len(serving) == 1 else "them",
-                   "it" if len(serving) == 1 else "them",
-                   "it" if len(serving) == 1 else "them"))
+                "it (store), or force: true to take it over and replace it"
+                % (", ".join(serving), self.artifact, self.environment,
+                   getattr(self.store, "root", "?"), self.store_id))
 
     def converge(self) -> Result:
         """Only converge (also done at the start of every action)."""
@@ -345,18 +340,19 @@ class Rollout:
             None))
         for name in sorted(set(observed) - keep):
             group = observed[name]
-            if not self.force and not self._ours(history, group):
+            ours = self._ours(history, group)
+            serving = group.attached and group.weight > 0
+            if not ours and not self.force:
                 self._record(history, live, "leaving %s alone: this release store (id %s) "
                              "did not create it (owner %s); force: true takes it over"
                              % (name, self.store_id, group.owner or "unknown"), group=name)
                 continue
-            if group.attached and group.weight > 0 and paused:
+            if serving and paused:
                 self._record(history, live, "leaving %s alone: it serves traffic beside "
                              "paused release %s; promote or abort first"
                              % (name, paused[-1].release_id), group=name)
                 continue
-            if group.attached and group.weight > 0 and live is None and \
-                    not self._ours(history, group):
+            if serving and not ours and live is None:  # force: the next deploy replaces it
                 self._record(history, live, "keeping %s (not created by this store) "
                              "serving until a release of this store replaces it" % name,
                              group=name)
@@ -403,15 +399,15 @@ class Rollout:
         observed = self._observed()
         executor = self._executor(target, _ReleaseHooks(self, history, record_on, None),
                                   groups={"target": target.group})
-        gone = "is gone"
-        if target.group in observed:
+        gone = None if target.group in observed else "is gone"
+        if gone is None:
             try:  # also replaces members a dead controller left half-removed
                 if not observed[target.group].attached:
                     executor.platform_call("cancel_drain", target.group)  # transient errors retried
                 executor.resize("target", target.size)
             except PlatformError as exc:  # e.g. half-destroyed by a dead controller
                 gone = "cannot be reused (%s)" % exc
-        if target.group not in observed or gone != "is gone":
+        if gone is not None:
             name = self._free_name(history, observed, target.release_id)
             self._record(history, record_on, "%s: group %s %s; creating %s "
                          "from image %s" % (cause, target.group, gone, name, target.image))
@@ -448,11 +444,11 @@ class Rollout:
     def validate(size, strategy, settings, analysis):
         """Check a deploy request's settings before anything is looked up:
         ``SettingsError`` names the option.  Returns (settings, spec)."""
-        if analysis == NO_ANALYSIS:  # explicit: recorded on the release as such
-            return parse_settings(strategy, settings, size), None
         parsed = parse_settings(strategy, settings, size)
+        if analysis is None or analysis == NO_ANALYSIS:  # none: recorded on the release
+            return parsed, None
         try:
-            return parsed, AnalysisSpec.from_dict(analysis) if analysis is not None else None
+            return parsed, AnalysisSpec.from_dict(analysis)
         except SettingsError as exc:
             exc.param = exc.param or "analysis"
             raise
