@@ -37,7 +37,8 @@ from typing import Callable, Optional
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
-    FAILED, IN_PROGRESS, INTERRUPTED, LIVE, PAUSED, ROLLED_BACK, SUCCEEDED, pid_alive)
+    FAILED, IN_PROGRESS, INTERRUPTED, LIVE, PAUSED, ROLLED_BACK, SUCCEEDED, pid_alive,
+    proc_stat)
 
 PLAYBOOK_GONE = "the playbook that ran this rollout is gone"
 SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
@@ -57,18 +58,6 @@ def request_digest(action: str, artifact: str, environment: str, **inputs) -> st
 # --------------------------------------------------------------------------
 # noticing that the playbook is gone
 # --------------------------------------------------------------------------
-def _stat(pid: int) -> Optional[dict]:
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    comm = data[data.index("(") + 1:data.rindex(")")]
-    rest = data.rsplit(")", 1)[1].split()
-    return {"comm": comm, "state": rest[0], "ppid": int(rest[1]), "sid": int(rest[3]),
-            "start": rest[19]}
-
-
 def _looks_like_ansible(pid: int) -> bool:
     """``ansible-playbook`` or one of its forked workers (``python
     .../ansible-playbook ...``): argv[0] or argv[1] is named ``ansible*``."""
@@ -89,15 +78,15 @@ def playbook_chain(pid: Optional[int] = None, limit: int = 32) -> list:
     of the first session leader.  Without /proc it is empty (then only the
     output pipe and signals are watched)."""
     chain, cut = [], None
-    current = _stat(os.getpid() if pid is None else pid)
+    current = proc_stat(os.getpid() if pid is None else pid)
     parent = current["ppid"] if current else 0
     while parent > 1 and len(chain) < limit:
-        info = _stat(parent)
+        info = proc_stat(parent)
         if info is None:
             break
         chain.append((parent, info["start"], info["comm"]))
         if info["sid"] == parent:  # a session leader: one more, its parent
-            top = _stat(info["ppid"]) if info["ppid"] > 1 else None
+            top = proc_stat(info["ppid"]) if info["ppid"] > 1 else None
             end = len(chain) + (1 if top is not None else 0)
             if cut is None:
                 cut = end

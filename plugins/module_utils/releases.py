@@ -192,22 +192,23 @@ class History:
                    releases=[Release.from_dict(r) for r in data.get("releases", [])])
 
 
+def proc_stat(pid: int) -> Optional[dict]:
+    """``/proc/<pid>/stat`` fields this collection uses (name, state, parent,
+    session, start time in clock ticks), or None when ``pid`` is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    rest = data.rsplit(")", 1)[1].split()
+    return {"comm": data[data.index("(") + 1:data.rindex(")")], "state": rest[0],
+            "ppid": int(rest[1]), "sid": int(rest[3]), "start": rest[19]}
+
+
 def _proc_start(pid: int) -> Optional[str]:
-    """Start time of ``pid`` in clock ticks (to detect pid reuse), or None."""
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _proc_state(pid: int) -> Optional[str]:
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
+    """Start time of ``pid`` (to detect pid reuse), or None."""
+    info = proc_stat(pid)
+    return info["start"] if info else None
 
 
 def pid_alive(pid: int, proc_start: Optional[str] = None) -> bool:
@@ -220,12 +221,10 @@ def pid_alive(pid: int, proc_start: Optional[str] = None) -> bool:
         return False
     except PermissionError:
         pass
-    if _proc_state(pid) == "Z":
+    info = proc_stat(pid)  # None without /proc: kill(0) is all we know
+    if info is not None and (info["state"] == "Z" or
+                             proc_start is not None and info["start"] != proc_start):
         return False
-    if proc_start is not None:
-        current = _proc_start(pid)
-        if current is not None and current != proc_start:
-            return False
     return True
 
 
