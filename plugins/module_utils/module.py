@@ -33,13 +33,8 @@ def secret_leaves(value, secret=False):
 
 
 def _leaves(value):
-    if isinstance(value, dict):
-        return set().union(*[_leaves(v) for v in value.values()]) if value else set()
-    if isinstance(value, (list, tuple)):
-        return set().union(*[_leaves(v) for v in value]) if value else set()
-    if value in (None, "", True, False):
-        return set()
-    return {str(value)}
+    """The string form of every leaf of ``value``."""
+    return secret_leaves(value, secret=True)
 
 
 def secret_config_leaves(config):
