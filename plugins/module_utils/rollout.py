@@ -25,8 +25,8 @@ from typing import Callable, Optional
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.analysis import (
     AnalysisSpec, SettingsError)
-from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
-    Clock, PlatformError)
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (  # noqa: F401 - group_name: the engine's name rule
+    Clock, PlatformError, group_name)
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
     ABORTED, IN_PROGRESS, INTERRUPTED, LIVE, PAUSED, RETIRED, ROLLED_BACK,
     SUCCEEDED, FAILED, LockHolder, Release, check_name)
@@ -57,24 +57,6 @@ class Result:
     live: Optional[dict] = None
     events: list = field(default_factory=list)
     plan: list = field(default_factory=list)
-
-
-_NOT_DNS = re.compile(r"[^a-z0-9]+")
-
-
-def group_name(artifact: str, environment: str, release_id: str) -> str:
-    """``<artifact>-<environment>-<release>`` as a name every platform takes
-    (DNS-1123 label, GCE resource name): lowercase ``[a-z0-9-]``, starting
-    with a letter, at most 63 characters, derived deterministically
-    (``integrated_qa`` -> ``integrated-qa``; too long -> cut + 8-hex hash)."""
-    raw = "%s-%s-%s" % (artifact, environment, release_id)
-    name = _NOT_DNS.sub("-", raw.lower()).strip("-")
-    if not name[:1].isalpha():
-        name = "g-" + name
-    if len(name) > 63:
-        digest = hashlib.sha256(raw.encode("utf-8")).hexdigest()[:8]
-        name = "%s-%s" % (name[:54].rstrip("-"), digest)
-    return name
 
 
 #: variables every platform sets itself; a caller's ``env`` may not override them
@@ -191,15 +173,15 @@ class Rollout:
         self.events.append(entry)
 
     def _observed(self) -> dict:
-        return {g.name: g for g in self.platform.list_groups(self.artifact,
-                                                             self.environment)}
+        return {g.name: g for g in self.platform.groups.list_groups(self.artifact,
+                                                                    self.environment)}
 
     @property
     def store_id(self) -> Optional[str]:
         return getattr(self.store, "store_id", None)
 
     def config_digest(self) -> str:
-        return config_digest(self.env, self.platform.config_inputs())
+        return config_digest(self.env, self.platform.groups.config_inputs())
 
     def _ours(self, history, group) -> bool:
         """A group this store's engine made: named in its history, or stamped
@@ -222,7 +204,7 @@ class Rollout:
         return max(serving, key=lambda g: (g.weight, g.name)) if serving else None
 
     def _free_name(self, history, observed, release_id) -> str:
-        base = group_name(self.artifact, self.environment, release_id)
+        base = self.platform.groups.group_name(self.artifact, self.environment, release_id)
         name, n = base, 1
         while name in observed or any(r.group == name for r in history.releases
                                       if r.release_id != release_id):
@@ -666,7 +648,7 @@ class Rollout:
         groups = []
         for group in self._observed().values():
             entry = group.as_dict()
-            health = self.platform.health(group.name)
+            health = self.platform.groups.health(group.name)
             entry.update(ready=health.ready, total=health.total,
                          instances=[vars(i) for i in health.instances])
             groups.append(entry)

@@ -195,7 +195,7 @@ def test_rollback_recreates_from_image_when_not_warm(env):
     history = assert_converged(env, "1.0.0")
     live = history.live_release()
     assert live.group == "catalog-ci-v003" and live.image == "sha256:a"
-    assert env.platform.groups["catalog-ci-v003"]["env"] == {"FEATURE_FLAGS": "x"}
+    assert env.platform.table["catalog-ci-v003"]["env"] == {"FEATURE_FLAGS": "x"}
     again = env().rollback()  # rolls forward to the release live before
     assert again.state == LIVE
     assert_converged(env, "1.1.0")
