@@ -51,14 +51,31 @@ def _check_secrets(infra):
                            "project_path and stack instead of infra", param="infra")
 
 
-def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0):
+#: the drivers that exist, by ``infra.platform``
+DRIVERS = ("local",)
+
+
+def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0, clock=None):
+    """The ``Platform`` (group manager, traffic router, metrics provider) for
+    the infra outputs.  A driver's Python dependencies are checked here, so
+    a module never imports a driver itself."""
     platform = infra.get("platform")
     if platform == "local":
-        from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local import (
-            LocalPlatform)
-        return LocalPlatform(infra, image_store=image_store, drain_timeout=drain_timeout)
-    raise PhoenixError("infra.platform: %r has no driver yet; allowed: local" % (platform,),
-                       param="infra")
+        from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import local
+        _check_dependencies(platform, local.missing_dependencies())
+        return local.LocalPlatform(infra, image_store=image_store, drain_timeout=drain_timeout,
+                                   clock=clock)
+    raise PhoenixError("infra.platform: %r has no driver yet; allowed: %s"
+                       % (platform, ", ".join(DRIVERS)), param="infra")
+
+
+def _check_dependencies(platform, missing):
+    if missing:
+        raise PhoenixError("the %s platform driver needs the Python package(s) %s on the host "
+                           "that runs the module (pip install %s): %s"
+                           % (platform, ", ".join(m[0] for m in missing),
+                              " ".join(m[0] for m in missing),
+                              "; ".join(str(m[1]) for m in missing)), param="infra")
 
 
 def default_store_root(infra: dict) -> str:

@@ -85,11 +85,10 @@ from ansible_collections.phoenix.deploy.plugins.module_utils import targets
 
 try:
     from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout
-    from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import local as local_platform
-    HAS_SUPERVISOR = local_platform.HAS_SUPERVISOR
-    IMPORT_ERROR = local_platform.SUPERVISOR_IMPORT_ERROR
+    HAS_ENGINE = True
+    IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover
-    HAS_SUPERVISOR = False
+    HAS_ENGINE = False
     IMPORT_ERROR = exc
 
 ARGUMENT_SPEC = dict(
@@ -102,8 +101,9 @@ def main():
     module = PhoenixModule(argument_spec=argspec(ARGUMENT_SPEC), supports_check_mode=True,
                            mutually_exclusive=[("infra", "project_path")],
                            required_together=[("project_path", "stack")])
-    if not HAS_SUPERVISOR:
-        module.fail_json(msg=missing_required_lib("supervisor"), exception=str(IMPORT_ERROR))
+    if not HAS_ENGINE:  # a driver's own dependencies are checked by targets.make_platform
+        module.fail_json(msg=missing_required_lib(getattr(IMPORT_ERROR, "name", None) or "the engine"),
+                         exception=str(IMPORT_ERROR))
     p = module.params
     if p["history"] < 0:
         module.fail_json(msg="history: %d; allowed 0 or more releases" % p["history"], param="history")

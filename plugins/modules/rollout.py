@@ -267,11 +267,10 @@ try:
         LockHeld, LockHolder)
     from ansible_collections.phoenix.deploy.plugins.module_utils import controller
     from ansible_collections.phoenix.deploy.plugins.module_utils import report as reporting
-    from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import local as local_platform
-    HAS_SUPERVISOR = local_platform.HAS_SUPERVISOR
-    IMPORT_ERROR = local_platform.SUPERVISOR_IMPORT_ERROR
+    HAS_ENGINE = True
+    IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover
-    HAS_SUPERVISOR = False
+    HAS_ENGINE = False
     IMPORT_ERROR = exc
 
 ARGUMENT_SPEC = dict(
@@ -344,7 +343,7 @@ class RolloutManager:
         return controller.request_digest(p["action"], p["artifact"], p["environment"], **inputs)
 
     def weights(self) -> dict:
-        return {g.name: g.weight for g in self.platform.list_groups(
+        return {g.name: g.weight for g in self.platform.groups.list_groups(
             self.params["artifact"], self.params["environment"]) if g.attached}
 
     def snapshot(self) -> dict:
@@ -529,8 +528,9 @@ def main():
     module = PhoenixModule(argument_spec=argspec(ARGUMENT_SPEC), supports_check_mode=True,
                            mutually_exclusive=[("infra", "project_path")],
                            required_together=[("project_path", "stack")])
-    if not HAS_SUPERVISOR:
-        module.fail_json(msg=missing_required_lib("supervisor"), exception=str(IMPORT_ERROR))
+    if not HAS_ENGINE:  # a driver's own dependencies are checked by targets.make_platform
+        module.fail_json(msg=missing_required_lib(getattr(IMPORT_ERROR, "name", None) or "the engine"),
+                         exception=str(IMPORT_ERROR))
     manager = None
     try:
         manager = RolloutManager(module)

@@ -184,10 +184,11 @@ class GroupManager(abc.ABC):
         ``group_name``), which every platform so far takes."""
         return group_name(artifact, environment, release_id)
 
-    def resolve_image(self, ref: str):
+    def resolve_image(self, ref: str, artifact: Optional[str] = None):
         """What the platform runs for the image reference ``ref`` (an image
-        with its content digest), or ``PlatformError`` naming the ``image``
-        parameter when this platform cannot run it."""
+        with its content digest) of ``artifact``: a local bundle, a GCE image
+        self-link, an OCI reference.  ``PlatformError`` (``param="image"``)
+        when this platform cannot run it."""
         return ref
 
     @abc.abstractmethod

@@ -1,8 +1,8 @@
 """How the local driver turns HAProxy's per-server counters into attempts and
-failed attempts (counters as measured on HAProxy 2.6, see _attempts)."""
+failed attempts (counters as measured on HAProxy 2.6, see metrics.attempts)."""
 import pytest
 
-from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local import LocalPlatform
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.metrics import attempts
 
 
 @pytest.mark.parametrize("delta, expected", [
@@ -15,4 +15,4 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local imp
     ((5, 0, 0, 0, 7, 0), (12, 7)),       # retried on the same server (the only one)
 ])
 def test_attempts(delta, expected):
-    assert LocalPlatform._attempts(delta) == expected
+    assert attempts(delta) == expected
