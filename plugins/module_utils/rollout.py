@@ -458,9 +458,97 @@ class Rollout:
         group = self._observed().get(live.group)
         return group is not None and group.weight == 100 and group.attached
 
-    def plan(self, version, image, size, strategy="rolling", settings=None,
-             analysis=None) -> Result:
-        """Check mode: validate and describe the steps; touches nothing."""
+    ACTIONS = ("deploy", "promote", "abort", "rollback")
+
+    def plan(self, action: str = "deploy", version=None, image=None, size=None,
+             strategy="rolling", settings=None, analysis=None) -> Result:
+        """Check mode of every action: validate, then describe the steps the
+        action would run (``plan``, each with a ``description``) and whether
+        it would change anything; touches nothing, takes no lock."""
+        if action == "deploy":
+            return self._plan_deploy(version, image, size, strategy, settings, analysis)
+        if action not in self.ACTIONS:
+            raise RolloutError("action: %r; allowed: %s" % (action, ", ".join(self.ACTIONS)),
+                               param="action")
+        history = self.store.load(self.artifact, self.environment)
+        self.events = []
+        paused = self._paused(history)
+        if action == "promote":
+            if paused is None:
+                return self._result(history, action, state=self._state(history),
+                                    msg="nothing to promote: no paused release")
+            steps = [Step(**s) for s in paused.plan][paused.position:]
+            names = {"old": paused.old_group, "new": paused.group}
+            return self._planned(history, action, paused, steps, names,
+                                 "would promote %s (%s) from step %d/%d" % (
+                                     paused.release_id, paused.version, paused.position + 1,
+                                     len(paused.plan)))
+        if action == "abort" or paused is not None:  # rollback of a paused canary aborts it
+            if paused is None:
+                return self._result(history, action, state=self._state(history),
+                                    msg="nothing to abort: no paused release")
+            live = history.live_release()
+            steps, names = self._restore_plan(history, live)
+            return self._planned(history, action, paused, steps, names,
+                                 "would abort %s (%s); %s (%s) gets all traffic" % (
+                                     paused.release_id, paused.version, live.release_id,
+                                     live.version))
+        live = history.live_release()
+        target = history.get(live.previous_release_id) if live else None
+        if target is None:
+            raise RolloutError("nothing to roll back to: %s" % (
+                "no live release" if live is None else
+                "%s has no previous live release in the history" % live.release_id))
+        steps, names = self._restore_plan(history, target)
+        return self._planned(history, action, target, steps, names,
+                             "would roll back from %s (%s) to %s (%s)%s" % (
+                                 live.release_id, live.version, target.release_id,
+                                 target.version, " instantly (warm group)"
+                                 if target.group in self._observed() else ""))
+
+    def _planned(self, history, action, release, steps, names, msg) -> Result:
+        return self._result(history, action, release=release, changed=True, state="planned",
+                            msg=msg, plan=[dict(s.as_dict(), description=s.describe(names))
+                                           for s in steps])
+
+    def _restore_plan(self, history, target):
+        """The steps ``_restore`` would run to give ``target`` all traffic
+        (read only): (steps, names of their roles)."""
+        observed = self._observed()
+        group = observed.get(target.group)
+        names = {"target": target.group}
+        steps = []
+        if group is not None:
+            if not group.attached:
+                steps.append(Step("cancel_drain", "target"))
+            steps.append(Step("resize", "target", size=target.size))
+        else:
+            names["target"] = self._free_name(history, observed, target.release_id)
+            steps.append(Step("create", "target", size=target.size))
+        steps.append(Step("wait_healthy", "target", size=target.size))
+        if history.live != target.release_id:
+            steps.append(Step("mark_live", note="%s (%s)" % (target.release_id, target.version)))
+        now = self.clock.now()
+        warm = {r.group for r in history.releases
+                if r.warm_until and r.warm_until > now and r is not target}
+        others = [n for n in observed if n != target.group and
+                  (self.force or self._ours(history, observed[n]))]
+        weights = {"target": 100}
+        for index, name in enumerate(others):
+            names["g%d" % index] = name
+            if observed[name].attached:
+                weights["g%d" % index] = 0
+        steps.append(Step("set_weights", weights=weights))
+        for index, name in enumerate(others):
+            if observed[name].attached:
+                steps.append(Step("drain", "g%d" % index))
+            if name not in warm:
+                steps.append(Step("destroy", "g%d" % index))
+        return steps, names
+
+    def _plan_deploy(self, version, image, size, strategy="rolling", settings=None,
+                     analysis=None) -> Result:
+        """Check mode of deploy: validate and describe the steps; touches nothing."""
         settings, spec = self._validate(version, image, size, strategy, settings, analysis)
         history = self.store.load(self.artifact, self.environment)
         live = history.live_release()

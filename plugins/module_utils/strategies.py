@@ -219,7 +219,10 @@ class Step:
             return "analyse the traffic of %s%s" % (
                 name(self.role), " (%s)" % self.note if self.note else "")
         if self.kind == "mark_live":
-            return "record the new release as live"
+            return "record %s as live" % (self.note or "the new release")
+        if self.kind == "cancel_drain":
+            return "put the members of %s a dead controller left draining back at weight 0" % (
+                name(self.role))
         if self.kind == "drain":
             return "drain and detach %s" % name(self.role)
         if self.kind == "destroy":

@@ -232,8 +232,8 @@ events:
   type: list
   elements: dict
 plan:
-  description: Steps the rollout would run (check mode).
-  returned: in check mode for action deploy
+  description: Steps the action would run (check mode), each with a C(description).
+  returned: in check mode
   type: list
   elements: dict
 weights:
@@ -376,31 +376,24 @@ class RolloutManager:
 
     # -- check mode -------------------------------------------------------------
     def check(self) -> dict:
+        """Check mode of every action: the engine's plan (Rollout.plan)."""
         p = self.params
         if p["action"] == "deploy":
-            res = self.engine.plan(p["version"], self.image["ref"], p["size"], p["strategy"],
-                                   p["strategy_settings"], p["analysis"])
-            out = self._engine_result(res)
-            if res.changed:
-                new = res.plan and [s for s in res.plan if s["kind"] == "create"]
+            res = self.engine.plan("deploy", p["version"], self.image["ref"], p["size"],
+                                   p["strategy"], p["strategy_settings"], p["analysis"])
+        else:
+            res = self.engine.plan(p["action"])
+        out = self._engine_result(res)
+        if p["action"] != "deploy":
+            out["state"] = "planned"
+        if p["action"] == "deploy" and res.changed:
+            new = res.plan and [s for s in res.plan if s["kind"] == "create"]
+            if new:
                 name = "%s-%s-(next)" % (p["artifact"], p["environment"])
                 out["predicted"] = {"live": {"release_id": "(next)", "version": p["version"],
                                              "image": self.image["ref"]},
-                                    "weights": {name: 100}} if new else None
-                if out["predicted"] is None:
-                    out.pop("predicted")
-            return out
-        info = self.engine.info()
-        paused = [r for r in info["history"] if r["status"] == "paused"]
-        live = info["live"]
-        if p["action"] in ("promote", "abort"):
-            changed = bool(paused)
-            msg = ("would %s %s" % (p["action"], paused[-1]["release_id"]) if changed else
-                   "nothing to %s: no paused release" % p["action"])
-        else:
-            changed = bool(paused) or bool(live and live.get("previous_release_id"))
-            msg = "would roll back %s" % (live["release_id"] if live else "nothing")
-        return dict(changed=changed, state="planned", msg=msg, live=live, events=[], plan=[])
+                                    "weights": {name: 100}}
+        return out
 
     # -- real runs ---------------------------------------------------------------
     def act(self) -> dict:

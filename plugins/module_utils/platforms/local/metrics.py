@@ -8,10 +8,9 @@ HAProxy keeps cumulative counters only, so the driver keeps timestamped
 snapshots of them (``CounterHistory``): one every time it reads a group's
 stats (each health poll, weight change, weight verification and metrics
 call; the engine polls every ``poll_interval``).  ``metrics(group, start,
-end)`` is the difference between the snapshot nearest to ``start`` (the
-latest not after it, else the first after it) and the one nearest to
-``end`` (a fresh one when ``end`` is now), each within ``RESOLUTION``
-seconds of the asked time; ``Metrics.window`` is the span really covered.
+end)`` is the difference between the snapshot closest to ``start`` and the one
+closest to ``end`` (a fresh one when ``end`` is now), each within
+``RESOLUTION`` seconds of the asked time; ``Metrics.window`` is the span really covered.
 A window without snapshots that close gives no data (inconclusive).
 """
 
@@ -88,15 +87,12 @@ class CounterHistory:
         self.groups.pop(group, None)
 
     def near(self, group, at):
-        """The snapshot standing for time ``at``: the latest not after it,
-        else the first after it, within RESOLUTION; or None."""
+        """The snapshot standing for time ``at``: the closest one, if within
+        RESOLUTION; else None."""
         entries = self.groups.get(group) or []
         index = bisect.bisect_right([e[0] for e in entries], at)
-        for entry in (entries[index - 1] if index else None,
-                      entries[index] if index < len(entries) else None):
-            if entry is not None and abs(entry[0] - at) <= RESOLUTION:
-                return entry
-        return None
+        close = [e for e in entries[max(0, index - 1):index + 1] if abs(e[0] - at) <= RESOLUTION]
+        return min(close, key=lambda e: abs(e[0] - at)) if close else None
 
 
 def window_metrics(first, last, members, stats) -> Metrics:

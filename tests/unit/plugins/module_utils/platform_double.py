@@ -108,7 +108,8 @@ class FakePlatform(Platform):
         self.clock = clock
         self.start_delay, self.weight_delay = start_delay, weight_delay
         self.drain_delay, self.destroy_delay = drain_delay, destroy_delay
-        self.rps = rps
+        self.rps = rps  # None: only what send() puts through counts
+        self.sent = []  # [(time, requests)] of send()
         self.behaviour = {}  # image -> {error_rate, error_rates, p99, crash, never_ready}
         self.log = []
         self.ops = 0
@@ -316,6 +317,11 @@ class FakePlatform(Platform):
     def config_inputs(self):
         return {}
 
+    def send(self, requests):
+        """``requests`` through the router now (with ``rps=None``)."""
+        self.sent.append((self.clock.now(), requests))
+        self.clock.sleep(0.01)
+
     def verify_weights(self, weights):
         self._fail("verify_weights")
         if not self.weights_observable:
@@ -338,7 +344,10 @@ class FakePlatform(Platform):
         if not g["attached"] or self._ready(g) == 0:
             return Metrics(0, 0, None, window)
         beh = self._beh(g)
-        requests = int(self.rps * window * g["weight"] / 100.0)
+        if self.rps is None:
+            requests = int(sum(n for at, n in self.sent if start <= at < end) * g["weight"] / 100.0)
+        else:
+            requests = int(self.rps * window * g["weight"] / 100.0)
         rate = beh.get("error_rate", 0.0)
         if beh.get("error_rates"):  # one per window; the last one repeats
             rates = beh["error_rates"]

@@ -84,11 +84,11 @@ def test_check_mode_plan_changes_nothing(env):
     env().deploy("1.0.0", "sha256:a", 2)
     ops = env.platform.ops
     revision = env.store.load("catalog", "ci").revision
-    plan = env().plan("1.1.0", "sha256:b", 2, "blue_green")
+    plan = env().plan("deploy", "1.1.0", "sha256:b", 2, "blue_green")
     assert plan.state == "planned" and plan.changed
     assert plan.plan[0]["description"] == "create catalog-ci-v002 with 2 instance(s)"
     assert env.platform.ops == ops and env.store.load("catalog", "ci").revision == revision
-    assert not env().plan("1.0.0", "sha256:a", 2).changed
+    assert not env().plan("deploy", "1.0.0", "sha256:a", 2).changed
 
 
 @pytest.mark.parametrize("kwargs, error, fragment", [
