@@ -24,7 +24,6 @@ this restore set to drain, so a restore that was itself interrupted hands them
 back on the next ``pulumi up``.
 
 Plain functions, no module-level state (see ``providers.py``)."""
-import http.client
 import json
 import os
 import re
@@ -89,14 +88,7 @@ def server_state(sock, backend, name):
 
 
 def healthy(meta):
-    conn = http.client.HTTPConnection(meta["address"], int(meta["port"]), timeout=1.0)
-    try:
-        conn.request("GET", "/healthz")
-        return conn.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
+    return procs.healthy(meta["address"], int(meta["port"]))
 
 
 def _add(rpc, names):

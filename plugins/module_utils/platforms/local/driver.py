@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import fcntl
-import http.client
 import json
 import os
 import shlex
@@ -41,7 +40,7 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base impo
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.haproxy import (
     RuntimeAPI, RuntimeAPIError)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local import (
-    metrics as _metrics, ports as _ports)
+    host, metrics as _metrics, ports as _ports)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.supervisor import (
     BACKOFF as _BACKOFF, HAS_SUPERVISOR, RUNNING as _RUNNING, STOPPED as _STOPPED,
     SUPERVISOR_IMPORT_ERROR, Supervisor)
@@ -236,15 +235,7 @@ class LocalDriver:
             env["DB_PASSWORD_SHA256"] = hashlib.sha256(password.encode("utf-8")).hexdigest()
         return env
 
-    @staticmethod
-    def _write_private(path: str, text: str) -> None:
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+    _write_private = staticmethod(host.write_private)
 
     def _conf(self, meta: dict, image: dict, env_file: str, log: str) -> str:
         inner = "set -a; . %s; set +a; exec %s" % (shlex.quote(env_file),
@@ -471,15 +462,9 @@ class LocalDriver:
             return InstanceHealth(name, READY, "up")
         return InstanceHealth(name, STARTING, "%s (check %s)" % (status, row.get("check_status")))
 
-    def _probe(self, meta) -> bool:
-        conn = http.client.HTTPConnection(meta["address"], meta["port"], timeout=1.0)
-        try:
-            conn.request("GET", "/healthz")
-            return conn.getresponse().status == 200
-        except (OSError, http.client.HTTPException):
-            return False
-        finally:
-            conn.close()
+    @staticmethod
+    def _probe(meta) -> bool:
+        return host.healthy(meta["address"], meta["port"])
 
     # -- weights ---------------------------------------------------------------
     def _group_weights(self, backend: str, instances: Optional[dict] = None,

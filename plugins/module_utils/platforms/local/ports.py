@@ -5,23 +5,16 @@
 
 from __future__ import annotations
 
-import errno
-import socket
-
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import PlatformError
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local import host
 
 
 def port_free(address: str, port: int) -> bool:
-    """Whether ``address:port`` can be bound now (SO_REUSEADDR, as the services bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise PlatformError("cannot bind %s:%d: %s" % (address, port, exc))
-    return True
+    """Whether ``address:port`` can be bound now (``host.port_free``)."""
+    try:
+        return host.port_free(address, port)
+    except OSError as exc:
+        raise PlatformError("cannot bind %s:%d: %s" % (address, port, exc))
 
 
 def free_ports(address: str, port_range, count: int, taken: set) -> list:
