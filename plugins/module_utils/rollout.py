@@ -493,18 +493,24 @@ class Rollout:
                                  "would abort %s (%s); %s (%s) gets all traffic" % (
                                      paused.release_id, paused.version, live.release_id,
                                      live.version))
-        live = history.live_release()
-        target = history.get(live.previous_release_id) if live else None
-        if target is None:
-            raise RolloutError("nothing to roll back to: %s" % (
-                "no live release" if live is None else
-                "%s has no previous live release in the history" % live.release_id))
+        live, target = self._rollback_target(history)
         steps, names = self._restore_plan(history, target)
         return self._planned(history, action, target, steps, names,
                              "would roll back from %s (%s) to %s (%s)%s" % (
                                  live.release_id, live.version, target.release_id,
                                  target.version, " instantly (warm group)"
                                  if target.group in self._observed() else ""))
+
+    @staticmethod
+    def _rollback_target(history):
+        """(live release, the release live before it) or ``RolloutError``."""
+        live = history.live_release()
+        target = history.get(live.previous_release_id) if live else None
+        if target is None:
+            raise RolloutError("nothing to roll back to: %s" % (
+                "no live release" if live is None else
+                "%s has no previous live release in the history" % live.release_id))
+        return live, target
 
     def _planned(self, history, action, release, steps, names, msg) -> Result:
         return self._result(history, action, release=release, changed=True, state="planned",
@@ -693,12 +699,7 @@ class Rollout:
         def body(history):
             if self._paused(history) is not None:
                 return None
-            live = history.live_release()
-            target = history.get(live.previous_release_id) if live else None
-            if target is None:
-                raise RolloutError("nothing to roll back to: %s" % (
-                    "no live release" if live is None else
-                    "%s has no previous live release in the history" % live.release_id))
+            live, target = self._rollback_target(history)
             release_id = history.new_release_id()
             release = history.add(Release(
                 release_id=release_id, artifact=self.artifact,

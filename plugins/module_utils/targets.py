@@ -12,6 +12,7 @@ import os
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils import images, versioning
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import is_oci_ref
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import FileReleaseStore
 
 COMMON_SPEC = dict(
@@ -95,14 +96,21 @@ def make_store(params, infra) -> FileReleaseStore:
 
 def resolve_image(artifact: str, version, image, image_store=None) -> dict:
     """``{"ref": "<name>@<digest>", "version", "name", "path", "digest"}`` of a
-    baked local image, verified (content digest recomputed) before use."""
+    baked local image, verified (content digest recomputed) before use.  An
+    OCI reference ``registry/repo@sha256:<64 hex>`` is checked for shape only
+    (``path`` None): the platform's ``resolve_image`` says whether it runs it."""
     store = images.ImageStore(image_store or images.default_store())
     digest = None
     if image:
+        if is_oci_ref(str(image)):  # the driver decides whether it can run it (resolve_image)
+            repo, _sep, digest = str(image).partition("@")
+            return {"ref": str(image), "version": version, "name": repo, "path": None,
+                    "digest": digest}
         name, _sep, digest = str(image).partition("@")
         if not name or "/" in name:
-            raise PhoenixError("image: %r; give an image name (e.g. catalog-v1-4-0--abc1234-b7), "
-                               "optionally with @sha256:<content digest>" % (image,), param="image")
+            raise PhoenixError("image: %r; give a baked image name (e.g. catalog-v1-4-0--abc1234-b7), "
+                               "optionally with @sha256:<content digest>, or an OCI reference "
+                               "registry/repository@sha256:<64 hex digits>" % (image,), param="image")
     else:
         if version is None:
             raise PhoenixError("version or image is required for action deploy", param="version")

@@ -44,6 +44,8 @@ options:
   image:
     description:
       - Image name to deploy instead of O(version), optionally pinned as C(<name>@sha256:<content digest>).
+      - An OCI reference C(registry/repository@sha256:<64 hex digits>) is checked for shape here and resolved by the platform
+        driver; the local platform runs baked local images only and refuses it.
     type: str
   size:
     description: Number of instances of the new server group.
@@ -255,23 +257,14 @@ import math
 import os
 import time
 
-from ansible.module_utils.basic import missing_required_lib
-
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.module import PhoenixModule, argspec
 from ansible_collections.phoenix.deploy.plugins.module_utils import targets
-
-try:
-    from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout, check_env
-    from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
-        LockHeld, LockHolder)
-    from ansible_collections.phoenix.deploy.plugins.module_utils import controller
-    from ansible_collections.phoenix.deploy.plugins.module_utils import report as reporting
-    HAS_ENGINE = True
-    IMPORT_ERROR = None
-except ImportError as exc:  # pragma: no cover
-    HAS_ENGINE = False
-    IMPORT_ERROR = exc
+from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout, check_env
+from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
+    LockHeld, LockHolder)
+from ansible_collections.phoenix.deploy.plugins.module_utils import controller
+from ansible_collections.phoenix.deploy.plugins.module_utils import report as reporting
 
 ARGUMENT_SPEC = dict(
     targets.COMMON_SPEC,
@@ -358,6 +351,8 @@ class RolloutManager:
             Rollout.validate(p["size"], p["strategy"], p["strategy_settings"], p["analysis"])
             self.image = targets.resolve_image(p["artifact"], p["version"], p["image"],
                                                p["image_store"])
+            if self.image["path"] is None:  # not a baked local image: can the platform run it?
+                self.platform.groups.resolve_image(self.image["ref"], p["artifact"])
             if p["version"] is None:
                 p["version"] = self.image["version"]
         self.request = self._request()
@@ -521,9 +516,6 @@ def main():
     module = PhoenixModule(argument_spec=argspec(ARGUMENT_SPEC), supports_check_mode=True,
                            mutually_exclusive=[("infra", "project_path")],
                            required_together=[("project_path", "stack")])
-    if not HAS_ENGINE:  # a driver's own dependencies are checked by targets.make_platform
-        module.fail_json(msg=missing_required_lib(getattr(IMPORT_ERROR, "name", None) or "the engine"),
-                         exception=str(IMPORT_ERROR))
     manager = None
     try:
         manager = RolloutManager(module)
