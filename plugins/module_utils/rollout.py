@@ -494,7 +494,8 @@ class Rollout:
                                      paused.release_id, paused.version, live.release_id,
                                      live.version))
         live, target = self._rollback_target(history)
-        steps, names = self._restore_plan(history, target)
+        # rollback restores a new release of the target's image (id: the next one)
+        steps, names = self._restore_plan(history, target, "v%03d" % history.next_seq)
         return self._planned(history, action, target, steps, names,
                              "would roll back from %s (%s) to %s (%s)%s" % (
                                  live.release_id, live.version, target.release_id,
@@ -517,9 +518,10 @@ class Rollout:
                             msg=msg, plan=[dict(s.as_dict(), description=s.describe(names))
                                            for s in steps])
 
-    def _restore_plan(self, history, target):
-        """The steps ``_restore`` would run to give ``target`` all traffic
-        (read only): (steps, names of their roles)."""
+    def _restore_plan(self, history, target, release_id=None):
+        """The steps ``_restore`` would run to give ``target`` (restored as
+        ``release_id``, default its own) all traffic (read only): (steps,
+        names of their roles)."""
         observed = self._observed()
         group = observed.get(target.group)
         names = {"target": target.group}
@@ -529,7 +531,7 @@ class Rollout:
                 steps.append(Step("cancel_drain", "target"))
             steps.append(Step("resize", "target", size=target.size))
         else:
-            names["target"] = self._free_name(history, observed, target.release_id)
+            names["target"] = self._free_name(history, observed, release_id or target.release_id)
             steps.append(Step("create", "target", size=target.size))
         steps.append(Step("wait_healthy", "target", size=target.size))
         if history.live != target.release_id:

@@ -221,7 +221,7 @@ class Step:
         if self.kind == "mark_live":
             return "record %s as live" % (self.note or "the new release")
         if self.kind == "cancel_drain":
-            return "put the members of %s a dead controller left draining back at weight 0" % (
+            return "attach %s again at weight 0 (members left draining serve again)" % (
                 name(self.role))
         if self.kind == "drain":
             return "drain and detach %s" % name(self.role)
