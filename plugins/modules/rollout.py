@@ -260,7 +260,7 @@ import time
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.module import PhoenixModule, argspec
 from ansible_collections.phoenix.deploy.plugins.module_utils import targets
-from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout, check_env
+from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout, RolloutError, check_env
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
     LockHeld, LockHolder)
 from ansible_collections.phoenix.deploy.plugins.module_utils import controller
@@ -377,7 +377,10 @@ class RolloutManager:
             res = self.engine.plan("deploy", p["version"], self.image["ref"], p["size"],
                                    p["strategy"], p["strategy_settings"], p["analysis"])
         else:
-            res = self.engine.plan(p["action"])
+            try:
+                res = self.engine.plan(p["action"])
+            except RolloutError as exc:  # nothing to roll back to: a real run would fail
+                return dict(changed=False, state="planned", msg=exc.msg, events=[], plan=[])
         out = self._engine_result(res)
         if p["action"] != "deploy":
             out["state"] = "planned"
