@@ -10,8 +10,10 @@ stats (each health poll, weight change, weight verification and metrics
 call; the engine polls every ``poll_interval``).  ``metrics(group, start,
 end)`` is the difference between the snapshot closest to ``start`` and the one
 closest to ``end`` (a fresh one when ``end`` is now), each within
-``RESOLUTION`` seconds of the asked time; ``Metrics.window`` is the span really covered.
-A window without snapshots that close gives no data (inconclusive).
+``RESOLUTION`` seconds of the asked time; ``Metrics.window`` is the span
+really covered.  A start without a snapshot that close starts at the latest
+snapshot before it (the window is longer, as ``window`` says); an end
+without one, or no snapshot before the start, gives no data (inconclusive).
 """
 
 from __future__ import annotations
@@ -86,13 +88,15 @@ class CounterHistory:
     def drop(self, group):
         self.groups.pop(group, None)
 
-    def near(self, group, at):
+    def near(self, group, at, before=False):
         """The snapshot standing for time ``at``: the closest one, if within
-        RESOLUTION; else None."""
+        RESOLUTION; with ``before``, else the latest one before ``at``; else None."""
         entries = self.groups.get(group) or []
         index = bisect.bisect_right([e[0] for e in entries], at)
         close = [e for e in entries[max(0, index - 1):index + 1] if abs(e[0] - at) <= RESOLUTION]
-        return min(close, key=lambda e: abs(e[0] - at)) if close else None
+        if close:
+            return min(close, key=lambda e: abs(e[0] - at))
+        return entries[index - 1] if before and index else None
 
 
 def window_metrics(first, last, members, stats) -> Metrics:
@@ -147,7 +151,7 @@ class LocalMetrics(MetricsProvider):
         if end >= now - RESOLUTION:
             stats = driver._stat(members[0]["backend"])
             driver._snapshot(group, members, stats)
-        first = history.near(group, start)
+        first = history.near(group, start, before=True)
         last = history.near(group, end) if stats is None else history.groups[group][-1]
         if first is None or last is None or last[0] <= first[0]:
             return Metrics(0, 0, None, 0.0)
