@@ -77,14 +77,11 @@ def server_state(sock, backend, name):
     """``(op_state, admin_state)`` of HAProxy server ``backend/name`` or None
     (op_state 2 = UP; admin 0 = ready, 0x08 = drain)."""
     text = _runtime(sock, f"show servers state {backend}") or ""
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) > 6 and not line.startswith("#") and f[3] == name:
-            try:
-                return int(f[5]), int(f[6])
-            except ValueError:
-                return None
-    return None
+    try:
+        srv = procs.haproxy.parse_servers_state(text, strict=False).get(name)
+    except ValueError:
+        return None
+    return (srv["op_state"], srv["admin"]) if srv else None
 
 
 def healthy(meta):

@@ -36,7 +36,7 @@ from typing import Optional
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
     DRAINING, FAILED, READY, STARTING, Clock, Health, InstanceHealth, PlatformError,
-    ServerGroup, is_oci_ref)
+    ServerGroup, group_name, is_oci_ref)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.haproxy import (
     RuntimeAPI, RuntimeAPIError)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local import (
@@ -361,7 +361,7 @@ class LocalDriver:
     # ------------------------------------------------------------ the interface
     def create_group(self, artifact, environment, release_id, image, size, env,
                      name=None, owner=None) -> ServerGroup:
-        name = name or "%s-%s-%s" % (artifact, environment, release_id)
+        name = name or group_name(artifact, environment, release_id)
         self._backend(artifact)
         resolved = self._resolve_image(artifact, image)
         if self._members(name):
