@@ -25,8 +25,8 @@ from typing import Callable, Optional
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.analysis import (
     AnalysisSpec, SettingsError)
-from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (  # noqa: F401 - group_name: the engine's name rule
-    Clock, PlatformError, group_name)
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
+    Clock, PlatformError)
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
     ABORTED, IN_PROGRESS, INTERRUPTED, LIVE, PAUSED, RETIRED, ROLLED_BACK,
     SUCCEEDED, FAILED, LockHolder, Release, check_name)
