@@ -117,6 +117,11 @@ class LocalDriver:
         self.supervisor = Supervisor(self.endpoint)
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def rpc(self):
+        """supervisord's XML-RPC proxy (this thread's connection)."""
+        return self.supervisor.rpc
+
     def _processes(self) -> dict:
         return self.supervisor.processes()
 
@@ -184,6 +189,10 @@ class LocalDriver:
             yield
         finally:
             os.close(fd)
+
+    def _free_ports(self, count: int, taken: set) -> list:
+        """``count`` free ports of the infra's range on its address (ports.free_ports)."""
+        return _ports.free_ports(self.address, self.port_range, count, taken)
 
     def resolve_image(self, artifact: str, ref: str) -> dict:
         """``_resolve_image`` with every refusal naming the ``image`` parameter."""
@@ -285,7 +294,7 @@ class LocalDriver:
         with self._allocation_lock():
             existing = self._instances()
             taken = {m["port"] for m in existing.values()}
-            ports = _ports.free_ports(self.address, self.port_range, len(indexes), taken)
+            ports = self._free_ports(len(indexes), taken)
             for index, port in zip(indexes, ports):
                 meta = {"instance": "%s.%03d" % (group, index), "group": group,
                         "artifact": artifact, "environment": environment,
