@@ -257,6 +257,8 @@ import math
 import os
 import time
 
+from ansible.module_utils.basic import missing_required_lib
+
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.module import PhoenixModule, argspec
 from ansible_collections.phoenix.deploy.plugins.module_utils import targets

@@ -202,4 +202,3 @@ class PlatformContract:
             with pytest.raises(StepFailed) as err:
                 executor.platform_call("health", name)
         assert err.value.cause == "deadline"
-

@@ -125,8 +125,8 @@ def test_plan_of_rollback_warm_and_cold(env):
     before = unchanged(env)
     warm = env().plan("rollback")
     assert warm.msg == "would roll back from v002 (1.1.0) to v001 (1.0.0) instantly (warm group)"
-    assert [s["kind"] for s in warm.plan] == ["cancel_drain", "resize", "wait_healthy", "mark_live",
-                                               "set_weights", "drain", "destroy"]
+    assert [s["kind"] for s in warm.plan] == [
+        "cancel_drain", "resize", "wait_healthy", "mark_live", "set_weights", "drain", "destroy"]
     assert warm.plan[0]["description"] == \
         "attach catalog-ci-v001 again at weight 0 (members left draining serve again)"
     assert warm.plan[3]["description"] == "record v001 (1.0.0) as live"
