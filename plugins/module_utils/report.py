@@ -5,7 +5,8 @@
 group (sampled from the platform while a rollout runs), written as JSON and
 as a PNG chart (matplotlib, Agg backend).
 
-The sampler only *reads* the platform (``list_groups`` and ``metrics``) from
+The sampler only *reads* the platform (``list_groups`` and ``metrics`` of its
+roles, each window from the previous sample to now) from
 its own thread with its own platform object, so it never changes what the
 engine does.
 """
@@ -41,6 +42,7 @@ class TimelineSampler:
         self.interval = interval
         self.max_samples = max_samples
         self.samples = []
+        self._since = {}  # group -> clock time of its previous sample
         self.errors = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="timeline", daemon=True)
@@ -61,11 +63,14 @@ class TimelineSampler:
 
     def sample(self) -> None:
         groups = {}
-        for group in self.platform.list_groups(self.artifact, self.environment):
+        now = time.time()
+        for group in self.platform.groups.list_groups(self.artifact, self.environment):
             entry = {"weight": group.weight, "size": group.size, "attached": group.attached,
                      "requests": None, "errors": None}
             try:
-                metrics = self.platform.metrics(group.name, self.interval)
+                start = self._since.get(group.name, now - self.interval)
+                self._since[group.name] = now
+                metrics = self.platform.metrics.metrics(group.name, start, now)
                 entry["requests"], entry["errors"] = metrics.requests, metrics.errors_5xx
             except Exception:  # a group being destroyed between the two calls
                 pass

@@ -59,24 +59,6 @@ class Result:
     plan: list = field(default_factory=list)
 
 
-_NOT_DNS = re.compile(r"[^a-z0-9]+")
-
-
-def group_name(artifact: str, environment: str, release_id: str) -> str:
-    """``<artifact>-<environment>-<release>`` as a name every platform takes
-    (DNS-1123 label, GCE resource name): lowercase ``[a-z0-9-]``, starting
-    with a letter, at most 63 characters, derived deterministically
-    (``integrated_qa`` -> ``integrated-qa``; too long -> cut + 8-hex hash)."""
-    raw = "%s-%s-%s" % (artifact, environment, release_id)
-    name = _NOT_DNS.sub("-", raw.lower()).strip("-")
-    if not name[:1].isalpha():
-        name = "g-" + name
-    if len(name) > 63:
-        digest = hashlib.sha256(raw.encode("utf-8")).hexdigest()[:8]
-        name = "%s-%s" % (name[:54].rstrip("-"), digest)
-    return name
-
-
 #: variables every platform sets itself; a caller's ``env`` may not override them
 RESERVED_ENV = ("PORT", "BIND", "IMAGE_DIR", "DRAIN_TIMEOUT")
 RESERVED_ENV_PREFIXES = ("DB_",)
@@ -191,15 +173,15 @@ class Rollout:
         self.events.append(entry)
 
     def _observed(self) -> dict:
-        return {g.name: g for g in self.platform.list_groups(self.artifact,
-                                                             self.environment)}
+        return {g.name: g for g in self.platform.groups.list_groups(self.artifact,
+                                                                    self.environment)}
 
     @property
     def store_id(self) -> Optional[str]:
         return getattr(self.store, "store_id", None)
 
     def config_digest(self) -> str:
-        return config_digest(self.env, self.platform.config_inputs())
+        return config_digest(self.env, self.platform.groups.config_inputs())
 
     def _ours(self, history, group) -> bool:
         """A group this store's engine made: named in its history, or stamped
@@ -222,7 +204,7 @@ class Rollout:
         return max(serving, key=lambda g: (g.weight, g.name)) if serving else None
 
     def _free_name(self, history, observed, release_id) -> str:
-        base = group_name(self.artifact, self.environment, release_id)
+        base = self.platform.groups.group_name(self.artifact, self.environment, release_id)
         name, n = base, 1
         while name in observed or any(r.group == name for r in history.releases
                                       if r.release_id != release_id):
@@ -476,9 +458,105 @@ class Rollout:
         group = self._observed().get(live.group)
         return group is not None and group.weight == 100 and group.attached
 
-    def plan(self, version, image, size, strategy="rolling", settings=None,
-             analysis=None) -> Result:
-        """Check mode: validate and describe the steps; touches nothing."""
+    ACTIONS = ("deploy", "promote", "abort", "rollback")
+
+    def plan(self, action: str = "deploy", version=None, image=None, size=None,
+             strategy="rolling", settings=None, analysis=None) -> Result:
+        """Check mode of every action: validate, then describe the steps the
+        action would run (``plan``, each with a ``description``) and whether
+        it would change anything; touches nothing, takes no lock."""
+        if action == "deploy":
+            return self._plan_deploy(version, image, size, strategy, settings, analysis)
+        if action not in self.ACTIONS:
+            raise RolloutError("action: %r; allowed: %s" % (action, ", ".join(self.ACTIONS)),
+                               param="action")
+        history = self.store.load(self.artifact, self.environment)
+        self.events = []
+        paused = self._paused(history)
+        if action == "promote":
+            if paused is None:
+                return self._result(history, action, state=self._state(history),
+                                    msg="nothing to promote: no paused release")
+            steps = [Step(**s) for s in paused.plan][paused.position:]
+            names = {"old": paused.old_group, "new": paused.group}
+            return self._planned(history, action, paused, steps, names,
+                                 "would promote %s (%s) from step %d/%d" % (
+                                     paused.release_id, paused.version, paused.position + 1,
+                                     len(paused.plan)))
+        if action == "abort" or paused is not None:  # rollback of a paused canary aborts it
+            if paused is None:
+                return self._result(history, action, state=self._state(history),
+                                    msg="nothing to abort: no paused release")
+            live = history.live_release()
+            steps, names = self._restore_plan(history, live)
+            return self._planned(history, action, paused, steps, names,
+                                 "would abort %s (%s); %s (%s) gets all traffic" % (
+                                     paused.release_id, paused.version, live.release_id,
+                                     live.version))
+        live, target = self._rollback_target(history)
+        # rollback restores a new release of the target's image (id: the next one)
+        steps, names = self._restore_plan(history, target, "v%03d" % history.next_seq)
+        return self._planned(history, action, target, steps, names,
+                             "would roll back from %s (%s) to %s (%s)%s" % (
+                                 live.release_id, live.version, target.release_id,
+                                 target.version, " instantly (warm group)"
+                                 if target.group in self._observed() else ""))
+
+    @staticmethod
+    def _rollback_target(history):
+        """(live release, the release live before it) or ``RolloutError``."""
+        live = history.live_release()
+        target = history.get(live.previous_release_id) if live else None
+        if target is None:
+            raise RolloutError("nothing to roll back to: %s" % (
+                "no live release" if live is None else
+                "%s has no previous live release in the history" % live.release_id))
+        return live, target
+
+    def _planned(self, history, action, release, steps, names, msg) -> Result:
+        return self._result(history, action, release=release, changed=True, state="planned",
+                            msg=msg, plan=[dict(s.as_dict(), description=s.describe(names))
+                                           for s in steps])
+
+    def _restore_plan(self, history, target, release_id=None):
+        """The steps ``_restore`` would run to give ``target`` (restored as
+        ``release_id``, default its own) all traffic (read only): (steps,
+        names of their roles)."""
+        observed = self._observed()
+        group = observed.get(target.group)
+        names = {"target": target.group}
+        steps = []
+        if group is not None:
+            if not group.attached:
+                steps.append(Step("cancel_drain", "target"))
+            steps.append(Step("resize", "target", size=target.size))
+        else:
+            names["target"] = self._free_name(history, observed, release_id or target.release_id)
+            steps.append(Step("create", "target", size=target.size))
+        steps.append(Step("wait_healthy", "target", size=target.size))
+        if history.live != target.release_id:
+            steps.append(Step("mark_live", note="%s (%s)" % (target.release_id, target.version)))
+        now = self.clock.now()
+        warm = {r.group for r in history.releases
+                if r.warm_until and r.warm_until > now and r is not target}
+        others = [n for n in observed if n != target.group and
+                  (self.force or self._ours(history, observed[n]))]
+        weights = {"target": 100}
+        for index, name in enumerate(others):
+            names["g%d" % index] = name
+            if observed[name].attached:
+                weights["g%d" % index] = 0
+        steps.append(Step("set_weights", weights=weights))
+        for index, name in enumerate(others):
+            if observed[name].attached:
+                steps.append(Step("drain", "g%d" % index))
+            if name not in warm:
+                steps.append(Step("destroy", "g%d" % index))
+        return steps, names
+
+    def _plan_deploy(self, version, image, size, strategy="rolling", settings=None,
+                     analysis=None) -> Result:
+        """Check mode of deploy: validate and describe the steps; touches nothing."""
         settings, spec = self._validate(version, image, size, strategy, settings, analysis)
         history = self.store.load(self.artifact, self.environment)
         live = history.live_release()
@@ -623,12 +701,7 @@ class Rollout:
         def body(history):
             if self._paused(history) is not None:
                 return None
-            live = history.live_release()
-            target = history.get(live.previous_release_id) if live else None
-            if target is None:
-                raise RolloutError("nothing to roll back to: %s" % (
-                    "no live release" if live is None else
-                    "%s has no previous live release in the history" % live.release_id))
+            live, target = self._rollback_target(history)
             release_id = history.new_release_id()
             release = history.add(Release(
                 release_id=release_id, artifact=self.artifact,
@@ -666,7 +739,7 @@ class Rollout:
         groups = []
         for group in self._observed().values():
             entry = group.as_dict()
-            health = self.platform.health(group.name)
+            health = self.platform.groups.health(group.name)
             entry.update(ready=health.ready, total=health.total,
                          instances=[vars(i) for i in health.instances])
             groups.append(entry)

@@ -219,7 +219,10 @@ class Step:
             return "analyse the traffic of %s%s" % (
                 name(self.role), " (%s)" % self.note if self.note else "")
         if self.kind == "mark_live":
-            return "record the new release as live"
+            return "record %s as live" % (self.note or "the new release")
+        if self.kind == "cancel_drain":
+            return "attach %s again at weight 0 (members left draining serve again)" % (
+                name(self.role))
         if self.kind == "drain":
             return "drain and detach %s" % name(self.role)
         if self.kind == "destroy":
@@ -504,8 +507,10 @@ class Executor:
         return deadline, limit
 
     def platform_call(self, op: str, *args, **kwargs):
-        """``platform.<op>(...)``, with transient errors retried until the deadline."""
-        return self._retried(op, lambda: getattr(self.platform, op)(*args, **kwargs))
+        """``<role>.<op>(...)`` of the role that answers ``op`` (group manager,
+        traffic router or metrics provider), with transient errors retried
+        until the deadline."""
+        return self._retried(op, lambda: self.platform.call(op, *args, **kwargs))
 
     def _retried(self, op: str, call: Callable):
         deadline, limit = self._limit()
@@ -557,7 +562,7 @@ class Executor:
                         made.release_id == args["release_id"]:
                     return made
             tried.append(True)
-            return self.platform.create_group(size=size, **args)
+            return self.platform.groups.create_group(size=size, **args)
         group = self._retried("create_group", create)
         self.groups[role] = group.name
         self.hooks.event("created %s (%d instance(s)) from %s"
@@ -588,20 +593,27 @@ class Executor:
             name, size, last["health"].summary() if last["health"] else "no health yet"))
 
     def set_weights(self, weights: dict) -> None:
+        """Request ``weights`` and wait until the router verifies them; a
+        router that cannot tell (``verify_weights`` None) is given its
+        ``settle_time``, and the step log says so."""
         named = {self.name(r): w for r, w in weights.items() if self.name(r)}
         if not named:
             return
+        text = ", ".join("%s=%d%%" % item for item in sorted(named.items()))
         self.platform_call("set_weights", named)
+        answer = {}
 
         def applied():
-            seen = {g.name: g for g in self.platform_call(
-                "list_groups", self.create_args["artifact"], self.create_args["environment"])}
-            return all(n in seen and seen[n].weight == w and (w == 0 or seen[n].attached)
-                       for n, w in named.items())
-        self.wait(applied, "traffic weights " + ", ".join(
-            "%s=%d%%" % item for item in sorted(named.items())))
-        self.hooks.event("traffic weights " + ", ".join(
-            "%s=%d%%" % item for item in sorted(named.items())), weights=named)
+            answer["verified"] = self.platform_call("verify_weights", named)
+            return answer["verified"] is None or answer["verified"]
+        self.wait(applied, "traffic weights " + text)
+        if answer["verified"] is None:
+            settle = float(getattr(self.platform.traffic, "settle_time", 0.0) or 0.0)
+            self.hooks.event("traffic weights %s requested; the %s router cannot verify "
+                             "weights, waiting its settle time %gs"
+                             % (text, self.platform.name, settle), settle=settle)
+            self._sleep(settle)
+        self.hooks.event("traffic weights " + text, weights=named)
 
     def drain(self, role: str) -> None:
         name = self.name(role)
@@ -652,7 +664,7 @@ class Executor:
         started = self.clock.now()
         self._sleep(seconds)
         self._check_failing(name)
-        sample = run.add(self.platform_call("metrics", name, self.clock.now() - started), subject)
+        sample = run.add(self.platform_call("metrics", name, started, self.clock.now()), subject)
         self.hooks.event("analysis %s: %s" % (sample.result, sample.reason),
                          verdict=sample.result, requests=sample.requests,
                          windows=run.counts["windows"], failed=run.counts["failed"])

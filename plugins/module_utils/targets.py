@@ -12,6 +12,7 @@ import os
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils import images, versioning
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import is_oci_ref
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import FileReleaseStore
 
 COMMON_SPEC = dict(
@@ -51,14 +52,31 @@ def _check_secrets(infra):
                            "project_path and stack instead of infra", param="infra")
 
 
-def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0):
+#: the drivers that exist, by ``infra.platform``
+DRIVERS = ("local",)
+
+
+def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0, clock=None):
+    """The ``Platform`` (group manager, traffic router, metrics provider) for
+    the infra outputs.  A driver's Python dependencies are checked here, so
+    a module never imports a driver itself."""
     platform = infra.get("platform")
     if platform == "local":
-        from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local import (
-            LocalPlatform)
-        return LocalPlatform(infra, image_store=image_store, drain_timeout=drain_timeout)
-    raise PhoenixError("infra.platform: %r has no driver yet; allowed: local" % (platform,),
-                       param="infra")
+        from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import local
+        _check_dependencies(platform, local.missing_dependencies())
+        return local.LocalPlatform(infra, image_store=image_store, drain_timeout=drain_timeout,
+                                   clock=clock)
+    raise PhoenixError("infra.platform: %r has no driver yet; allowed: %s"
+                       % (platform, ", ".join(DRIVERS)), param="infra")
+
+
+def _check_dependencies(platform, missing):
+    if missing:
+        raise PhoenixError("the %s platform driver needs the Python package(s) %s on the host "
+                           "that runs the module (pip install %s): %s"
+                           % (platform, ", ".join(m[0] for m in missing),
+                              " ".join(m[0] for m in missing),
+                              "; ".join(str(m[1]) for m in missing)), param="infra")
 
 
 def default_store_root(infra: dict) -> str:
@@ -78,14 +96,21 @@ def make_store(params, infra) -> FileReleaseStore:
 
 def resolve_image(artifact: str, version, image, image_store=None) -> dict:
     """``{"ref": "<name>@<digest>", "version", "name", "path", "digest"}`` of a
-    baked local image, verified (content digest recomputed) before use."""
+    baked local image, verified (content digest recomputed) before use.  An
+    OCI reference ``registry/repo@sha256:<64 hex>`` is checked for shape only
+    (``path`` None): the platform's ``resolve_image`` says whether it runs it."""
     store = images.ImageStore(image_store or images.default_store())
     digest = None
     if image:
+        if is_oci_ref(str(image)):  # the driver decides whether it can run it (resolve_image)
+            repo, _sep, digest = str(image).partition("@")
+            return {"ref": str(image), "version": version, "name": repo, "path": None,
+                    "digest": digest}
         name, _sep, digest = str(image).partition("@")
         if not name or "/" in name:
-            raise PhoenixError("image: %r; give an image name (e.g. catalog-v1-4-0--abc1234-b7), "
-                               "optionally with @sha256:<content digest>" % (image,), param="image")
+            raise PhoenixError("image: %r; give a baked image name (e.g. catalog-v1-4-0--abc1234-b7), "
+                               "optionally with @sha256:<content digest>, or an OCI reference "
+                               "registry/repository@sha256:<64 hex digits>" % (image,), param="image")
     else:
         if version is None:
             raise PhoenixError("version or image is required for action deploy", param="version")

@@ -77,20 +77,10 @@ lock:
   type: dict
 """
 
-from ansible.module_utils.basic import missing_required_lib
-
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.module import PhoenixModule, argspec
 from ansible_collections.phoenix.deploy.plugins.module_utils import targets
-
-try:
-    from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout
-    from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import local as local_platform
-    HAS_SUPERVISOR = local_platform.HAS_SUPERVISOR
-    IMPORT_ERROR = local_platform.SUPERVISOR_IMPORT_ERROR
-except ImportError as exc:  # pragma: no cover
-    HAS_SUPERVISOR = False
-    IMPORT_ERROR = exc
+from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout
 
 ARGUMENT_SPEC = dict(
     targets.COMMON_SPEC,
@@ -102,8 +92,6 @@ def main():
     module = PhoenixModule(argument_spec=argspec(ARGUMENT_SPEC), supports_check_mode=True,
                            mutually_exclusive=[("infra", "project_path")],
                            required_together=[("project_path", "stack")])
-    if not HAS_SUPERVISOR:
-        module.fail_json(msg=missing_required_lib("supervisor"), exception=str(IMPORT_ERROR))
     p = module.params
     if p["history"] < 0:
         module.fail_json(msg="history: %d; allowed 0 or more releases" % p["history"], param="history")

@@ -44,6 +44,8 @@ options:
   image:
     description:
       - Image name to deploy instead of O(version), optionally pinned as C(<name>@sha256:<content digest>).
+      - An OCI reference C(registry/repository@sha256:<64 hex digits>) is checked for shape here and resolved by the platform
+        driver; the local platform runs baked local images only and refuses it.
     type: str
   size:
     description: Number of instances of the new server group.
@@ -232,8 +234,8 @@ events:
   type: list
   elements: dict
 plan:
-  description: Steps the rollout would run (check mode).
-  returned: in check mode for action deploy
+  description: Steps the action would run (check mode), each with a C(description).
+  returned: in check mode
   type: list
   elements: dict
 weights:
@@ -260,19 +262,11 @@ from ansible.module_utils.basic import missing_required_lib
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.module import PhoenixModule, argspec
 from ansible_collections.phoenix.deploy.plugins.module_utils import targets
-
-try:
-    from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout, check_env
-    from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
-        LockHeld, LockHolder)
-    from ansible_collections.phoenix.deploy.plugins.module_utils import controller
-    from ansible_collections.phoenix.deploy.plugins.module_utils import report as reporting
-    from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import local as local_platform
-    HAS_SUPERVISOR = local_platform.HAS_SUPERVISOR
-    IMPORT_ERROR = local_platform.SUPERVISOR_IMPORT_ERROR
-except ImportError as exc:  # pragma: no cover
-    HAS_SUPERVISOR = False
-    IMPORT_ERROR = exc
+from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout, RolloutError, check_env
+from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
+    LockHeld, LockHolder)
+from ansible_collections.phoenix.deploy.plugins.module_utils import controller
+from ansible_collections.phoenix.deploy.plugins.module_utils import report as reporting
 
 ARGUMENT_SPEC = dict(
     targets.COMMON_SPEC,
@@ -344,7 +338,7 @@ class RolloutManager:
         return controller.request_digest(p["action"], p["artifact"], p["environment"], **inputs)
 
     def weights(self) -> dict:
-        return {g.name: g.weight for g in self.platform.list_groups(
+        return {g.name: g.weight for g in self.platform.groups.list_groups(
             self.params["artifact"], self.params["environment"]) if g.attached}
 
     def snapshot(self) -> dict:
@@ -359,6 +353,8 @@ class RolloutManager:
             Rollout.validate(p["size"], p["strategy"], p["strategy_settings"], p["analysis"])
             self.image = targets.resolve_image(p["artifact"], p["version"], p["image"],
                                                p["image_store"])
+            if self.image["path"] is None:  # not a baked local image: can the platform run it?
+                self.platform.groups.resolve_image(self.image["ref"], p["artifact"])
             if p["version"] is None:
                 p["version"] = self.image["version"]
         self.request = self._request()
@@ -377,31 +373,27 @@ class RolloutManager:
 
     # -- check mode -------------------------------------------------------------
     def check(self) -> dict:
+        """Check mode of every action: the engine's plan (Rollout.plan)."""
         p = self.params
         if p["action"] == "deploy":
-            res = self.engine.plan(p["version"], self.image["ref"], p["size"], p["strategy"],
-                                   p["strategy_settings"], p["analysis"])
-            out = self._engine_result(res)
-            if res.changed:
-                new = res.plan and [s for s in res.plan if s["kind"] == "create"]
+            res = self.engine.plan("deploy", p["version"], self.image["ref"], p["size"],
+                                   p["strategy"], p["strategy_settings"], p["analysis"])
+        else:
+            try:
+                res = self.engine.plan(p["action"])
+            except RolloutError as exc:  # nothing to roll back to: a real run would fail
+                return dict(changed=False, state="planned", msg=exc.msg, events=[], plan=[])
+        out = self._engine_result(res)
+        if p["action"] != "deploy":
+            out["state"] = "planned"
+        if p["action"] == "deploy" and res.changed:
+            new = res.plan and [s for s in res.plan if s["kind"] == "create"]
+            if new:
                 name = "%s-%s-(next)" % (p["artifact"], p["environment"])
                 out["predicted"] = {"live": {"release_id": "(next)", "version": p["version"],
                                              "image": self.image["ref"]},
-                                    "weights": {name: 100}} if new else None
-                if out["predicted"] is None:
-                    out.pop("predicted")
-            return out
-        info = self.engine.info()
-        paused = [r for r in info["history"] if r["status"] == "paused"]
-        live = info["live"]
-        if p["action"] in ("promote", "abort"):
-            changed = bool(paused)
-            msg = ("would %s %s" % (p["action"], paused[-1]["release_id"]) if changed else
-                   "nothing to %s: no paused release" % p["action"])
-        else:
-            changed = bool(paused) or bool(live and live.get("previous_release_id"))
-            msg = "would roll back %s" % (live["release_id"] if live else "nothing")
-        return dict(changed=changed, state="planned", msg=msg, live=live, events=[], plan=[])
+                                    "weights": {name: 100}}
+        return out
 
     # -- real runs ---------------------------------------------------------------
     def act(self) -> dict:
@@ -529,8 +521,6 @@ def main():
     module = PhoenixModule(argument_spec=argspec(ARGUMENT_SPEC), supports_check_mode=True,
                            mutually_exclusive=[("infra", "project_path")],
                            required_together=[("project_path", "stack")])
-    if not HAS_SUPERVISOR:
-        module.fail_json(msg=missing_required_lib("supervisor"), exception=str(IMPORT_ERROR))
     manager = None
     try:
         manager = RolloutManager(module)

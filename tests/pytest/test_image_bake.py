@@ -27,7 +27,7 @@ TEMPLATE = ROOT / "packer" / "image.pkr.hcl"
 def copy_image(result, store):
     """Copy a baked bundle into another store (as a deploy host would have it)."""
     src = pathlib.Path(result["image"]["path"])
-    dst = pathlib.Path(store) / "local" / "catalog" / src.name
+    dst = pathlib.Path(images.ImageStore(str(store)).path("local", "catalog", src.name))
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(src, dst, symlinks=True)
     return dst

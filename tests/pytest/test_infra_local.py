@@ -23,6 +23,7 @@ import pytest
 from pulumi import automation as auto
 from supervisor.xmlrpc import SupervisorTransport
 
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.haproxy import runtime
 from fixtures_infra_local import PIDFILES, pid_alive, wait_for
 
 pytestmark = pytest.mark.slow
@@ -43,15 +44,8 @@ def http_get(url, timeout=5, host=None):
 
 
 def runtime_api(sock, command):
-    """One command on HAProxy's runtime API (a line-based text protocol)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(5)
-        conn.connect(sock)
-        conn.sendall(command.encode() + b"\n")
-        chunks = []
-        while chunk := conn.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode()
+    """One command on HAProxy's runtime API (the driver's one client)."""
+    return runtime(sock, command, timeout=5)
 
 
 def supervisor(endpoint):

@@ -94,10 +94,12 @@ def test_metrics_count_failed_attempts_that_users_did_not_see(rollout_env, tmp_p
     assert env.deploy("v1", size=2).state == "live"
     stable = env.history().live_release().group
     bad = start_fake_group(env, tmp_path, mode)
-    env.platform.set_weights({stable: 50, bad: 50})  # the metrics window starts here
+    env.platform.traffic.set_weights({stable: 50, bad: 50})
+    start = env.platform.clock.now()  # the metrics window starts here
     statuses = [get(env.url) for _ in range(120)]
-    metrics = env.platform.metrics(bad, 1.0)
-    stable_metrics = env.platform.metrics(stable, 1.0)
+    end = env.platform.clock.now()
+    metrics = env.platform.metrics.metrics(bad, start, end)
+    stable_metrics = env.platform.metrics.metrics(stable, start, end)
     print(mode, "users:", {s: statuses.count(s) for s in set(statuses)}, "bad:", metrics,
           "stable:", stable_metrics)
     assert statuses.count(200) == len(statuses), statuses  # retried on the stable group
@@ -120,7 +122,8 @@ def test_window_with_a_counter_reset_is_discarded_not_clamped(rollout_env):
     weight = env.servers()[member["instance"]]["weight"]
     for _ in range(40):
         assert get(env.url) == 200
-    env.platform.metrics(group, 1.0)  # the window starts, counters are > 0
+    start = env.platform.clock.now()
+    env.platform.metrics.metrics(group, start, start)  # the window starts, counters are > 0
     # HAProxy's own runtime API (not the driver): remove the server and add it back
     srv = "be_catalog/" + member["instance"]
     env.platform.api.batch([
@@ -129,12 +132,14 @@ def test_window_with_a_counter_reset_is_discarded_not_clamped(rollout_env):
          "weight", str(weight)), ("enable", "health", srv), ("enable", "server", srv)])
     for _ in range(10):
         get(env.url)
-    metrics = env.platform.metrics(group, 1.0)
-    assert metrics.requests == 0 and metrics.errors_5xx == 0 and metrics.latency_ms is None, metrics
+    end = env.platform.clock.now()
+    metrics = env.platform.metrics.metrics(group, start, end)
+    assert metrics.requests == 0 and metrics.errors_5xx == 0 and metrics.latency_ms is None, (
+        metrics, start, end, env.platform.history.groups[group][-4:])
     # the next window counts again
     for _ in range(10):
         assert get(env.url) == 200
-    assert env.platform.metrics(group, 1.0).requests >= 10
+    assert env.platform.metrics.metrics(group, end, env.platform.clock.now()).requests >= 10
 
 
 def test_faulty_canary_is_rolled_back_while_users_see_almost_no_errors(rollout_env):

@@ -43,14 +43,15 @@ cfg = json.loads(sys.argv[2])
 platform = LocalPlatform(cfg["infra"], image_store=cfg["image_store"], drain_timeout=5)
 calls = {"n": 0}
 for op in ("create_group", "resize", "set_weights", "drain_and_detach", "destroy", "cancel_drain"):
-    real = getattr(platform, op)
+    role = platform.role(op)  # the group manager or the traffic router
+    real = getattr(role, op)
     def wrapped(*args, _real=real, _op=op, **kw):
         calls["n"] += 1
         if calls["n"] == cfg["kill_at"]:
             print(json.dumps({"killed_at": _op}), flush=True)
             os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind
         return _real(*args, **kw)
-    setattr(platform, op, wrapped)
+    setattr(role, op, wrapped)
 engine = Rollout(platform, FileReleaseStore(cfg["store"]), "catalog", cfg["environment"])
 res = getattr(engine, cfg["action"])()
 print(json.dumps({"state": res.state, "msg": res.msg, "calls": calls["n"]}), flush=True)

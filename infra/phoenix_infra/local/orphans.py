@@ -24,7 +24,6 @@ this restore set to drain, so a restore that was itself interrupted hands them
 back on the next ``pulumi up``.
 
 Plain functions, no module-level state (see ``providers.py``)."""
-import http.client
 import json
 import os
 import re
@@ -78,25 +77,15 @@ def server_state(sock, backend, name):
     """``(op_state, admin_state)`` of HAProxy server ``backend/name`` or None
     (op_state 2 = UP; admin 0 = ready, 0x08 = drain)."""
     text = _runtime(sock, f"show servers state {backend}") or ""
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) > 6 and not line.startswith("#") and f[3] == name:
-            try:
-                return int(f[5]), int(f[6])
-            except ValueError:
-                return None
-    return None
+    try:
+        srv = procs.haproxy.parse_servers_state(text, strict=False).get(name)
+    except ValueError:
+        return None
+    return (srv["op_state"], srv["admin"]) if srv else None
 
 
 def healthy(meta):
-    conn = http.client.HTTPConnection(meta["address"], int(meta["port"]), timeout=1.0)
-    try:
-        conn.request("GET", "/healthz")
-        return conn.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
+    return procs.healthy(meta["address"], int(meta["port"]))
 
 
 def _add(rpc, names):

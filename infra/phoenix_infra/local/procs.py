@@ -2,14 +2,43 @@
 
 Plain functions, no module-level state: the providers that call them are
 pickled by reference into the Pulumi state and this module is imported again
-in the provider process (cwd ``infra/``)."""
-import errno
+in the provider process (cwd ``infra/``).
+
+The HAProxy runtime-API client and the file / port / health helpers are the
+local platform driver's (``plugins/module_utils/platforms/local/haproxy.py``
+and ``host.py`` of this checkout, standard library only), loaded by path:
+one copy for the engine and the infra."""
+import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import time
+
+_LOCAL_DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir,
+                             os.pardir, "plugins", "module_utils", "platforms", "local")
+
+
+def _driver_module(name):
+    """``plugins/module_utils/platforms/local/<name>.py`` as ``phoenix_infra.local._<name>``."""
+    key = f"phoenix_infra.local._{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, os.path.join(_LOCAL_DRIVER, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+haproxy = _driver_module("haproxy")
+host = _driver_module("host")
+#: one command on HAProxy's runtime API (a line-based text protocol on the unix socket)
+haproxy_runtime = haproxy.runtime
+#: write a file atomically with mode 0600
+write_private = host.write_private
+#: GET /healthz of an instance answers 200
+healthy = host.healthy
 
 
 class InfraError(Exception):
@@ -24,35 +53,17 @@ def ensure_dir(path, mode=0o700):
     return created
 
 
-def write_private(path, text):
-    """Write ``text`` to ``path`` atomically with mode 0600."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
 def remove_tree(path):
     if os.path.isdir(path):
         shutil.rmtree(path)
 
 
 def port_free(address, port):
-    """True if ``address:port`` can be bound right now (probe by binding, with
-    SO_REUSEADDR like the servers, so TIME_WAIT leftovers do not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise InfraError(f"cannot bind {address}:{port}: {exc}") from exc
-    return True
+    """True if ``address:port`` can be bound right now (``host.port_free``)."""
+    try:
+        return host.port_free(address, port)
+    except OSError as exc:
+        raise InfraError(f"cannot bind {address}:{port}: {exc}") from exc
 
 
 def require_free(address, port, what):
@@ -239,16 +250,3 @@ def stop_pids(pids, grace):
                 pass
     wait_until(lambda: not any(pid_alive(p) for p in killed), 10)
     return killed
-
-
-def haproxy_runtime(sock, command):
-    """One command on HAProxy's runtime API (a line-based text protocol on
-    the unix socket); the infra's one client for it."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(10)
-        conn.connect(sock)
-        conn.sendall(command.encode() + b"\n")
-        chunks = []
-        while chunk := conn.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode()

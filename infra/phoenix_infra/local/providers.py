@@ -429,10 +429,10 @@ class HAProxyProvider(_Provider):
         """Servers the rollout engine added at run time: (backend, name, addr, port, weight, admin)."""
         found = []
         for backend in backends:
-            for line in self.runtime(sock, f"show servers state {backend}").splitlines():
-                f = line.split()
-                if len(f) > 18 and not line.startswith("#"):
-                    found.append((f[1], f[3], f[4], f[18], f[7], int(f[6])))
+            state = procs.haproxy.parse_servers_state(self.runtime(sock, f"show servers state {backend}"),
+                                                      strict=False)
+            found += [(s["backend"], name, s["address"], s["port"], s["weight"], s["admin"])
+                      for name, s in state.items()]
         return found
 
     @staticmethod

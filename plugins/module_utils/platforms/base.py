@@ -1,7 +1,13 @@
 # -*- coding: utf-8 -*-
 # Copyright: phoenix.deploy contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The platform interface every driver implements, plus polling helpers.
+"""The platform roles every driver implements, plus polling helpers.
+
+A platform is three roles (``Platform`` holds one of each): a
+``GroupManager`` (groups of one release: create, resize, health, destroy,
+list, names, images), a ``TrafficRouter`` (weights, their verification, drain)
+and a ``MetricsProvider`` (traffic of a group between two clock times).
+The engine (strategies, rollout, analysis) talks to the roles only.
 
 Every operation may be asynchronous (a GCE MIG resize, a Kubernetes
 Deployment scale): a call only *requests* a change.  The engine observes the
@@ -26,11 +32,19 @@ Contract (what the engine relies on):
   ``list_groups`` reports it, so the engine only ever destroys what it made.
 * ``list_groups`` reports the observed state (size, weight, attached) of the
   groups of one (artifact, environment), including ones being destroyed.
+* ``verify_weights`` says whether the router serves the weights asked for
+  (True / False) or that it cannot tell (None); the engine then waits the
+  router's ``settle_time``.
+* ``metrics`` answers for an explicit ``[start, end]`` window of clock times,
+  within the provider's documented ``resolution``.
+* group names are DNS-1123 labels (``valid_name``), at most 63 characters.
 """
 
 from __future__ import annotations
 
 import abc
+import hashlib
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
@@ -157,19 +171,32 @@ def wait_until(predicate: Callable, deadline: float, interval: float,
         clock.sleep(min(interval, deadline - now))
 
 
-class Platform(abc.ABC):
-    """What a driver must do; see the module docstring for the contract."""
+class GroupManager(abc.ABC):
+    """The group lifecycle of a platform: server groups of one release,
+    their size and health, and what a group runs (``resolve_image``)."""
 
     name = "abstract"
     #: seconds between polls the engine should use for this platform
     poll_interval = 1.0
+
+    def group_name(self, artifact: str, environment: str, release_id: str) -> str:
+        """The platform's name for a group: by default a DNS-1123 label (see
+        ``group_name``), which every platform so far takes."""
+        return group_name(artifact, environment, release_id)
+
+    def resolve_image(self, ref: str, artifact: Optional[str] = None):
+        """What the platform runs for the image reference ``ref`` (an image
+        with its content digest) of ``artifact``: a local bundle, a GCE image
+        self-link, an OCI reference.  ``PlatformError`` (``param="image"``)
+        when this platform cannot run it."""
+        return ref
 
     @abc.abstractmethod
     def create_group(self, artifact: str, environment: str, release_id: str,
                      image: str, size: int, env: dict,
                      name: Optional[str] = None,
                      owner: Optional[str] = None) -> ServerGroup:
-        """Request a new group; returns at once (instances may be starting)."""
+        """Request a new group at weight 0; returns at once (instances may be starting)."""
 
     @abc.abstractmethod
     def resize(self, group: str, size: int) -> None:
@@ -178,14 +205,6 @@ class Platform(abc.ABC):
     @abc.abstractmethod
     def health(self, group: str) -> Health:
         """Ready / total instances with per-instance detail."""
-
-    @abc.abstractmethod
-    def set_weights(self, weights: dict) -> None:
-        """Request traffic shares ``{group name: 0..100}``."""
-
-    @abc.abstractmethod
-    def drain_and_detach(self, group: str) -> None:
-        """Request drain and removal from the load balancer (keeps it warm)."""
 
     def cancel_drain(self, group: str) -> None:
         """Undo a drain a dead controller left half-done (weight 0, attached)."""
@@ -201,8 +220,116 @@ class Platform(abc.ABC):
 
     @abc.abstractmethod
     def list_groups(self, artifact: str, environment: str) -> list:
-        """Observed ``ServerGroup`` list of one (artifact, environment)."""
+        """Observed ``ServerGroup`` list of one (artifact, environment),
+        including groups being destroyed until they are gone."""
+
+
+class TrafficRouter(abc.ABC):
+    """The traffic side: weights between the groups of one backend."""
+
+    name = "abstract"
+    #: seconds a router that cannot verify weights (``verify_weights`` returns
+    #: None) needs until a weight change is in effect; the engine waits this
+    #: long and says so in the step log
+    settle_time = 0.0
 
     @abc.abstractmethod
-    def metrics(self, group: str, window: float) -> Metrics:
-        """Requests, 5xx and latency of ``group`` over the last ``window`` s."""
+    def set_weights(self, weights: dict) -> None:
+        """Request traffic shares ``{group name: 0..100}``; a detached group
+        given a weight above 0 is attached again."""
+
+    @abc.abstractmethod
+    def verify_weights(self, weights: dict) -> Optional[bool]:
+        """True once the router serves ``weights`` (a group with weight above
+        0 attached), False while not yet, None when the platform cannot tell
+        (a load balancer that applies weights eventually)."""
+
+    @abc.abstractmethod
+    def drain_and_detach(self, group: str) -> None:
+        """Request drain and removal from the load balancer (keeps it warm)."""
+
+
+class MetricsProvider(abc.ABC):
+    """Requests, server-side errors and latency of a group over a window."""
+
+    name = "abstract"
+    #: how close to the asked window boundaries the answer is (seconds); a
+    #: driver documents what its counters allow
+    resolution = 0.0
+
+    @abc.abstractmethod
+    def metrics(self, group: str, start: float, end: float) -> Metrics:
+        """Traffic of ``group`` between the clock times ``start`` and ``end``
+        (``Metrics.window`` is the span really covered)."""
+
+
+ROLES = ("groups", "traffic", "metrics")
+#: which role answers an operation (``Executor.platform_call`` routes by it)
+ROLE_OF = {
+    "create_group": "groups", "resize": "groups", "health": "groups",
+    "destroy": "groups", "list_groups": "groups", "group_name": "groups",
+    "resolve_image": "groups", "config_inputs": "groups", "cancel_drain": "groups",
+    "set_weights": "traffic", "verify_weights": "traffic",
+    "drain_and_detach": "traffic", "metrics": "metrics",
+}
+
+
+class Platform:
+    """A platform is a combination of the three roles, chosen by the infra
+    outputs (``targets.make_platform``): e.g. local groups behind local
+    HAProxy with HAProxy's counters, or managed instance groups behind a
+    cloud load balancer with the cloud's monitoring."""
+
+    def __init__(self, groups: GroupManager, traffic: TrafficRouter, metrics: MetricsProvider,
+                 name: Optional[str] = None):
+        self.groups = groups
+        self.traffic = traffic
+        self.metrics = metrics
+        self.name = name or getattr(groups, "name", "platform")
+
+    @property
+    def poll_interval(self) -> float:
+        return getattr(self.groups, "poll_interval", 1.0)
+
+    def role(self, op: str):
+        """The role object that answers ``op``."""
+        try:
+            return getattr(self, ROLE_OF[op])
+        except KeyError:
+            raise ValueError("no platform role has the operation %r" % op)
+
+    def call(self, op: str, *args, **kwargs):
+        return getattr(self.role(op), op)(*args, **kwargs)
+
+
+_NOT_DNS = re.compile(r"[^a-z0-9]+")
+_DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def group_name(artifact: str, environment: str, release_id: str) -> str:
+    """``<artifact>-<environment>-<release>`` as a name every platform takes
+    (DNS-1123 label, GCE resource name): lowercase ``[a-z0-9-]``, starting
+    with a letter, at most 63 characters, derived deterministically
+    (``integrated_qa`` -> ``integrated-qa``; too long -> cut + 8-hex hash)."""
+    raw = "%s-%s-%s" % (artifact, environment, release_id)
+    name = _NOT_DNS.sub("-", raw.lower()).strip("-")
+    if not name[:1].isalpha():
+        name = "g-" + name
+    if len(name) > 63:
+        digest = hashlib.sha256(raw.encode("utf-8")).hexdigest()[:8]
+        name = "%s-%s" % (name[:54].rstrip("-"), digest)
+    return name
+
+
+def valid_name(name: str) -> bool:
+    """A DNS-1123 label that starts with a letter (GCE resource names too)."""
+    return isinstance(name, str) and bool(_DNS_LABEL.match(name))
+
+
+#: an OCI image reference pinned by digest, ``registry/repo@sha256:<64 hex>``
+OCI_REF = re.compile(r"^(?P<repo>[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?"
+                     r"(/[a-z0-9]+([._-]+[a-z0-9]+)*)+)@(?P<digest>sha256:[0-9a-f]{64})$")
+
+
+def is_oci_ref(ref) -> bool:
+    return isinstance(ref, str) and bool(OCI_REF.match(ref))

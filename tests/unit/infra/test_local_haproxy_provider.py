@@ -52,3 +52,30 @@ def test_unreadable_server_record_is_a_clear_error(tmp_path, text):
     path.write_text(text)
     with pytest.raises(procs.InfraError, match="server record .*servers.json"):
         HAProxyProvider.recorded_servers(str(path))
+
+
+def test_the_infra_uses_the_local_drivers_haproxy_client_and_host_helpers():
+    """One HAProxy runtime-API client and one set of file/port/health helpers:
+    the infra loads the collection's modules by path instead of a copy."""
+    import os
+    driver = os.path.join("plugins", "module_utils", "platforms", "local")
+    assert os.path.realpath(procs.haproxy.__file__).endswith(os.path.join(driver, "haproxy.py"))
+    assert os.path.realpath(procs.host.__file__).endswith(os.path.join(driver, "host.py"))
+    assert procs.haproxy_runtime is procs.haproxy.runtime
+    assert procs.write_private is procs.host.write_private
+
+
+def test_runtime_servers_parse_show_servers_state_with_the_drivers_parser():
+    text = ("1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight "
+            "srv_iweight srv_time_since_last_change srv_check_status srv_check_result "
+            "srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id "
+            "srv_fqdn srv_port srvrecord\n"
+            "3 be_catalog 1 g-v1.001 127.0.0.1 2 8 256 256 10 6 3 4 6 0 0 0 - 25020 -\n")
+
+    class Fake(HAProxyProvider):
+        @staticmethod
+        def runtime(sock, command):
+            assert command == "show servers state be_catalog"
+            return text
+    assert Fake().runtime_servers("/x/haproxy.sock", ["be_catalog"]) == [
+        ("be_catalog", "g-v1.001", "127.0.0.1", 25020, 256, 8)]

@@ -15,8 +15,8 @@ reply is lost), and the entry is used up, e.g.
 ``(time, operation, error)`` of every injected failure.
 """
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
-    DRAINING, FAILED, READY, STARTING, Health, InstanceHealth, Metrics, Platform,
-    PlatformError, ServerGroup)
+    DRAINING, FAILED, READY, STARTING, GroupManager, Health, InstanceHealth, Metrics,
+    MetricsProvider, Platform, PlatformError, ServerGroup, TrafficRouter)
 
 
 class Crash(BaseException):
@@ -34,17 +34,82 @@ class FakeClock:
         self.t += max(seconds, 0)
 
 
+class _Role:
+    """A role of the double: every call goes to the world's method of the
+    same name, looked up at call time (a test may replace one)."""
+
+    def __init__(self, world):
+        self.world = world
+        self.name = world.name
+
+
+class FakeGroups(_Role, GroupManager):
+    @property
+    def poll_interval(self):
+        return self.world.poll_interval
+
+    def create_group(self, *args, **kwargs):
+        return self.world.create_group(*args, **kwargs)
+
+    def resize(self, group, size):
+        return self.world.resize(group, size)
+
+    def health(self, group):
+        return self.world.health(group)
+
+    def cancel_drain(self, group):
+        return self.world.cancel_drain(group)
+
+    def config_inputs(self):
+        return self.world.config_inputs()
+
+    def destroy(self, group):
+        return self.world.destroy(group)
+
+    def list_groups(self, artifact, environment):
+        return self.world.list_groups(artifact, environment)
+
+
+class FakeTraffic(_Role, TrafficRouter):
+    @property
+    def settle_time(self):
+        return self.world.settle_time
+
+    def set_weights(self, weights):
+        return self.world.set_weights(weights)
+
+    def verify_weights(self, weights):
+        return self.world.verify_weights(weights)
+
+    def drain_and_detach(self, group):
+        return self.world.drain_and_detach(group)
+
+
+class FakeMetrics(_Role, MetricsProvider):
+    def metrics(self, group, start, end):
+        return self.world.group_metrics(group, start, end)
+
+
 class FakePlatform(Platform):
+    """The world of the double and its three roles (``groups``, ``traffic``,
+    ``metrics``); the server groups themselves are in ``table``.
+    ``weights_observable=False`` makes ``verify_weights`` answer None (a
+    router that cannot tell), ``settle_time`` is then waited."""
+
     name = "double"
     poll_interval = 0.5
 
     def __init__(self, clock, start_delay=2.0, weight_delay=0.5, drain_delay=1.0,
-                 destroy_delay=1.0, rps=100.0):
+                 destroy_delay=1.0, rps=100.0, weights_observable=True, settle_time=1.0):
+        Platform.__init__(self, FakeGroups(self), FakeTraffic(self), FakeMetrics(self),
+                          name="double")
+        self.table = {}
+        self.weights_observable, self.settle_time = weights_observable, settle_time
         self.clock = clock
         self.start_delay, self.weight_delay = start_delay, weight_delay
         self.drain_delay, self.destroy_delay = drain_delay, destroy_delay
-        self.rps = rps
-        self.groups = {}
+        self.rps = rps  # None: only what send() puts through counts
+        self.sent = []  # [(time, requests)] of send()
         self.behaviour = {}  # image -> {error_rate, error_rates, p99, crash, never_ready}
         self.log = []
         self.ops = 0
@@ -92,11 +157,11 @@ class FakePlatform(Platform):
         """Called once the n-th call took effect (a kill right after it)."""
         if self.crash_after is not None and self.ops == self.crash_after:
             self._refresh()
-            for g in self.groups.values():  # time passes: requests land
+            for g in self.table.values():  # time passes: requests land
                 if g["pending"] is not None:
                     g["weight"], g["pending"] = g["pending"][0], None
             if op == "drain_and_detach":  # killed mid-drain: the drain never ends
-                g = self.groups[args[0]]
+                g = self.table[args[0]]
                 g["draining"], g["detach_at"], g["attached"] = True, None, False
             raise Crash("after %s%r" % (op, args))
 
@@ -106,16 +171,16 @@ class FakePlatform(Platform):
 
     def _group(self, name):
         self._refresh()
-        group = self.groups.get(name)
+        group = self.table.get(name)
         if group is None or group["deleting_at"] is not None:
             raise PlatformError("no server group %r" % name)
         return group
 
     def _refresh(self):
         now = self.clock.now()
-        for name, g in list(self.groups.items()):
+        for name, g in list(self.table.items()):
             if g["deleting_at"] is not None and now >= g["deleting_at"]:
-                del self.groups[name]
+                del self.table[name]
                 continue
             if g["pending"] is not None and now >= g["pending"][1]:
                 g["weight"] = g["pending"][0]
@@ -141,7 +206,7 @@ class FakePlatform(Platform):
         """{group: (size, ready, target weight, attached, deleting)}"""
         self._refresh()
         out = {}
-        for name, g in self.groups.items():
+        for name, g in self.table.items():
             target = g["pending"][0] if g["pending"] else g["weight"]
             serving = g["attached"] and g["detach_at"] is None and g["deleting_at"] is None \
                 and not g["draining"]
@@ -164,7 +229,7 @@ class FakePlatform(Platform):
         self._mutating("create_group", name)
         self._refresh()
         name = name or "%s-%s-%s" % (artifact, environment, release_id)
-        if name in self.groups:
+        if name in self.table:
             raise PlatformError("server group %r already exists" % name)
         g = {"name": name, "artifact": artifact, "environment": environment,
              "release_id": release_id, "image": image, "env": dict(env),
@@ -172,7 +237,7 @@ class FakePlatform(Platform):
              "detach_at": None, "deleting_at": None, "draining": False,
              "owner": owner}
         g["instances"] = [self._new_instance(g) for _index in range(size)]
-        self.groups[name] = g
+        self.table[name] = g
         self._logged("create_group", name, size)
         self._fail("create_group", after=True)
         return ServerGroup(name, artifact, environment, release_id, image, size, owner=owner)
@@ -234,7 +299,7 @@ class FakePlatform(Platform):
         self._fail("destroy")
         self._mutating("destroy", group)
         self._refresh()
-        g = self.groups.get(group)
+        g = self.table.get(group)
         if g is not None and g["deleting_at"] is None:
             g["deleting_at"] = self.clock.now() + self.destroy_delay
         self._logged("destroy", group)
@@ -246,16 +311,43 @@ class FakePlatform(Platform):
                             g["image"], len(g["instances"]), g["weight"],
                             g["attached"] and g["detach_at"] is None
                             and g["deleting_at"] is None, owner=g["owner"])
-                for g in self.groups.values()
+                for g in self.table.values()
                 if g["artifact"] == artifact and g["environment"] == environment]
 
-    def metrics(self, group, window):
+    def config_inputs(self):
+        return {}
+
+    def send(self, requests):
+        """``requests`` through the router now (with ``rps=None``)."""
+        self.sent.append((self.clock.now(), requests))
+        self.clock.sleep(0.01)
+
+    def verify_weights(self, weights):
+        self._fail("verify_weights")
+        if not self.weights_observable:
+            return None
+        self._refresh()
+        for name, weight in weights.items():
+            g = self.table.get(name)
+            if g is None or g["deleting_at"] is not None or g["pending"] is not None or \
+                    g["weight"] != weight:
+                return False
+            if weight and not (g["attached"] and g["detach_at"] is None):
+                return False
+        return True
+
+    def group_metrics(self, group, start, end):
+        """Traffic at ``rps`` x weight over ``[start, end]`` (the weight of now)."""
+        window = max(0.0, end - start)
         self._fail("metrics")
         g = self._group(group)
         if not g["attached"] or self._ready(g) == 0:
             return Metrics(0, 0, None, window)
         beh = self._beh(g)
-        requests = int(self.rps * window * g["weight"] / 100.0)
+        if self.rps is None:
+            requests = int(sum(n for at, n in self.sent if start <= at < end) * g["weight"] / 100.0)
+        else:
+            requests = int(self.rps * window * g["weight"] / 100.0)
         rate = beh.get("error_rate", 0.0)
         if beh.get("error_rates"):  # one per window; the last one repeats
             rates = beh["error_rates"]

@@ -5,7 +5,6 @@ import itertools
 import os
 import random
 import socket
-import threading
 
 import pytest
 
@@ -17,7 +16,8 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.errors import (
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import local
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
     HealthFailure, PlatformError, WaitTimeout)
-from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.haproxy import RuntimeAPI
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.haproxy import RuntimeAPI
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.supervisor import Supervisor
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
     ConflictError, FileReleaseStore, LIVE, LockHeld, ROLLED_BACK, StoreError, SUCCEEDED,
     check_name)
@@ -251,7 +251,7 @@ def refused_socket(tmp_path):
 
 def test_local_driver_marks_refused_connections_transient(tmp_path):
     path = refused_socket(tmp_path)
-    platform = local.LocalPlatform.__new__(local.LocalPlatform)
+    platform = local.LocalDriver.__new__(local.LocalDriver)
     platform.api = RuntimeAPI(path, timeout=2)
     with pytest.raises(PlatformError) as err:
         platform._haproxy("show info", platform.api.process_id)
@@ -265,10 +265,8 @@ def test_local_driver_marks_refused_connections_transient(tmp_path):
 def test_local_driver_marks_a_refused_supervisord_transient(tmp_path):
     assert local.HAS_SUPERVISOR, "make setup installs supervisor: %s" % local.SUPERVISOR_IMPORT_ERROR
     path = refused_socket(tmp_path)
-    platform = local.LocalPlatform.__new__(local.LocalPlatform)
-    platform.endpoint = "unix://" + path
-    platform._local = threading.local()
+    supervisor = Supervisor("unix://" + path)
     with pytest.raises(PlatformError) as err:
-        platform._call("getAllProcessInfo", platform.rpc.supervisor.getAllProcessInfo)
+        supervisor.processes()
     assert err.value.transient and "unreachable" in err.value.msg
     assert os.path.exists(path)

@@ -22,7 +22,7 @@ import pytest
 
 from ansible_collections.phoenix.deploy.plugins.module_utils import images, promotion
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
-from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local import LocalPlatform, PlatformError
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local import LocalDriver, PlatformError
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import FileReleaseStore, Release, SUCCEEDED
 
 from test_images import request
@@ -81,7 +81,7 @@ def store(tmp_path):
 def resolve(store, ref, artifact="catalog"):
     """The local platform's image resolution (create_group, resize, re-create on rollback)."""
     platform = types.SimpleNamespace(image_store=str(store), verify_images=True)
-    return LocalPlatform._resolve_image(platform, artifact, ref)
+    return LocalDriver._resolve_image(platform, artifact, ref)
 
 
 # --- modes are content ---------------------------------------------------------------
@@ -135,7 +135,7 @@ def test_entrypoint_comes_from_the_layout(store):
     # a bundle without a content check (verify_images off) still runs only the layout's entrypoint
     write_doc(path, dict(doc, entrypoint="../../../../bin/false"))
     platform = types.SimpleNamespace(image_store=str(store), verify_images=False)
-    got = LocalPlatform._resolve_image(platform, "catalog", doc["name"])
+    got = LocalDriver._resolve_image(platform, "catalog", doc["name"])
     assert got["entrypoint"] == str(path / "rootfs/opt/phoenix/catalog/bin/run")
 
 

@@ -84,11 +84,66 @@ def test_check_mode_plan_changes_nothing(env):
     env().deploy("1.0.0", "sha256:a", 2)
     ops = env.platform.ops
     revision = env.store.load("catalog", "ci").revision
-    plan = env().plan("1.1.0", "sha256:b", 2, "blue_green")
+    plan = env().plan("deploy", "1.1.0", "sha256:b", 2, "blue_green")
     assert plan.state == "planned" and plan.changed
     assert plan.plan[0]["description"] == "create catalog-ci-v002 with 2 instance(s)"
     assert env.platform.ops == ops and env.store.load("catalog", "ci").revision == revision
-    assert not env().plan("1.0.0", "sha256:a", 2).changed
+    assert not env().plan("deploy", "1.0.0", "sha256:a", 2).changed
+
+
+def unchanged(env):
+    return env.platform.ops, env.store.load("catalog", "ci").revision
+
+
+def test_plan_of_promote_and_abort_describes_the_rest_and_changes_nothing(env):
+    env().deploy("1.0.0", "sha256:a", 4)
+    assert not env().plan("promote").changed and not env().plan("abort").changed
+    assert env().plan("promote").msg == "nothing to promote: no paused release"
+    assert env().deploy("1.1.0", "sha256:b", 4, "canary", CANARY, ANALYSIS).state == "paused"
+    before = unchanged(env)
+    promote = env().plan("promote")
+    assert promote.changed and promote.state == "planned" and promote.release["release_id"] == "v002"
+    kinds = [s["kind"] for s in promote.plan]
+    assert kinds[-3:] == ["mark_live", "drain", "destroy"] and "set_weights" in kinds
+    assert promote.plan[-1]["description"] == "destroy catalog-ci-v001"
+    abort = env().plan("abort")
+    assert abort.changed and "would abort v002 (1.1.0); v001 (1.0.0) gets all traffic" == abort.msg
+    described = [s["description"] for s in abort.plan]
+    assert "set traffic weights catalog-ci-v002=0%, catalog-ci-v001=100%" in described
+    assert "destroy catalog-ci-v002" in described
+    assert [s["kind"] for s in env().plan("rollback").plan] == [s["kind"] for s in abort.plan]
+    assert unchanged(env) == before
+    assert env().abort().state == "aborted"  # what the plan said
+    assert env.platform.live_names() == ["catalog-ci-v001"]
+
+
+def test_plan_of_rollback_warm_and_cold(env):
+    with pytest.raises(RolloutError, match="nothing to roll back to: no live release"):
+        env().plan("rollback")
+    env().deploy("1.0.0", "sha256:a", 2)
+    env().deploy("1.1.0", "sha256:b", 2, "blue_green", {"scale_down_delay": 60})
+    before = unchanged(env)
+    warm = env().plan("rollback")
+    assert warm.msg == "would roll back from v002 (1.1.0) to v001 (1.0.0) instantly (warm group)"
+    assert [s["kind"] for s in warm.plan] == [
+        "cancel_drain", "resize", "wait_healthy", "mark_live", "set_weights", "drain", "destroy"]
+    assert warm.plan[0]["description"] == \
+        "attach catalog-ci-v001 again at weight 0 (members left draining serve again)"
+    assert warm.plan[3]["description"] == "record v001 (1.0.0) as live"
+    assert unchanged(env) == before
+    env.clock.sleep(61)
+    env().converge()  # the warm group is gone
+    cold = env().plan("rollback")
+    assert cold.plan[0]["kind"] == "create" and not cold.msg.endswith("(warm group)")
+    assert env().rollback().state == LIVE
+    group = env.store.load("catalog", "ci").live_release().group
+    assert cold.plan[0]["description"] == "create %s with 2 instance(s)" % group
+
+
+def test_plan_of_an_unknown_action_names_the_parameter(env):
+    with pytest.raises(RolloutError) as err:
+        env().plan("restart")
+    assert err.value.param == "action" and "allowed: deploy, promote, abort, rollback" in err.value.msg
 
 
 @pytest.mark.parametrize("kwargs, error, fragment", [
@@ -195,7 +250,7 @@ def test_rollback_recreates_from_image_when_not_warm(env):
     history = assert_converged(env, "1.0.0")
     live = history.live_release()
     assert live.group == "catalog-ci-v003" and live.image == "sha256:a"
-    assert env.platform.groups["catalog-ci-v003"]["env"] == {"FEATURE_FLAGS": "x"}
+    assert env.platform.table["catalog-ci-v003"]["env"] == {"FEATURE_FLAGS": "x"}
     again = env().rollback()  # rolls forward to the release live before
     assert again.state == LIVE
     assert_converged(env, "1.1.0")

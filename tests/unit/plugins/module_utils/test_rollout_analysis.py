@@ -282,7 +282,7 @@ def test_analysis_none_and_omitted_are_recorded(env):
 
 def test_check_mode_plan_shows_the_analysis_steps(env):
     env().deploy("1.0.0", "sha256:a", 2)
-    plan = env().plan("1.1.0", "sha256:b", 2, "blue_green", {}, ANALYSIS)
+    plan = env().plan("deploy", "1.1.0", "sha256:b", 2, "blue_green", {}, ANALYSIS)
     assert [p["description"] for p in plan.plan if p["kind"] == "analyze"] == [
         "analyse the traffic of catalog-ci-v002 (post-promotion analysis; the old group "
         "stays attached at 0% for an instant switch back)"]

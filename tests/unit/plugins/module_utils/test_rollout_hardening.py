@@ -310,12 +310,12 @@ def test_lock_holder_survives_store_ids(tmp_path):
     ("catalog", "Prod.EU", "v002", "catalog-prod-eu-v002"),
 ])
 def test_group_names_are_valid_everywhere(artifact, environment, release, expected):
-    from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import group_name
+    from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import group_name
     assert group_name(artifact, environment, release) == expected
 
 
 def test_long_group_names_are_cut_deterministically():
-    from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import group_name
+    from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import group_name
     a = group_name("catalog", "e" * 60, "v001")
     b = group_name("catalog", "e" * 61, "v001")
     assert len(a) <= 63 and len(b) <= 63 and a != b

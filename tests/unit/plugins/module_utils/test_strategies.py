@@ -226,7 +226,7 @@ def test_executor_keeps_capacity_at_every_platform_call(strategy, settings, floo
     check_capacity_log(platform, floor)
     assert platform.live_names() == ["catalog-ci-v002"]
     assert platform.snapshot()["catalog-ci-v002"]["weight"] == 100
-    assert platform.groups["catalog-ci-v002"]["env"] == {"PORT": "8080"}
+    assert platform.table["catalog-ci-v002"]["env"] == {"PORT": "8080"}
 
 
 def test_recreate_leaves_a_gap_by_design():

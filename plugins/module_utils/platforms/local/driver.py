@@ -27,84 +27,59 @@ its environment (PORT, BIND, DB_*, IMAGE_DIR, DRAIN_TIMEOUT and the caller's
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import fcntl
-import http.client
 import json
 import os
 import shlex
-import socket
-import threading
-import time
-import xmlrpc.client
 from typing import Optional
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
-    DRAINING, FAILED, READY, STARTING, Health, InstanceHealth, Metrics, Platform,
-    PlatformError, ServerGroup)
-from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.haproxy import (
+    DRAINING, FAILED, READY, STARTING, Clock, Health, InstanceHealth, PlatformError,
+    ServerGroup, group_name, is_oci_ref)
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.haproxy import (
     RuntimeAPI, RuntimeAPIError)
-
-try:
-    from supervisor.xmlrpc import SupervisorTransport
-    HAS_SUPERVISOR = True
-    SUPERVISOR_IMPORT_ERROR = None
-except ImportError as _exc:  # pragma: no cover - guarded for ansible-test sanity
-    SupervisorTransport = object
-    HAS_SUPERVISOR = False
-    SUPERVISOR_IMPORT_ERROR = _exc
-
-
-class _Transport(SupervisorTransport):
-    """supervisord's transport keeps its connection alive; after supervisord
-    was restarted (the infra restore after a crash) that connection is dead.
-    Retry once on a new one, as ``xmlrpc.client.Transport`` does."""
-
-    def request(self, host, handler, request_body, verbose=0):
-        try:
-            return SupervisorTransport.request(self, host, handler, request_body, verbose)
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError,
-                http.client.RemoteDisconnected):
-            self.close()
-            return SupervisorTransport.request(self, host, handler, request_body, verbose)
-
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local import (
+    host, metrics as _metrics, ports as _ports)
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.supervisor import (
+    BACKOFF as _BACKOFF, HAS_SUPERVISOR, RUNNING as _RUNNING, STOPPED as _STOPPED,
+    SUPERVISOR_IMPORT_ERROR, Supervisor)
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.weights import (
+    ADMIN_DRAIN as _ADMIN_DRAIN, ADMIN_MAINT as _ADMIN_MAINT, group_weights, weight_commands)
 
 try:
     from ansible_collections.phoenix.deploy.plugins.module_utils import images as _images
 except ImportError:  # pragma: no cover - the image engine is optional here
     _images = None
 
-MAX_WEIGHT = 256  # HAProxy's per-server maximum
 META = "; phoenix: "
-# supervisord states
-_RUNNING, _STARTING, _BACKOFF, _STOPPING = "RUNNING", "STARTING", "BACKOFF", "STOPPING"
-_STOPPED = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")
-# HAProxy admin state bits (show servers state)
-_ADMIN_MAINT = 0x01 | 0x02 | 0x04 | 0x20
-_ADMIN_DRAIN = 0x08 | 0x10 | 0x40
-# show stat counters per server that metrics() reads (see _attempts)
-_COUNTERS = ("req_tot", "hrsp_5xx", "econ", "eresp", "wretr", "wredis")
 
 
 def parse_image_ref(ref: str):
     """``<image name>@sha256:<hex>`` -> (name, digest); a bare name has no digest."""
     if not isinstance(ref, str) or not ref:
         raise PlatformError("image: %r is not an image reference; use "
-                            "<image name>@sha256:<content digest>" % (ref,))
+                            "<image name>@sha256:<content digest>" % (ref,), param="image")
+    if is_oci_ref(ref):
+        raise PlatformError("image: %s is an OCI image reference; the local platform runs "
+                            "baked local images (<image name>@sha256:<content digest>, "
+                            "phoenix.deploy.image_bake)" % ref, param="image")
     name, _sep, digest = ref.partition("@")
     if "/" in name or name in (".", ".."):
-        raise PlatformError("image: %r; the name may not contain '/'" % ref)
+        raise PlatformError("image: %r; the name may not contain '/'" % ref, param="image")
     return name, (digest or None)
 
 
-class LocalPlatform(Platform):
+class LocalDriver:
+    """What the three local roles share: the infra outputs, the supervisord
+    and HAProxy clients, the instance table and the counter history."""
+
     name = "local"
     poll_interval = 0.2
 
     def __init__(self, infra: dict, image_store: Optional[str] = None,
                  data_dir: Optional[str] = None, drain_timeout: float = 10.0,
-                 verify_images: bool = True):
+                 verify_images: bool = True, clock: Optional[Clock] = None):
         if not HAS_SUPERVISOR:
             raise PlatformError("the local platform needs the supervisor Python package: %s"
                                 % SUPERVISOR_IMPORT_ERROR)
@@ -137,33 +112,18 @@ class LocalPlatform(Platform):
         self.data_dir = data_dir or os.path.join(self.state_dir, "rollout")
         self.drain_timeout = float(drain_timeout)
         self.verify_images = verify_images
-        self._baseline = {}
-        # one XML-RPC connection per thread: the report sampler runs beside the
-        # engine, and an http.client connection serves one request at a time
-        self._local = threading.local()
+        self.clock = clock or Clock()
+        self.history = _metrics.CounterHistory()
+        self.supervisor = Supervisor(self.endpoint)
 
     # ------------------------------------------------------------------ helpers
     @property
     def rpc(self):
-        if getattr(self._local, "rpc", None) is None:
-            transport = _Transport(None, None, self.endpoint)
-            self._local.rpc = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-        return self._local.rpc
-
-    def _call(self, what, fn, *args):
-        try:
-            return fn(*args)
-        except xmlrpc.client.Fault as exc:
-            raise PlatformError("supervisord %s: %s" % (what, exc.faultString))
-        except (OSError, xmlrpc.client.ProtocolError) as exc:
-            self._local.rpc = None
-            raise PlatformError("supervisord at %s unreachable (%s): %s"
-                                % (self.endpoint, what, exc),
-                                transient=isinstance(exc, ConnectionError))
+        """supervisord's XML-RPC proxy (this thread's connection)."""
+        return self.supervisor.rpc
 
     def _processes(self) -> dict:
-        return {p["name"]: p for p in self._call("getAllProcessInfo",
-                                                 self.rpc.supervisor.getAllProcessInfo)}
+        return self.supervisor.processes()
 
     def _backend(self, artifact: str) -> str:
         try:
@@ -230,29 +190,17 @@ class LocalPlatform(Platform):
         finally:
             os.close(fd)
 
-    def _port_free(self, port: int) -> bool:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((self.address, port))
-            except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    return False
-                raise PlatformError("cannot bind %s:%d: %s" % (self.address, port, exc))
-        return True
-
     def _free_ports(self, count: int, taken: set) -> list:
-        first, last = self.port_range
-        ports = []
-        for port in range(first, last + 1):
-            if len(ports) == count:
-                break
-            if port not in taken and self._port_free(port):
-                ports.append(port)
-        if len(ports) < count:
-            raise PlatformError("network.port_range %d-%d has only %d free port(s) on %s, "
-                                "%d needed" % (first, last, len(ports), self.address, count))
-        return ports
+        """``count`` free ports of the infra's range on its address (ports.free_ports)."""
+        return _ports.free_ports(self.address, self.port_range, count, taken)
+
+    def resolve_image(self, artifact: str, ref: str) -> dict:
+        """``_resolve_image`` with every refusal naming the ``image`` parameter."""
+        try:
+            return self._resolve_image(artifact, ref)
+        except PlatformError as exc:
+            exc.param = exc.param or "image"
+            raise
 
     def _resolve_image(self, artifact: str, ref: str) -> dict:
         """The bundle of ``ref`` (``name@digest``) in the image store, verified: its target, artifact
@@ -260,9 +208,9 @@ class LocalPlatform(Platform):
         bundle's own image.json."""
         name, digest = parse_image_ref(ref)
         root = self.image_store or (_images.default_store() if _images else None)
-        if not root:
-            raise PlatformError("image %s: no image store configured" % ref)
-        path = os.path.join(root, "local", artifact, name)
+        if not root or _images is None:
+            raise PlatformError("image %s: no image store configured" % ref, param="image")
+        path = _images.ImageStore(root).path("local", artifact, name)
         if not os.path.isdir(path):
             raise PlatformError("image %s not found in the image store (%s); bake it first "
                                 "(phoenix.deploy.image_bake)" % (name, path))
@@ -296,15 +244,7 @@ class LocalPlatform(Platform):
             env["DB_PASSWORD_SHA256"] = hashlib.sha256(password.encode("utf-8")).hexdigest()
         return env
 
-    @staticmethod
-    def _write_private(path: str, text: str) -> None:
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+    _write_private = staticmethod(host.write_private)
 
     def _conf(self, meta: dict, image: dict, env_file: str, log: str) -> str:
         inner = "set -a; . %s; set +a; exec %s" % (shlex.quote(env_file),
@@ -365,10 +305,9 @@ class LocalPlatform(Platform):
                 self._write_private(os.path.join(self.include_dir, meta["instance"] + ".conf"),
                                     self._conf(meta, image, env_file, log))
                 metas.append(meta)
-        self._call("reloadConfig", self.rpc.supervisor.reloadConfig)
-        calls = [{"methodName": "supervisor.addProcessGroup", "params": [m["instance"]]}
-                 for m in metas]
-        for answer in self._call("addProcessGroup", self.rpc.system.multicall, calls):
+        self.supervisor.reload_config()
+        for answer in self.supervisor.multicall("addProcessGroup", "supervisor.addProcessGroup",
+                                                [[m["instance"]] for m in metas]):
             if isinstance(answer, dict) and answer.get("faultCode") not in (None, 90):
                 raise PlatformError("supervisord addProcessGroup: %s" % answer.get("faultString"))
         self._add_servers(backend, metas, weight=0)
@@ -392,10 +331,7 @@ class LocalPlatform(Platform):
         """Servers removed or added again restart their counters: a metrics
         window that holds them gives no data, even if a counter has grown back
         past its value at the start of the window."""
-        names = set(names)
-        for group, (since, counters, _process) in list(self._baseline.items()):
-            if names & set(counters):
-                self._baseline[group] = (since, counters, None)
+        self.history.forget(names)
 
     def _record_servers(self, backend):
         """Record the runtime servers of ``backend`` (address, port, weight,
@@ -434,14 +370,14 @@ class LocalPlatform(Platform):
     # ------------------------------------------------------------ the interface
     def create_group(self, artifact, environment, release_id, image, size, env,
                      name=None, owner=None) -> ServerGroup:
-        name = name or "%s-%s-%s" % (artifact, environment, release_id)
+        name = name or group_name(artifact, environment, release_id)
         self._backend(artifact)
         resolved = self._resolve_image(artifact, image)
         if self._members(name):
             raise PlatformError("server group %r already exists" % name)
         self._start_instances(artifact, environment, release_id, name, image, resolved,
                               env, list(range(1, size + 1)), owner=owner)
-        self._baseline.pop(name, None)
+        self.history.drop(name)
         return ServerGroup(name, artifact, environment, release_id, image, size, 0, True,
                            owner=owner)
 
@@ -535,32 +471,17 @@ class LocalPlatform(Platform):
             return InstanceHealth(name, READY, "up")
         return InstanceHealth(name, STARTING, "%s (check %s)" % (status, row.get("check_status")))
 
-    def _probe(self, meta) -> bool:
-        conn = http.client.HTTPConnection(meta["address"], meta["port"], timeout=1.0)
-        try:
-            conn.request("GET", "/healthz")
-            return conn.getresponse().status == 200
-        except (OSError, http.client.HTTPException):
-            return False
-        finally:
-            conn.close()
+    @staticmethod
+    def _probe(meta) -> bool:
+        return host.healthy(meta["address"], meta["port"])
 
     # -- weights ---------------------------------------------------------------
     def _group_weights(self, backend: str, instances: Optional[dict] = None,
                        servers: Optional[dict] = None) -> dict:
-        """Traffic share (0..100) of every group in ``backend``, derived from
-        the weights of its attached (not maint, not draining) servers."""
+        """Traffic share (0..100) of every group in ``backend`` (weights.group_weights)."""
         instances = self._instances() if instances is None else instances
         servers = self._servers(backend) if servers is None else servers
-        sums = {}
-        for name, srv in servers.items():
-            meta = instances.get(name)
-            if meta is None:
-                continue
-            active = not srv["admin"] & (_ADMIN_MAINT | _ADMIN_DRAIN)
-            sums[meta["group"]] = sums.get(meta["group"], 0) + (srv["weight"] if active else 0)
-        total = float(sum(sums.values()))
-        return {g: (int(round(100.0 * s / total)) if total else 0) for g, s in sums.items()}
+        return group_weights(servers, instances)
 
     def set_weights(self, weights) -> None:
         instances = self._instances()
@@ -574,15 +495,36 @@ class LocalPlatform(Platform):
             by_backend.setdefault(members[0]["backend"], {})[group] = (weight, members)
         for backend, wanted in by_backend.items():
             self._apply_weights(backend, wanted, instances)
-        for backend, wanted in by_backend.items():  # metrics windows start now
+        for backend, wanted in by_backend.items():  # a counter snapshot at the change
             stats = self._stat(backend)
             for group, (_weight, members) in wanted.items():
-                self._baseline.pop(group, None)
                 self._snapshot(group, members, stats)
+
+    def verify_weights(self, weights) -> bool:
+        """True when HAProxy serves ``weights`` (shares derived from its
+        server weights, a weighted group attached)."""
+        instances = self._instances()
+        backends = {}
+        for group in weights:
+            members = self._members(group, instances)
+            if not members:
+                return False
+            backends.setdefault(members[0]["backend"], []).append(group)
+        for backend, groups in backends.items():
+            servers = self._servers(backend)
+            shares = self._group_weights(backend, instances, servers)
+            stats = self._stat(backend)
+            for group in groups:
+                members = self._members(group, instances)
+                self._snapshot(group, members, stats)
+                attached = any(m["instance"] in servers and not servers[m["instance"]]["admin"]
+                               & (_ADMIN_MAINT | _ADMIN_DRAIN) for m in members)
+                if shares.get(group, 0) != weights[group] or (weights[group] and not attached):
+                    return False
+        return True
 
     def _apply_weights(self, backend, wanted, instances):
         servers = self._servers(backend)
-        current = self._group_weights(backend, instances, servers)
         # re-attach detached groups that get traffic again: add their servers
         # with weight 0, wait until HAProxy's checks pass, then weigh them
         missing = [m for _g, (w, members) in wanted.items() if w > 0
@@ -590,37 +532,12 @@ class LocalPlatform(Platform):
                    or servers[m["instance"]]["admin"] & (_ADMIN_MAINT | _ADMIN_DRAIN)]
         if missing:
             self._add_servers(backend, missing, weight=0)
-            self._wait_up(backend, missing, deadline=time.time() + 30)
+            self._wait_up(backend, missing, deadline=self.clock.now() + 30)
             servers = self._servers(backend)
-        shares = {}
-        for name, srv in servers.items():
-            meta = instances.get(name)
-            if meta is not None:
-                shares.setdefault(meta["group"], current.get(meta["group"], 0))
-        for group, (weight, _members) in wanted.items():
-            shares[group] = weight
-        counts = {}
-        for name in servers:
-            meta = instances.get(name)
-            if meta is not None:
-                counts[meta["group"]] = counts.get(meta["group"], 0) + 1
-        per_server = {g: (shares[g] / float(counts[g])) for g in counts if shares.get(g)}
-        top = max(per_server.values()) if per_server else 0
-        raises, lowers = [], []
-        for name, srv in servers.items():
-            meta = instances.get(name)
-            if meta is None:
-                continue
-            group = meta["group"]
-            value = 0
-            if per_server.get(group):
-                value = max(1, int(round(MAX_WEIGHT * per_server[group] / top)))
-            if value == srv["weight"]:
-                continue
-            cmd = ("set", "server", "%s/%s" % (backend, name), "weight", str(value))
-            (raises if value > srv["weight"] else lowers).append(cmd)
+        commands = weight_commands(backend, servers, instances,
+                                   {g: w for g, (w, _members) in wanted.items()})
         # raise first, lower after: never a moment where every weight is 0
-        self._haproxy("set weight", self.api.batch, raises + lowers)
+        self._haproxy("set weight", self.api.batch, commands)
         self._record_servers(backend)
 
     def _wait_up(self, backend, metas, deadline):
@@ -630,10 +547,10 @@ class LocalPlatform(Platform):
             if all(stats.get(n, {}).get("check_status") == "L7OK"
                    and stats[n].get("status", "").startswith("UP") for n in names):
                 return
-            if time.time() > deadline:
+            if self.clock.now() > deadline:
                 raise PlatformError("re-attached servers of %s did not pass HAProxy's health "
                                     "check within 30s" % ", ".join(sorted(names)))
-            time.sleep(0.1)
+            self.clock.sleep(0.1)
 
     # -- drain / remove ----------------------------------------------------------
     def _drain_servers(self, backend, names):
@@ -645,12 +562,12 @@ class LocalPlatform(Platform):
         self._haproxy("drain", self.api.batch, [
             ("set", "server", "%s/%s" % (backend, n), "state", "drain") for n in names])
         self._record_servers(backend)
-        deadline = time.time() + self.drain_timeout
-        while time.time() < deadline:
+        deadline = self.clock.now() + self.drain_timeout
+        while self.clock.now() < deadline:
             stats = self._stat(backend)
             if all(int(stats.get(n, {}).get("scur") or 0) == 0 for n in names):
                 break
-            time.sleep(0.05)
+            self.clock.sleep(0.05)
         self._haproxy("maint", self.api.batch, [
             ("set", "server", "%s/%s" % (backend, n), "state", "maint") for n in names])
         self._haproxy("del server", self.api.batch, [
@@ -663,24 +580,21 @@ class LocalPlatform(Platform):
         names = [m["instance"] for m in metas]
         self._drain_servers(backend, names)
         procs = self._processes()
-        calls = [{"methodName": "supervisor.stopProcess", "params": [n, False]}
-                 for n in names if n in procs and procs[n]["statename"] not in _STOPPED]
-        if calls:
-            self._call("stopProcess", self.rpc.system.multicall, calls)
-        deadline = time.time() + self.drain_timeout + 10
+        self.supervisor.multicall("stopProcess", "supervisor.stopProcess",
+                                  [[n, False] for n in names
+                                   if n in procs and procs[n]["statename"] not in _STOPPED])
+        deadline = self.clock.now() + self.drain_timeout + 10
         while True:
             procs = self._processes()
             running = [n for n in names if n in procs and procs[n]["statename"] not in _STOPPED]
             if not running:
                 break
-            if time.time() > deadline:
+            if self.clock.now() > deadline:
                 raise PlatformError("instances %s did not stop within %gs"
                                     % (", ".join(running), self.drain_timeout + 10))
-            time.sleep(0.05)
-        calls = [{"methodName": "supervisor.removeProcessGroup", "params": [n]}
-                 for n in names if n in procs]
-        if calls:
-            self._call("removeProcessGroup", self.rpc.system.multicall, calls)
+            self.clock.sleep(0.05)
+        self.supervisor.multicall("removeProcessGroup", "supervisor.removeProcessGroup",
+                                  [[n] for n in names if n in procs])
         for meta in metas:
             try:
                 os.unlink(meta["conf"])
@@ -718,7 +632,7 @@ class LocalPlatform(Platform):
                 os.unlink(os.path.join(group_dir, fname))
         with contextlib.suppress(OSError):
             os.rmdir(group_dir)
-        self._baseline.pop(group, None)
+        self.history.drop(group)
 
     # -- observation ---------------------------------------------------------------
     def list_groups(self, artifact, environment) -> list:
@@ -744,83 +658,11 @@ class LocalPlatform(Platform):
                             if e["attached"] else 0, e["attached"], e["meta"].get("owner"))
                 for name, e in sorted(groups.items())]
 
-    @staticmethod
-    def _counters(members, stats) -> dict:
-        """{instance: (req_tot, hrsp_5xx, econ, eresp, wretr, wredis)} from one
-        ``show stat`` (see ``_COUNTERS``)."""
-        counters = {}
-        for meta in members:
-            row = stats.get(meta["instance"])
-            if row is not None:
-                counters[meta["instance"]] = tuple(int(row.get(k) or 0) for k in _COUNTERS)
-        return counters
-
-    @staticmethod
-    def _attempts(delta) -> tuple:
-        """(attempts, failed attempts) of one server from counter deltas.
-
-        HAProxy counts each attempt on a server in exactly one place:
-        ``req_tot`` (a response reached the client, ``hrsp_5xx`` among them),
-        ``econ`` / ``eresp`` (the last attempt could not connect / got no or
-        a broken response), or, when the attempt failed and the request was
-        retried, ``wretr`` / ``wredis``: a retry after a 5xx, an empty
-        response or a timeout counts in ``wretr`` and, when it went to
-        another server, in ``wredis`` too; a retry after a failed connect
-        counts in ``wredis`` when redispatched, else in ``wretr``.  With
-        ``option redispatch 1`` and several servers every retry is
-        redispatched, so ``max(wretr, wredis)`` is the number of retried
-        attempts (measured on HAProxy 2.6)."""
-        req, err5, econ, eresp, wretr, wredis = delta
-        retried = max(wretr, wredis)
-        return req + econ + eresp + retried, err5 + econ + eresp + retried
-
     def _process(self) -> str:
         return self._haproxy("show info", self.api.process_id)
 
     def _snapshot(self, group, members, stats):
-        counters = self._counters(members, stats)
-        if group not in self._baseline:
-            self._baseline[group] = (time.time(), counters, self._process())
-        return counters
-
-    def metrics(self, group, window) -> Metrics:
-        """Requests and server-side errors of ``group`` since the previous call
-        (or since its weights were last set), from ``show stat`` counter
-        deltas.  Errors are what the group's servers did, whether or not
-        users saw it: 5xx answers, failed connects, empty or broken
-        responses, and attempts HAProxy retried on another server (a retried
-        attempt is in none of the 5xx counters).  A window in which HAProxy
-        restarted or any counter went down (a reload, a server re-added)
-        gives no data (inconclusive), never a clamped count.  HAProxy only
-        keeps averages of response times (over the last 1024 requests), so
-        ``latency_ms`` carries ``avg`` (and no percentiles): a percentile
-        check on this platform is inconclusive, never a pass."""
-        members = self._group_meta(group)
-        stats = self._stat(members[0]["backend"])
-        process = self._process()
-        now = time.time()
-        base = self._baseline.get(group)
-        counters = self._counters(members, stats)
-        self._baseline[group] = (now, counters, process)
-        if base is None:
-            return Metrics(0, 0, None, window)
-        since, old_counters, old_process = base
-        if process != old_process:
-            return Metrics(0, 0, None, now - since)  # counters were reset: window lost
-        requests = errors = 0
-        if set(old_counters) - set(counters):  # a server gone mid-window: its share is unknown
-            return Metrics(0, 0, None, now - since)
-        for name, current in counters.items():
-            old = old_counters.get(name, (0,) * len(_COUNTERS))  # added in this window
-            delta = [c - o for c, o in zip(current, old)]
-            if min(delta) < 0:  # a reset (server re-added, reload): discard, never clamp
-                return Metrics(0, 0, None, now - since)
-            attempts, failed = self._attempts(delta)
-            requests += attempts
-            errors += failed
-        latency = None
-        if requests:
-            times = [int(stats[m["instance"]].get("ttime") or 0) for m in members
-                     if m["instance"] in stats]
-            latency = {"avg": sum(times) / float(len(times))} if times else None
-        return Metrics(requests, errors, latency, now - since)
+        """Record the group's counters now (see metrics.CounterHistory)."""
+        counts = _metrics.counters(members, stats)
+        self.history.add(group, self.clock.now(), counts, self._process())
+        return counts

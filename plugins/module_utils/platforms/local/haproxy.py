@@ -8,6 +8,11 @@ predates dynamic servers (no ``add server`` / ``del server``), so this is a
 small line-protocol client instead.  Several commands can go over one
 connection separated by ``;`` (HAProxy runs them in order), which keeps a
 100-server weight change to one round trip.
+
+This module is the one HAProxy runtime-API client and stats parser of the
+tree: the local driver, the infra program (``phoenix_infra.local.procs``
+loads this file by path, so it imports nothing but the standard library)
+and the tests use it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,56 @@ class RuntimeAPIError(Exception):
     """HAProxy refused a command or the socket is unreachable."""
 
 
+def runtime(path: str, command: str, timeout: float = 10.0) -> str:
+    """One raw command line on the runtime API socket ``path``; its answer.
+    ``OSError`` when the socket cannot be reached (callers decide)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(path)
+        conn.sendall(command.encode("ascii") + b"\n")
+        chunks = []
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def parse_stat(text: str, backend=None) -> dict:
+    """``show stat`` CSV -> rows by server name (``backend`` only, without
+    its FRONTEND/BACKEND rows, when given; else keyed ``(pxname, svname)``)."""
+    header, rows = None, {}
+    for line in text.splitlines():
+        if line.startswith("# "):
+            header = line[2:].split(",")
+        elif line and header:
+            row = dict(zip(header, line.split(",")))
+            if backend is None:
+                rows[(row.get("pxname"), row.get("svname"))] = row
+            elif row.get("pxname") == backend and row.get("svname") not in ("FRONTEND", "BACKEND"):
+                rows[row["svname"]] = row
+    if header is None and text.strip():
+        raise RuntimeAPIError("show stat %s: %s" % (backend or "", text.strip()))
+    return rows
+
+
+def parse_servers_state(text: str, strict: bool = True) -> dict:
+    """``show servers state`` -> ``{server: {backend, address, op_state,
+    admin, weight, port}}``; with ``strict`` an error line raises."""
+    out = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 18 and not line.startswith("#"):
+            out[fields[3]] = {"backend": fields[1], "address": fields[4],
+                              "op_state": int(fields[5]), "admin": int(fields[6]),
+                              "weight": int(fields[7]), "port": int(fields[18])}
+        elif strict and line.strip() and not line.startswith("#") and \
+                not line.strip().isdigit() and len(fields) <= 18:
+            raise RuntimeAPIError("show servers state: %s" % line.strip())
+    return out
+
+
 class RuntimeAPI:
     def __init__(self, path: str, timeout: float = 10.0):
         self.path = path
@@ -29,19 +84,9 @@ class RuntimeAPI:
 
     def _send(self, line: str) -> str:
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-                conn.settimeout(self.timeout)
-                conn.connect(self.path)
-                conn.sendall(line.encode("ascii") + b"\n")
-                chunks = []
-                while True:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
+            return runtime(self.path, line, self.timeout)
         except OSError as exc:
             raise RuntimeAPIError("HAProxy runtime API %s: %s" % (self.path, exc))
-        return b"".join(chunks).decode("utf-8", "replace")
 
     def command(self, *words) -> str:
         for word in words:
@@ -69,18 +114,7 @@ class RuntimeAPI:
     # -- queries ---------------------------------------------------------------
     def stat(self, backend: str) -> dict:
         """``show stat`` rows of the servers of ``backend``, by server name."""
-        text = self.command("show", "stat", backend, "4", "-1")
-        header, rows = None, {}
-        for line in text.splitlines():
-            if line.startswith("# "):
-                header = line[2:].split(",")
-            elif line and header:
-                row = dict(zip(header, line.split(",")))
-                if row.get("pxname") == backend and row.get("svname") not in ("FRONTEND", "BACKEND"):
-                    rows[row["svname"]] = row
-        if header is None and text.strip():
-            raise RuntimeAPIError("show stat %s: %s" % (backend, text.strip()))
-        return rows
+        return parse_stat(self.command("show", "stat", backend, "4", "-1"), backend)
 
     def process_id(self) -> str:
         """``Pid`` of ``show info``: it changes when HAProxy restarts or
@@ -94,18 +128,13 @@ class RuntimeAPI:
 
     def servers_state(self, backend: str) -> dict:
         """``show servers state``: admin state bits and user weight by server."""
-        text = self.command("show", "servers", "state", backend)
-        out = {}
-        for line in text.splitlines():
-            fields = line.split()
-            if len(fields) > 18 and not line.startswith("#"):
-                out[fields[3]] = {"address": fields[4], "op_state": int(fields[5]),
-                                  "admin": int(fields[6]), "weight": int(fields[7]),
-                                  "port": int(fields[18])}
-            elif line.strip() and not line.startswith("#") and not line.strip().isdigit() \
-                    and len(fields) <= 18:
-                raise RuntimeAPIError("show servers state %s: %s" % (backend, line.strip()))
-        return out
+        try:
+            return parse_servers_state(self.command("show", "servers", "state", backend))
+        except RuntimeAPIError as exc:
+            if exc.__context__ is None and str(exc).startswith("show servers state:"):
+                raise RuntimeAPIError("show servers state %s: %s"
+                                      % (backend, str(exc).split(": ", 1)[1]))
+            raise
 
 
 _OK = ("", "New server registered.", "Server deleted.")
