@@ -96,7 +96,7 @@ def test_metrics_count_failed_attempts_that_users_did_not_see(rollout_env, tmp_p
     bad = start_fake_group(env, tmp_path, mode)
     env.platform.traffic.set_weights({stable: 50, bad: 50})
     start = env.platform.clock.now()  # the metrics window starts here
-    statuses = [get(env.url) for _ in range(120)]
+    statuses = [get(env.url) for _i in range(120)]
     end = env.platform.clock.now()
     metrics = env.platform.metrics.metrics(bad, start, end)
     stable_metrics = env.platform.metrics.metrics(stable, start, end)
@@ -107,7 +107,7 @@ def test_metrics_count_failed_attempts_that_users_did_not_see(rollout_env, tmp_p
     assert stable_metrics.errors_5xx == 0 and stable_metrics.requests >= len(statuses)
     # a non-idempotent method is not retried on another server after a response error
     env.platform.set_weights({stable: 0, bad: 100})
-    posts = [get(env.url, "POST") for _ in range(5)]
+    posts = [get(env.url, "POST") for _i in range(5)]
     assert all(s != 200 for s in posts), posts
     env.platform.set_weights({stable: 100, bad: 0})
 
@@ -120,7 +120,7 @@ def test_window_with_a_counter_reset_is_discarded_not_clamped(rollout_env):
     group = env.history().live_release().group
     member = env.platform._group_meta(group)[0]
     weight = env.servers()[member["instance"]]["weight"]
-    for _ in range(40):
+    for _i in range(40):
         assert get(env.url) == 200
     start = env.platform.clock.now()
     env.platform.metrics.metrics(group, start, start)  # the window starts, counters are > 0
@@ -130,14 +130,14 @@ def test_window_with_a_counter_reset_is_discarded_not_clamped(rollout_env):
         ("set", "server", srv, "state", "maint"), ("del", "server", srv),
         ("add", "server", srv, "%s:%d" % (member["address"], member["port"]), "check",
          "weight", str(weight)), ("enable", "health", srv), ("enable", "server", srv)])
-    for _ in range(10):
+    for _i in range(10):
         get(env.url)
     end = env.platform.clock.now()
     metrics = env.platform.metrics.metrics(group, start, end)
     assert metrics.requests == 0 and metrics.errors_5xx == 0 and metrics.latency_ms is None, (
         metrics, start, end, env.platform.history.groups[group][-4:])
     # the next window counts again
-    for _ in range(10):
+    for _i in range(10):
         assert get(env.url) == 200
     assert env.platform.metrics.metrics(group, end, env.platform.clock.now()).requests >= 10
 
