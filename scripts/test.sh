@@ -99,7 +99,7 @@ if want docs; then
 fi
 
 if want pytest; then
-  echo "==> pytest (unit + integration)"
-  python -m pytest --durations=15 "$@"
+  echo "==> pytest (unit + integration, ${PYTEST_WORKERS:-2} workers)"
+  python -m pytest -n "${PYTEST_WORKERS:-2}" --durations=15 "$@"
 fi
 echo "==> make test finished in $(( $(date +%s) - T0 ))s"

@@ -1,7 +1,13 @@
 """Shared pytest setup for the integration suite (real processes, loopback only).
 
 Fixture modules live beside this file as ``fixtures_<area>.py`` and are loaded
-automatically, so each area owns its fixtures without editing this file."""
+automatically, so each area owns its fixtures without editing this file.
+
+With pytest-xdist (``make test`` runs ``-n 2``) every test file goes to one
+worker as a whole (its module-scoped stacks are set up once), and the files
+that use FIXED loopback blocks (``FIXED_BLOCK_FILES``) form one unit, so they
+never run at the same time.  Stacks of the other files lease a free block
+(``fixtures_infra_local.lease_block``), so workers cannot collide."""
 import os
 import pathlib
 import subprocess
@@ -12,6 +18,28 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytest_plugins = sorted(
     f"fixtures_{p.stem[len('fixtures_'):]}" for p in pathlib.Path(__file__).parent.glob("fixtures_*.py")
 )
+
+
+# files whose stacks use fixed loopback blocks and ports (the inventories' and
+# the demo's): they must never run concurrently, in one run or across runs
+FIXED_BLOCK_FILES = ("test_demo.py", "test_jenkins.py", "test_playbooks.py")
+FIXED_BLOCK_UNIT = "fixed loopback blocks"
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``-n N`` (default ``--dist load``): schedule whole files, the
+    fixed-block files as one unit; any explicit other ``--dist`` is kept."""
+    if config.getvalue("dist") not in ("load", "loadfile"):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::", 1)[0]
+            return FIXED_BLOCK_UNIT if os.path.basename(path) in FIXED_BLOCK_FILES else path
+
+    return FileScheduling(config, log)
 
 
 def pytest_configure(config):

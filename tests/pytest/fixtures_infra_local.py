@@ -5,6 +5,7 @@ The stack lives in a temp dir (own file backend, own state dir, own loopback
 block), never in the repository: a tiny project file there points ``main`` at
 ``infra/``, so ``Pulumi.<stack>.yaml`` is written to the temp dir, not to
 ``infra/``. Used by ``bench/infra_local.py`` too (``TempLocalStack``)."""
+import fcntl
 import json
 import os
 import pathlib
@@ -44,6 +45,28 @@ def pid_alive(pid, hint=None):
     return stat.rsplit(")", 1)[1].split()[0] != "Z" and (hint is None or hint in cmdline)
 
 
+BLOCK_LOCKS = pathlib.Path(tempfile.gettempdir()) / "phoenix-test-blocks"
+
+
+def lease_block(prefix):
+    """A free loopback block ``<prefix>.<n>.0/24`` (prefix like ``127.22``) and
+    the open lock file that reserves it: n starts at pid % 250 + 1 and moves on
+    while another test process (an xdist worker, another checkout) holds the
+    block's flock.  The lock goes with the fd, so a killed run frees it."""
+    BLOCK_LOCKS.mkdir(exist_ok=True)
+    start = os.getpid() % 250
+    for step in range(250):
+        n = (start + step) % 250 + 1
+        fd = os.open(BLOCK_LOCKS / f"{prefix}.{n}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return f"{prefix}.{n}.0/24", fd
+    raise RuntimeError(f"every loopback block {prefix}.1-250.0/24 is leased")
+
+
 def wait_for(predicate, timeout, interval=0.05):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -59,7 +82,10 @@ class TempLocalStack:
     def __init__(self, name=None, block=None, artifacts=("catalog", "search"), extra_config=None):
         self.tmp = pathlib.Path(tempfile.mkdtemp(prefix="phx-"))  # short: unix socket paths
         self.name = name or f"it-{os.getpid() % 100000}"
-        self.block = block or f"127.22.{os.getpid() % 250 + 1}.0/24"
+        self.block_lock = None
+        if block is None:
+            block, self.block_lock = lease_block("127.22")
+        self.block = block
         self.state_dir = self.tmp / "st"
         self.log = []  # every line Pulumi printed, for the secret check
         self.destroyed = False
@@ -144,6 +170,9 @@ class TempLocalStack:
                 os.kill(pid, signal.SIGKILL)
                 wait_for(lambda: not pid_alive(pid), 10)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.block_lock is not None:
+            os.close(self.block_lock)
+            self.block_lock = None
 
 
 @pytest.fixture(scope="module")

@@ -112,15 +112,18 @@ def rollout_images(bake_store, bake, catalog_image):
 def rollout_stack():
     """A local stack of the real infra program, only for the rollout tests."""
     sys.path.insert(0, str(ROOT / "tests" / "pytest"))
-    from fixtures_infra_local import TempLocalStack
-    stack = TempLocalStack(name="ro-%d" % (os.getpid() % 100000),
-                           block="127.24.%d.0/24" % (os.getpid() % 250 + 1), artifacts=("catalog",))
+    from fixtures_infra_local import TempLocalStack, lease_block
+    block, lock = lease_block("127.24")
     try:
-        stack.up()
-        stack.infra = stack.outputs()
-        yield stack
+        stack = TempLocalStack(name="ro-%d" % (os.getpid() % 100000), block=block, artifacts=("catalog",))
+        try:
+            stack.up()
+            stack.infra = stack.outputs()
+            yield stack
+        finally:
+            stack.cleanup()
     finally:
-        stack.cleanup()
+        os.close(lock)
 
 
 class Env:

@@ -78,16 +78,22 @@ class Runner:
         os.chmod(varfile, 0o600)  # the infra outputs hold the DB password
         return ["ansible-playbook", str(self.playbook), "-e", "@%s" % varfile], result
 
+    def environ(self):
+        """The environment of this test's playbooks: tagged, so module_processes()
+        finds their modules and not those of other tests running meanwhile."""
+        return dict(os.environ, PHX_TEST_RUN=str(self.tmp))
+
     def start(self, key, **extra):
         cmd, result = self.command(key, **extra)
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+                                text=True, start_new_session=True, env=self.environ())
         proc.result_file = result
         return proc
 
     def run(self, key, timeout=300, **extra):
         cmd, result = self.command(key, **extra)
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+                              env=self.environ())
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
         return json.loads(result.read_text()), proc.stdout + proc.stderr
 
@@ -112,17 +118,20 @@ def canary_at_50(env):
     return new[-1] if group is not None and group.weight == 50 and group.attached else None
 
 
-def module_processes():
-    """pids of running AnsiballZ rollout modules (to prove none is left behind)."""
+def module_processes(runner):
+    """pids of running AnsiballZ rollout modules of runner's playbooks (to prove
+    none is left behind)."""
+    tag = b"\0PHX_TEST_RUN=%s\0" % str(runner.tmp).encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             cmdline = pathlib.Path("/proc/%s/cmdline" % entry).read_bytes()
+            environ = b"\0" + pathlib.Path("/proc/%s/environ" % entry).read_bytes()
         except OSError:
             continue
-        if b"AnsiballZ_rollout" in cmdline and pid_alive(int(entry)):
+        if b"AnsiballZ_rollout" in cmdline and tag in environ and pid_alive(int(entry)):
             found.append(int(entry))
     return found
 
@@ -175,7 +184,7 @@ def test_killed_playbook_rolls_the_canary_back_and_frees_the_lock(proc_env, tmp_
         seconds = time.monotonic() - killed
         assert freed, "the module still holds the lock %.0fs after its playbook was killed" % seconds
         assert wait_for(lambda: not pid_alive(holder.pid), 10), "the controller kept running"
-        assert not module_processes()
+        assert not module_processes(runner)
     print("%s of the playbook's process group: lock released after %.1fs, %s"
           % (sig.name, seconds, load.summary()))
     assert seconds < PAUSE / 2, "rolled back only after the pause would have ended"
