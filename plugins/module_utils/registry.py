@@ -41,7 +41,8 @@ import weakref
 
 from urllib import error as urlerror
 from urllib import parse as urlparse
-from urllib import request as urlrequest
+
+from ansible.module_utils.urls import open_url
 
 from ansible_collections.phoenix.deploy.plugins.module_utils import versioning
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
@@ -306,28 +307,27 @@ class Registry(object):
 
     def _http(self, method, path, accept=None, param=None):
         """(status, headers, body) of one request to ``/v2/...``; RegistryDown when nothing answers."""
-        req = urlrequest.Request("%s://%s%s" % (self.scheme, self.host, path), method=method)
+        headers = {}
         if accept:
-            req.add_header("Accept", ", ".join(accept))
+            headers["Accept"] = ", ".join(accept)
         auth = self._auth_header()
         if auth:
-            req.add_header("Authorization", auth)
-        ctx = None
-        if self.scheme == "https":
-            ctx = ssl.create_default_context()
-            if not self.tls_verify:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            elif self.cert_dir:
-                for name in sorted(os.listdir(self.cert_dir)):
-                    if name.endswith(".crt"):
-                        ctx.load_verify_locations(os.path.join(self.cert_dir, name))
+            headers["Authorization"] = auth
+        ca_path = None
+        if self.cert_dir and self.tls_verify:
+            ca_path = next((os.path.join(self.cert_dir, n) for n in sorted(os.listdir(self.cert_dir))
+                            if n.endswith(".crt")), None)
+        loopback = (urlparse.urlsplit("//" + self.host).hostname or "").startswith("127.") or \
+            self.host.startswith("localhost")
         try:
-            with urlrequest.urlopen(req, timeout=HTTP_TIMEOUT, context=ctx) as resp:
+            resp = open_url("%s://%s%s" % (self.scheme, self.host, path), method=method, headers=headers,
+                            validate_certs=self.tls_verify, timeout=HTTP_TIMEOUT, ca_path=ca_path,
+                            use_proxy=not loopback, follow_redirects="safe")
+            with resp:
                 return resp.status, resp.headers, resp.read()
         except urlerror.HTTPError as exc:
             return exc.code, exc.headers, exc.read()
-        except (urlerror.URLError, OSError, ssl.SSLError) as exc:
+        except (urlerror.URLError, OSError, ssl.SSLError, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
             raise RegistryDown("registry %s (%s) is down or unreachable: %s; start it (for the local stack: "
                                "pulumi up -s local, or ansible-playbook playbooks/infra.yml) or fix %s"
@@ -335,7 +335,7 @@ class Registry(object):
 
     def ping(self):
         """Fail with RegistryDown unless the registry answers ``/v2/`` (200, or 401 = needs auth)."""
-        status, _, _ = self._http("GET", "/v2/")
+        status = self._http("GET", "/v2/")[0]
         if status not in (200, 401):
             raise RegistryDown("registry %s (%s) answered HTTP %d to /v2/: it is not a Registry v2 endpoint; fix %s"
                                % (self.url, self.param, status, self.param), param=self.param)
@@ -343,7 +343,7 @@ class Registry(object):
     def repositories(self):
         """All repository names (``/v2/_catalog``, paged), without this registry's prefix."""
         out, path = [], "/v2/_catalog?n=1000"
-        for _ in range(1000):
+        for dummy in range(1000):
             status, headers, body = self._http("GET", path)
             if status != 200:
                 raise RegistryError("registry %s cannot list its repositories (HTTP %d to /v2/_catalog)"
@@ -365,7 +365,7 @@ class Registry(object):
         """Tags of ``repo``, sorted; [] when the repository does not exist."""
         check_repo(repo, param)
         self.ping()
-        status, _, body = self._http("GET", "/v2/%s/tags/list" % self.path(repo))
+        status, dummy, body = self._http("GET", "/v2/%s/tags/list" % self.path(repo))
         if status == 404:
             return []
         if status == 401:  # needs a token: skopeo does the auth dance
@@ -399,8 +399,7 @@ class Registry(object):
         return raw, got
 
     def _has_manifest(self, repo, digest):
-        status, _, _ = self._http("HEAD", "/v2/%s/manifests/%s" % (self.path(repo), digest),
-                                  accept=_MANIFEST_TYPES)
+        status = self._http("HEAD", "/v2/%s/manifests/%s" % (self.path(repo), digest), accept=_MANIFEST_TYPES)[0]
         return status != 404
 
     def digest(self, repo, tag, param="tag"):
