@@ -417,7 +417,7 @@ class Registry(object):
         return self._has_manifest(repo, digest)
 
     # writes --------------------------------------------------------------------
-    def _guard_tag(self, repo, tag, digest, param):
+    def guard_tag(self, repo, tag, digest, param):
         """None if the tag is free, the digest if it already points at ``digest``; TagCollision otherwise."""
         existing = self.digest(repo, tag, param=param)
         if existing is not None and existing != digest:
@@ -434,7 +434,7 @@ class Registry(object):
         check_tag(tag, param)
         local = layout_digest(oci_layout_dir, src_tag)
         self.ping()
-        if self._guard_tag(repo, tag, local, param) == local:
+        if self.guard_tag(repo, tag, local, param) == local:
             return Pushed(local, changed=False, ref=self.reference(repo, digest=local))
         src = "oci:%s:%s" % (os.path.abspath(oci_layout_dir), src_tag) if src_tag else \
             "oci:%s" % os.path.abspath(oci_layout_dir)
@@ -508,7 +508,7 @@ def copy(src, dst):
     src.registry.manifest(src.repo, digest=src.digest, param="src")  # exists, and is what it claims
     dst.registry.ping()
     target = dst.registry
-    if target._guard_tag(dst.repo, dst.tag, src.digest, "dst") == src.digest:
+    if target.guard_tag(dst.repo, dst.tag, src.digest, "dst") == src.digest:
         return Pushed(src.digest, changed=False, ref=target.reference(dst.repo, digest=src.digest))
     target._copy_to(src.skopeo(), src.registry._tls_args("src-tls-verify"), dst.repo, dst.tag, src.digest, "dst")
     return Pushed(src.digest, changed=True, ref=target.reference(dst.repo, digest=src.digest))
