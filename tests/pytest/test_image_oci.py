@@ -1,0 +1,223 @@
+"""OCI bakes (target oci): real mmdebstrap, umoci and overlay mounts, and the baked image run under a
+private containerd + runc answering real HTTP (fixtures in fixtures_oci.py, fixtures_containerd.py)."""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fixtures_bake import CATALOG_SOURCE, GIT_HASH, ROOT, free_port, http, make_writable
+
+from ansible_collections.phoenix.deploy.plugins.module_utils import images, oci, versioning
+
+MAX_IMAGE_BYTES = 120 * 1000 * 1000
+
+
+def layout_of(result):
+    return pathlib.Path(result["image"]["oci"]["layout"])
+
+
+def config_of(result):
+    manifest, config = oci.read_manifest(str(layout_of(result)), oci.REF_TAG)
+    return manifest, config
+
+
+# --- baking ---------------------------------------------------------------------
+
+def test_oci_bake_is_a_verified_layout_with_config_and_labels(oci_image):
+    result, seconds = oci_image
+    image = result["image"]
+    print("oci bake (cold, base layer %s): %.1f s, %d bytes compressed, %d uncompressed"
+          % ("built" if image["oci"]["base_built"] else "cached", seconds, image["oci"]["size"],
+             image["oci"]["uncompressed_size"]))
+    assert result["changed"] and not result["cache_hit"] and result["packer_ran"] is False
+    assert image["target"] == "oci" and image["id"] == image["digest"] == image["oci"]["manifest_digest"]
+    assert image["oci"]["tag"] == "1.0.0_%s.b1" % GIT_HASH == versioning.oci_tag(image["version"])
+    images.verify_image(image["path"], image["id"])
+    manifest, config = config_of(result)
+    assert [d["digest"] for d in manifest["layers"]] == image["oci"]["layers"] and len(manifest["layers"]) == 2
+    assert all(d["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip" for d in manifest["layers"])
+    c = config["config"]
+    assert c["User"] == "10001:10001"  # not root
+    assert c["Entrypoint"] == ["/opt/phoenix/catalog/bin/run"]
+    env = dict(e.split("=", 1) for e in c["Env"])
+    assert env["PORT"] == "8080" and env["BIND"] == "0.0.0.0" and "DB_PASSWORD" not in env
+    labels = c["Labels"]
+    assert labels["org.opencontainers.image.version"] == "1.0.0+%s.b1" % GIT_HASH
+    assert labels["org.opencontainers.image.revision"] == GIT_HASH
+    assert labels["org.opencontainers.image.created"] == config["created"] == "1970-01-01T00:00:00Z"
+    assert labels["org.opencontainers.image.source"].startswith("https://")
+    assert labels["io.phoenix.deploy.health.http-path"] == "/healthz"
+    assert c["StopSignal"] == "SIGTERM"
+    assert all(h["created"] == "1970-01-01T00:00:00Z" for h in config["history"])
+    # the image of the sample service stays small (what a registry stores)
+    assert image["oci"]["size"] < MAX_IMAGE_BYTES, image["oci"]
+    # the bundle is read-only like local bundles
+    assert not os.access(image["path"], os.W_OK) or os.geteuid() == 0
+    assert not (pathlib.Path(image["path"]).stat().st_mode & 0o222)
+
+
+def test_oci_app_layer_holds_only_what_the_roles_added(oci_image):
+    result, _ = oci_image
+    manifest, _ = config_of(result)
+    import tarfile
+    blob = layout_of(result) / "blobs" / "sha256" / manifest["layers"][1]["digest"].split(":")[1]
+    with tarfile.open(blob, "r:gz") as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert "opt/phoenix/catalog/bin/run" in names and "opt/phoenix/catalog/app/catalog.py" in names
+    assert "etc/phoenix/catalog/service.json" in names
+    assert not [n for n in names if n.startswith(("usr/", "var/"))], names  # nothing of the base
+    assert names == sorted(names) and {m.mtime for m in members} == {0}
+    assert {(m.uname, m.gname) for m in members} == {("", "")}
+
+
+def test_oci_rebake_is_a_cache_hit_under_one_second(oci_image, oci_store, oci_bake):
+    result, _ = oci_image
+    t0 = time.monotonic()
+    again = oci_bake(oci_store, result["image"]["version"])
+    seconds = time.monotonic() - t0
+    print("oci cache hit: %.3f s" % seconds)
+    assert again["cache_hit"] and not again["changed"] and again["image"]["id"] == result["image"]["id"]
+    assert seconds <= 1.0
+
+
+def test_oci_app_only_change_rebuilds_one_layer(oci_image, oci_store, oci_bake):
+    result, _ = oci_image
+    t0 = time.monotonic()
+    other = oci_bake(oci_store, "1.0.1-faulty+%s.b2" % GIT_HASH, fault={"error_rate": 0.5})
+    seconds = time.monotonic() - t0
+    print("oci bake of an app-only change (warm base layer): %.1f s" % seconds)
+    assert other["changed"] and other["image"]["oci"]["base_built"] is False
+    base, app = other["image"]["oci"]["layers"]
+    assert base == result["image"]["oci"]["layers"][0] and app != result["image"]["oci"]["layers"][1]
+    assert other["image"]["oci"]["base_key"] == result["image"]["oci"]["base_key"]
+    assert other["image"]["oci"]["tag"] == "1.0.1-faulty_%s.b2" % GIT_HASH
+
+
+def test_oci_bake_is_reproducible_from_scratch(oci_image, oci_bake, tmp_path):
+    """A second store with an empty base cache: mmdebstrap and every layer again, same manifest digest."""
+    result, _ = oci_image
+    fresh = tmp_path / "fresh-store"
+    try:
+        again = oci_bake(fresh, result["image"]["version"])
+        assert again["image"]["oci"]["base_built"] is True
+        assert again["image"]["oci"]["layers"] == result["image"]["oci"]["layers"]
+        assert again["image"]["id"] == result["image"]["id"]
+    finally:
+        make_writable(fresh)
+        shutil.rmtree(fresh, ignore_errors=True)
+
+
+def test_oci_tampered_layer_is_refused(oci_image, tmp_path):
+    result, _ = oci_image
+    src = pathlib.Path(result["image"]["path"])
+    dst = tmp_path / "store" / "oci" / "catalog" / src.name
+    shutil.copytree(src, dst)
+    make_writable(dst)
+    manifest, _ = config_of(result)
+    blob = dst / "layout" / "blobs" / "sha256" / manifest["layers"][1]["digest"].split(":")[1]
+    data = bytearray(blob.read_bytes())
+    data[-20] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with pytest.raises(images.TamperError, match="modified after baking"):
+        images.verify_image(str(dst))
+    with pytest.raises(images.TamperError):
+        images.bake(images.BakeRequest("catalog", result["image"]["version"], str(CATALOG_SOURCE), target="oci",
+                                       store=str(tmp_path / "store"), project_dir=str(ROOT)))
+
+
+# --- the module, run as Ansible runs it -------------------------------------------
+
+def run_module(args, tmp_path, env=None):
+    argsfile = tmp_path / "args.json"
+    argsfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT / ".tools" / "collections"), **(env or {}))
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "ansible_collections.phoenix.deploy.plugins.modules.image_bake",
+                           str(argsfile)], capture_output=True, text=True, env=full_env, cwd=tmp_path)
+    return json.loads(proc.stdout), time.monotonic() - t0
+
+
+@pytest.mark.parametrize("override, env, param, words", [
+    ({"version": "latest"}, None, "version", "mutable tag"),
+    ({"version": "stable"}, None, "version", "mutable tag"),
+    ({"version": "1.4"}, None, "version", "not semver"),
+    ({"version": "v1.4.0"}, None, "version", "leading 'v'"),
+    ({"artifact": "Catalog"}, None, "artifact", "lowercase letters"),
+    ({"artifact": "cat/../alog"}, None, "artifact", "lowercase letters"),
+    ({"vars": {"python": "/usr/bin/python3"}}, None, "vars", "allowed: entrypoint, fault, source_url"),
+    ({"vars": {"source_url": "not a url"}}, None, "vars", "must be a URL"),
+    ({}, {"SOURCE_DATE_EPOCH": "yesterday"}, "SOURCE_DATE_EPOCH", "seconds since 1970"),
+])
+def test_module_oci_refuses_bad_input_before_anything_changes(override, env, param, words, tmp_path):
+    args = {"artifact": "catalog", "version": "1.0.0+5eed0f1.b1", "source": str(CATALOG_SOURCE), "target": "oci",
+            "store": str(tmp_path / "store"), "project_dir": str(ROOT)}
+    args.update(override)
+    out, seconds = run_module(args, tmp_path, env)
+    assert out.get("failed") and words in out["msg"] and out["param"] == param, out
+    assert "Traceback" not in out["msg"] and "exception" not in out
+    assert not (tmp_path / "store").exists()  # nothing written, nothing built
+    assert seconds < 5
+
+
+def test_module_oci_cache_hit(oci_image, oci_store, tmp_path):
+    result, _ = oci_image
+    args = {"artifact": "catalog", "version": result["image"]["version"], "source": str(CATALOG_SOURCE),
+            "target": "oci", "store": str(oci_store), "project_dir": str(ROOT)}
+    out, seconds = run_module(args, tmp_path)
+    assert not out.get("failed"), out
+    assert out["cache_hit"] and not out["changed"] and out["image"]["id"] == result["image"]["id"]
+    assert out["image"]["oci"]["tag"] == result["image"]["oci"]["tag"]
+    assert out["duration"] <= 1.0
+    print("module oci cache hit: %.3f s in the module, %.3f s with interpreter start-up" % (out["duration"], seconds))
+
+
+# --- the image really runs: containerd + runc -------------------------------------
+
+def wait_http(url, container, timeout=60, want=200):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if container.exited():
+            raise AssertionError("container exited before %s answered:\n%s" % (url, container.output()))
+        try:
+            last = http("GET", url, timeout=2)
+            if last[0] == want:
+                return last
+        except OSError as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError("%s: no %d after %ss (last %r):\n%s" % (url, want, timeout, last, container.output()))
+
+
+def task_pid(containerd, cid):
+    for line in containerd.ctr("tasks", "ls").stdout.splitlines()[1:]:
+        parts = line.split()
+        if parts and parts[0] == cid:
+            return int(parts[1])
+    raise AssertionError("no task %s" % cid)
+
+
+def test_oci_image_runs_under_containerd_and_answers_http(oci_image, containerd, bake_postgres):
+    result, _ = oci_image
+    image = result["image"]
+    ref = containerd.import_layout(image["oci"]["layout"], "phoenix.local/catalog")
+    assert ref.endswith("@" + image["id"])
+    port = free_port()
+    env = dict(bake_postgres.env(), PORT=str(port), BIND="127.0.0.1", DRAIN_TIMEOUT="5")
+    c = containerd.run(ref, env)
+    wait_http("http://127.0.0.1:%d/healthz" % port, c)
+    status, doc = http("GET", "http://127.0.0.1:%d/version" % port)
+    assert status == 200 and doc["version"] == image["version"] and doc["git_hash"] == GIT_HASH, doc
+    status, item = http("POST", "http://127.0.0.1:%d/items" % port, {"name": "from a container", "price_cents": 5})
+    assert status == 201, item
+    with open("/proc/%d/status" % task_pid(containerd, c.id)) as f:
+        uids = [line.split()[1:] for line in f if line.startswith("Uid:")][0]
+    assert set(uids) == {"10001"}  # the service runs as the image's non-root user
+    c.stop(timeout=20)
+    assert "stopped" in c.output(), c.output()  # SIGTERM drained and exited
