@@ -1,7 +1,7 @@
 """Fixtures for OCI bakes: real mmdebstrap + umoci runs (target oci), one image store per session.
 
-``oci_store`` keeps its base layer cache (``<store>/.oci-base``) for the whole session, so only the
-first bake builds the base; ``oci_image`` is catalog 1.0.0 baked there."""
+``catalog_oci_store`` keeps its base layer cache (``<store>/.oci-base``) for the whole session, so only the
+first bake builds the base; ``catalog_oci_image`` is catalog 1.0.0 baked there."""
 import os
 import time
 
@@ -23,7 +23,7 @@ def require_oci_tools():
 
 
 @pytest.fixture(scope="session")
-def oci_store(tmp_path_factory):
+def catalog_oci_store(tmp_path_factory):
     require_oci_tools()
     store = tmp_path_factory.mktemp("oci-store")
     yield store
@@ -41,8 +41,8 @@ def oci_bake():
 
 
 @pytest.fixture(scope="session")
-def oci_image(oci_store, oci_bake):
+def catalog_oci_image(catalog_oci_store, oci_bake):
     """catalog 1.0.0 baked as an OCI image (base layer built first): (engine result, seconds)."""
     t0 = time.monotonic()
-    result = oci_bake(oci_store, "1.0.0+%s.b1" % GIT_HASH)
+    result = oci_bake(catalog_oci_store, "1.0.0+%s.b1" % GIT_HASH)
     return result, time.monotonic() - t0

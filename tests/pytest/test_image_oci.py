@@ -28,8 +28,8 @@ def config_of(result):
 
 # --- baking ---------------------------------------------------------------------
 
-def test_oci_bake_is_a_verified_layout_with_config_and_labels(oci_image):
-    result, seconds = oci_image
+def test_oci_bake_is_a_verified_layout_with_config_and_labels(catalog_oci_image):
+    result, seconds = catalog_oci_image
     image = result["image"]
     print("oci bake (cold, base layer %s): %.1f s, %d bytes compressed, %d uncompressed"
           % ("built" if image["oci"]["base_built"] else "cached", seconds, image["oci"]["size"],
@@ -61,8 +61,8 @@ def test_oci_bake_is_a_verified_layout_with_config_and_labels(oci_image):
     assert not (pathlib.Path(image["path"]).stat().st_mode & 0o222)
 
 
-def test_oci_app_layer_holds_only_what_the_roles_added(oci_image):
-    result, _ = oci_image
+def test_oci_app_layer_holds_only_what_the_roles_added(catalog_oci_image):
+    result, _ = catalog_oci_image
     manifest, _ = config_of(result)
     import tarfile
     blob = layout_of(result) / "blobs" / "sha256" / manifest["layers"][1]["digest"].split(":")[1]
@@ -76,20 +76,20 @@ def test_oci_app_layer_holds_only_what_the_roles_added(oci_image):
     assert {(m.uname, m.gname) for m in members} == {("", "")}
 
 
-def test_oci_rebake_is_a_cache_hit_under_one_second(oci_image, oci_store, oci_bake):
-    result, _ = oci_image
+def test_oci_rebake_is_a_cache_hit_under_one_second(catalog_oci_image, catalog_oci_store, oci_bake):
+    result, _ = catalog_oci_image
     t0 = time.monotonic()
-    again = oci_bake(oci_store, result["image"]["version"])
+    again = oci_bake(catalog_oci_store, result["image"]["version"])
     seconds = time.monotonic() - t0
     print("oci cache hit: %.3f s" % seconds)
     assert again["cache_hit"] and not again["changed"] and again["image"]["id"] == result["image"]["id"]
     assert seconds <= 1.0
 
 
-def test_oci_app_only_change_rebuilds_one_layer(oci_image, oci_store, oci_bake):
-    result, _ = oci_image
+def test_oci_app_only_change_rebuilds_one_layer(catalog_oci_image, catalog_oci_store, oci_bake):
+    result, _ = catalog_oci_image
     t0 = time.monotonic()
-    other = oci_bake(oci_store, "1.0.1-faulty+%s.b2" % GIT_HASH, fault={"error_rate": 0.5})
+    other = oci_bake(catalog_oci_store, "1.0.1-faulty+%s.b2" % GIT_HASH, fault={"error_rate": 0.5})
     seconds = time.monotonic() - t0
     print("oci bake of an app-only change (warm base layer): %.1f s" % seconds)
     assert other["changed"] and other["image"]["oci"]["base_built"] is False
@@ -99,9 +99,9 @@ def test_oci_app_only_change_rebuilds_one_layer(oci_image, oci_store, oci_bake):
     assert other["image"]["oci"]["tag"] == "1.0.1-faulty_%s.b2" % GIT_HASH
 
 
-def test_oci_bake_is_reproducible_from_scratch(oci_image, oci_bake, tmp_path):
+def test_oci_bake_is_reproducible_from_scratch(catalog_oci_image, oci_bake, tmp_path):
     """A second store with an empty base cache: mmdebstrap and every layer again, same manifest digest."""
-    result, _ = oci_image
+    result, _ = catalog_oci_image
     fresh = tmp_path / "fresh-store"
     try:
         again = oci_bake(fresh, result["image"]["version"])
@@ -113,8 +113,8 @@ def test_oci_bake_is_reproducible_from_scratch(oci_image, oci_bake, tmp_path):
         shutil.rmtree(fresh, ignore_errors=True)
 
 
-def test_oci_tampered_layer_is_refused(oci_image, tmp_path):
-    result, _ = oci_image
+def test_oci_tampered_layer_is_refused(catalog_oci_image, tmp_path):
+    result, _ = catalog_oci_image
     src = pathlib.Path(result["image"]["path"])
     dst = tmp_path / "store" / "oci" / "catalog" / src.name
     shutil.copytree(src, dst)
@@ -165,10 +165,10 @@ def test_module_oci_refuses_bad_input_before_anything_changes(override, env, par
     assert seconds < 5
 
 
-def test_module_oci_cache_hit(oci_image, oci_store, tmp_path):
-    result, _ = oci_image
+def test_module_oci_cache_hit(catalog_oci_image, catalog_oci_store, tmp_path):
+    result, _ = catalog_oci_image
     args = {"artifact": "catalog", "version": result["image"]["version"], "source": str(CATALOG_SOURCE),
-            "target": "oci", "store": str(oci_store), "project_dir": str(ROOT)}
+            "target": "oci", "store": str(catalog_oci_store), "project_dir": str(ROOT)}
     out, seconds = run_module(args, tmp_path)
     assert not out.get("failed"), out
     assert out["cache_hit"] and not out["changed"] and out["image"]["id"] == result["image"]["id"]
@@ -203,8 +203,8 @@ def task_pid(containerd, cid):
     raise AssertionError("no task %s" % cid)
 
 
-def test_oci_image_runs_under_containerd_and_answers_http(oci_image, containerd, bake_postgres):
-    result, _ = oci_image
+def test_oci_image_runs_under_containerd_and_answers_http(catalog_oci_image, containerd, bake_postgres):
+    result, _ = catalog_oci_image
     image = result["image"]
     ref = containerd.import_layout(image["oci"]["layout"], "phoenix.local/catalog")
     assert ref.endswith("@" + image["id"])
