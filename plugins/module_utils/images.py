@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 
-from ansible_collections.phoenix.deploy.plugins.module_utils import oci, versioning
+from ansible_collections.phoenix.deploy.plugins.module_utils import oci, registry, versioning
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.packer_runner import (
     PackerError, PackerRunner, template_variables,
@@ -880,6 +880,40 @@ def _run_bake(req, runner, existing):
     finally:
         if staging and os.path.lexists(staging):
             _rmtree(staging)
+
+
+def open_registry(url, repository, target, param="registry"):
+    """The registry an oci bake is pushed to, checked before anything is baked: a URL, a repository
+    name (``repository``) and a registry that answers. Returns (Registry, repository)."""
+    if target != "oci":
+        raise ImageError("%s is only for target oci (an OCI image is pushed there); target %s images are not "
+                         "pushed" % (param, target), param)
+    try:
+        registry.check_repo(repository, "repository")
+        reg = registry.Registry(url, param=param)
+        reg.ping()
+    except registry.RegistryError as exc:
+        raise ImageError(exc.msg, exc.param or param)
+    return reg, repository
+
+
+def push(result, reg, repository, check_mode=False):
+    """Push a baked (or cached) OCI image to ``reg`` as ``repository:<version tag>``, digests preserved.
+
+    Tags are immutable: a tag that points at another digest fails, naming both (nothing is written).
+    Returns {reference (``host/repository@sha256:...``), pushed (whether blobs or a tag were written)}."""
+    image = result["image"]
+    digest = image["id"]
+    reference = reg.reference(repository, digest=digest) if digest else None
+    if check_mode:
+        return {"reference": reference, "pushed": False}
+    verify_image(image["path"], digest)
+    try:
+        pushed = reg.push(image["oci"]["layout"], repository, image["oci"]["tag"], src_tag=oci.REF_TAG,
+                          param="version")
+    except registry.RegistryError as exc:
+        raise ImageError(exc.msg, exc.param or "registry")
+    return {"reference": pushed.ref, "pushed": bool(pushed.changed)}
 
 
 def _run_roles(req, image_root):

@@ -107,6 +107,18 @@ options:
         was modified after baking. The rebuilt image must have the same content digest as the recorded one.
     type: bool
     default: false
+  registry:
+    description:
+      - Registry URL (for example the dev registry of the infra outputs, C(registries.dev), such as
+        C(http://127.0.0.1:24010)) to push an I(oci) image to, as O(repository)C(:<version tag>) with its digest
+        preserved. The registry must answer before anything is baked.
+      - Tags are immutable; pushing a version whose tag points at another digest fails, naming both digests.
+      - Only with O(target=oci).
+    type: str
+  repository:
+    description:
+      - Repository in O(registry); defaults to O(artifact). Lowercase path parts, no C(..).
+    type: str
   retain:
     description:
       - With O(cleanup=true), how many of the newest images of the artifact to keep (besides O(live) images and
@@ -267,6 +279,15 @@ image:
         base_built:
           description: Whether this bake built the base layer (false when it came from the cache).
           type: bool
+reference:
+  description: The pushed image, by digest (C(host/repository@sha256:...)); what deploys reference.
+  returned: with O(registry)
+  type: str
+  sample: 127.0.0.1:24010/catalog@sha256:5f9fd9003d55257d1a921c0bbcb770f5622f05f9e2cecc5e8382881f2cd5ed82
+pushed:
+  description: Whether the push wrote anything (false when the tag already pointed at this digest).
+  returned: with O(registry)
+  type: bool
 cache_hit:
   description: Whether an image with the same input digest existed (no Packer run).
   returned: success
@@ -309,6 +330,8 @@ def argument_spec():
         store=dict(type="path"),
         project_dir=dict(type="path"),
         force=dict(type="bool", default=False),
+        registry=dict(type="str"),
+        repository=dict(type="str"),
         retain=dict(type="int", default=5),
         live=dict(type="list", elements="str", default=[]),
         cleanup=dict(type="bool", default=False),
@@ -336,9 +359,15 @@ class ImageBaker(object):
             req = images.BakeRequest(
                 artifact=p["artifact"], version=p["version"], source=p["source"], target=p["target"],
                 variables=p["vars"], store=p["store"], project_dir=p["project_dir"], force=p["force"])
+            reg = None
+            if p["registry"] is not None or p["repository"] is not None:
+                reg, repo = images.open_registry(p["registry"], p["repository"] or p["artifact"], p["target"])
             before = sorted(d["name"] for d in req.store.images(req.target, req.artifact))
             result = images.bake(req, check_mode=self.module.check_mode, retain=p["retain"], live=p["live"],
                                  cleanup=p["cleanup"])
+            if reg is not None:
+                result.update(images.push(result, reg, repo, check_mode=self.module.check_mode))
+                result["changed"] = result["changed"] or result["pushed"]
         except PhoenixError as exc:  # ImageError, PackerError, VersionError
             self.fail(exc)
 

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from fixtures_bake import CATALOG_SOURCE, GIT_HASH, ROOT, free_port, http, make_writable
+from fixtures_registry import client, make_oci_image
 
 from ansible_collections.phoenix.deploy.plugins.module_utils import images, oci, versioning
 
@@ -203,11 +204,62 @@ def task_pid(containerd, cid):
     raise AssertionError("no task %s" % cid)
 
 
-def test_oci_image_runs_under_containerd_and_answers_http(catalog_oci_image, containerd, bake_postgres):
+def test_module_oci_pushes_to_the_dev_registry_by_digest(catalog_oci_image, catalog_oci_store, dev_registry,
+                                                        tmp_path):
     result, _ = catalog_oci_image
     image = result["image"]
-    ref = containerd.import_layout(image["oci"]["layout"], "phoenix.local/catalog")
-    assert ref.endswith("@" + image["id"])
+    args = {"artifact": "catalog", "version": image["version"], "source": str(CATALOG_SOURCE), "target": "oci",
+            "store": str(catalog_oci_store), "project_dir": str(ROOT), "registry": dev_registry.url}
+    out, _ = run_module(args, tmp_path)
+    assert not out.get("failed"), out
+    assert out["reference"] == "127.0.0.1:%d/catalog@%s" % (dev_registry.port, image["id"])
+    assert out["pushed"] is True and out["changed"] is True and out["cache_hit"] is True
+    assert client(dev_registry).digest("catalog", image["oci"]["tag"]) == image["id"]
+    again, _ = run_module(args, tmp_path)
+    assert again["pushed"] is False and again["changed"] is False and again["reference"] == out["reference"]
+
+
+def test_module_oci_push_refuses_a_tag_that_points_at_another_digest(catalog_oci_image, catalog_oci_store,
+                                                                     dev_registry, tmp_path):
+    result, _ = catalog_oci_image
+    image = result["image"]
+    other = make_oci_image(tmp_path / "other", image["oci"]["tag"], {"/app/VERSION": "not the baked one\n"})
+    client(dev_registry).push(str(tmp_path / "other"), "catalog", image["oci"]["tag"], src_tag=image["oci"]["tag"])
+    args = {"artifact": "catalog", "version": image["version"], "source": str(CATALOG_SOURCE), "target": "oci",
+            "store": str(catalog_oci_store), "project_dir": str(ROOT), "registry": dev_registry.url}
+    out, _ = run_module(args, tmp_path)
+    assert out.get("failed") and out["param"] == "version", out
+    assert other in out["msg"] and image["id"] in out["msg"], out["msg"]
+    assert client(dev_registry).digest("catalog", image["oci"]["tag"]) == other  # unchanged
+
+
+@pytest.mark.parametrize("override, param, words", [
+    ({"registry": "http://127.0.0.1:%d" % free_port()}, "registry", "registry"),
+    ({"registry": "ftp://127.0.0.1:1"}, "registry", "not a registry URL"),
+    ({"registry": "http://127.0.0.1:1", "target": "local"}, "registry", "only for target oci"),
+    ({"registry": "http://127.0.0.1:1", "repository": "Catalog"}, "repository", "upper case"),
+    ({"registry": "http://127.0.0.1:1", "repository": "team/../catalog"}, "repository", "'..'"),
+])
+def test_module_oci_push_bad_input_fails_before_the_bake(override, param, words, tmp_path):
+    args = {"artifact": "catalog", "version": "1.0.0+5eed0f1.b1", "source": str(CATALOG_SOURCE), "target": "oci",
+            "store": str(tmp_path / "store"), "project_dir": str(ROOT)}
+    args.update(override)
+    out, seconds = run_module(args, tmp_path)
+    assert out.get("failed") and out["param"] == param and words in out["msg"], out
+    assert not (tmp_path / "store").exists()
+    assert seconds < 15
+
+
+def test_oci_image_runs_under_containerd_and_answers_http(catalog_oci_image, catalog_oci_store, containerd,
+                                                          bake_postgres, dev_registry):
+    """Pushed to a real registry by image_bake's engine, pulled by containerd by digest, run by runc."""
+    result, _ = catalog_oci_image
+    image = result["image"]
+    reg, repo = images.open_registry(dev_registry.url, "catalog", "oci")
+    ref = images.push(result, reg, repo)["reference"]
+    assert ref == "127.0.0.1:%d/catalog@%s" % (dev_registry.port, image["id"])
+    containerd.pull(ref, plain_http=True)
+    assert containerd.image_digest(ref) == image["id"]
     port = free_port()
     env = dict(bake_postgres.env(), PORT=str(port), BIND="127.0.0.1", DRAIN_TIMEOUT="5")
     c = containerd.run(ref, env)
