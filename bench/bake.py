@@ -93,7 +93,11 @@ def oci_rows(images, source):
         cold, first = _timed(lambda: bake(VERSION))
         if not first["image"]["oci"]["base_built"]:
             raise RuntimeError("the cold oci bake did not build the base layer")
+        cpu0 = os.times()
         app, second = _timed(lambda: bake("1.0.1+0bench0.b2", fault={"latency_ms": 1}))
+        cpu1 = os.times()
+        # CPU seconds (this process + the processes it waited for): what the bake costs whatever the load
+        app_cpu = sum(cpu1[i] - cpu0[i] for i in range(4))
         if second["image"]["oci"]["base_built"] or second["cache_hit"]:
             raise RuntimeError("the app-only oci bake rebuilt the base layer or was a cache hit")
         hits = []
@@ -112,6 +116,8 @@ def oci_rows(images, source):
          "goal": "-"},
         {"name": "oci bake of an app-only change (warm base layer)", "value": round(app, 2), "unit": "s",
          "goal": "<= 15"},
+        {"name": "oci bake of an app-only change: CPU time (user+sys, with children)", "value": round(app_cpu, 2),
+         "unit": "s", "goal": "-"},
         {"name": "oci bake catalog (cache hit, engine, median of 5)", "value": round(statistics.median(hits), 4),
          "unit": "s", "goal": "<= 1"},
         {"name": "oci image size catalog (compressed, in a registry)", "value": round(size / 1e6, 1), "unit": "MB",

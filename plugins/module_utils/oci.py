@@ -214,10 +214,9 @@ def ensure_base(cache, spec, log=None):
             created = rfc3339(spec.epoch)
             run(["umoci", "init", "--layout", layout], "umoci init")
             run(["umoci", "new", "--image", layout + ":" + BASE_TAG], "umoci new")
+            created_by = "mmdebstrap --variant=%s %s +%s" % (spec.variant, spec.suite, ",".join(spec.packages))
             run(["umoci", "raw", "add-layer", "--image", layout + ":" + BASE_TAG, "--history.created", created,
-                 "--history.created_by", "mmdebstrap --variant=%s %s +%s" % (spec.variant, spec.suite,
-                                                                           ",".join(spec.packages)), tar],
-                "adding the base layer")
+                 "--history.created_by", created_by, tar], "adding the base layer")
             manifest, config = read_manifest(layout, BASE_TAG)
             layer = manifest["layers"][-1]
             doc = dict(spec.doc(), key=key, layer_digest=layer["digest"], layer_size=layer["size"],
