@@ -981,9 +981,9 @@ def _run_oci_bake(req, existing):
             layer_size = os.path.getsize(layer)
             config = _oci_config(req, service, base)
             created = oci.rfc3339(req.oci["epoch"])
-            digest, manifest, _ = oci.build_image(
+            digest, manifest = oci.build_image(
                 base, layer, os.path.join(staging, OCI_LAYOUT), created,
-                "phoenix.deploy roles base_image, app_service: %s %s" % (req.artifact, req.version), config)
+                "phoenix.deploy roles base_image, app_service: %s %s" % (req.artifact, req.version), config)[:2]
             _rmtree(scratch)
         except (oci.OciError, OSError, ValueError) as exc:
             raise ImageError("oci bake of %s failed: %s" % (req.name, getattr(exc, "msg", None) or exc))

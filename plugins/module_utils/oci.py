@@ -90,7 +90,7 @@ def rfc3339(epoch):
 def run(cmd, what, timeout=STEP_TIMEOUT, env=None, cwd=None):
     """Run ``cmd`` (a list, no shell); raise :class:`OciError` naming ``what`` with the output's tail."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd, check=False)
     except FileNotFoundError:
         raise OciError("%s: %s is not installed (apt-get install %s; make setup installs it)"
                        % (what, cmd[0], os.path.basename(cmd[0])))
@@ -161,7 +161,7 @@ def _flock(path):
 
 def _rm(path):
     if os.path.lexists(path):
-        for dirpath, dirnames, _ in os.walk(path):
+        for dirpath, dirnames, dummy in os.walk(path):
             for d in dirnames:
                 full = os.path.join(dirpath, d)
                 if not os.path.islink(full):
@@ -315,7 +315,7 @@ def _read_json(path):
 
 
 def _blob(layout, digest):
-    algo, _, hexd = str(digest).partition(":")
+    algo, dummy, hexd = str(digest).partition(":")
     if algo != "sha256" or len(hexd) != 64 or not all(c in "0123456789abcdef" for c in hexd):
         raise OciError("OCI layout %s refers to a malformed digest %r" % (layout, digest))
     return os.path.join(layout, "blobs", "sha256", hexd)
