@@ -27,7 +27,7 @@ import tempfile
 
 from ansible_collections.phoenix.deploy.plugins.module_utils import images, registry, versioning
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
-from ansible_collections.phoenix.deploy.plugins.module_utils.releases import FileReleaseStore, SUCCEEDED
+from ansible_collections.phoenix.deploy.plugins.module_utils.releases import ACTIVE, FileReleaseStore, StoreError, SUCCEEDED
 
 TARGET = "local"
 QUALIFYING_ANALYSIS = ("pass", "none")  # Release.analysed values that qualify an image
@@ -177,6 +177,87 @@ def require_promoted_container(artifact, version, registries, digest=None, **opt
             "digest mismatch for %s:%s: prod registry has %s, the tested image is %s; refusing to deploy"
             % (artifact, tag, found, tested), param="version")
     return prod.reference(artifact, digest=found)
+
+
+def _digest_of(image):
+    """The ``sha256:...`` of a pinned reference ``.../repo@sha256:...``, or None."""
+    if isinstance(image, str) and "@sha256:" in image:
+        return image.rsplit("@", 1)[1]
+    return None
+
+
+def in_use_digests(artifact, release_store):
+    """Digests a retention must keep: in every environment of the release store, the live release,
+    the release it would roll back to, and every release still in progress or paused."""
+    store = FileReleaseStore(release_store)
+    root = os.path.join(store.root, artifact)
+    out = set()
+    for environment in sorted(os.listdir(root)) if os.path.isdir(root) else ():
+        if environment.startswith(".") or not os.path.isdir(os.path.join(root, environment)):
+            continue
+        try:
+            history = store.load(artifact, environment)
+        except StoreError as exc:  # cannot tell what is live there: delete nothing
+            raise PhoenixError("release store %s: %s; retention deletes nothing while it cannot tell which images "
+                               "are live" % (release_store, exc.msg), param="release_store")
+        live = history.live_release()
+        keep = [r for r in history.releases if r.status in ACTIVE]
+        if live is not None:
+            keep.append(live)
+            keep.append(history.get(live.previous_release_id))
+        out |= set(d for d in (_digest_of(r.image) for r in keep if r is not None) if d)
+    return out
+
+
+def _tag_order(tag):
+    """Newest-first sort key of a version tag: semver precedence, then the CI build id."""
+    version = versioning.parse(tag.replace("_", "+", 1), "tag")
+    return (version.precedence_key(), int(version.build_id or 0), tag)
+
+
+def container_retention(artifact, registries, which, keep, release_store, confirm=None, check_mode=False,
+                        **options):
+    """Delete the images of ``artifact`` in registry ``which`` (dev | prod) that retention does not keep:
+    the newest ``keep`` versions, plus every image live (or the rollback target, or in progress) in some
+    environment, plus (in dev) every image promoted to prod, plus any tag that is not a version.
+    Deleting from prod needs ``confirm='prod'``; a digest that a kept tag points at is never deleted."""
+    if which not in ("dev", "prod"):
+        raise PhoenixError("registry must be dev or prod, got %r" % (which,), param="registry")
+    if which == "prod" and confirm != "prod":
+        raise PhoenixError("registry=prod: retention never deletes from the prod registry unless asked by name. "
+                           "Nothing was changed. To go on, add -e confirm=prod", param="confirm")
+    versioning.check_artifact(artifact)
+    dev, prod = container_registries(registries, **options)
+    reg = dev if which == "dev" else prod
+    docs, protect = [], set()
+    for tag in reg.tags(artifact):
+        digest = reg.digest(artifact, tag) if _is_version_tag(tag) else None
+        if digest is None:  # not ours: never deleted
+            protect.add(tag)
+            continue
+        docs.append({"name": tag, "id": tag, "content_digest": digest})
+    docs.sort(key=lambda d: _tag_order(d["name"]), reverse=True)
+    protect |= in_use_digests(artifact, release_store)
+    if which == "dev":
+        protect |= set(prod.digest(artifact, tag) for tag in prod.tags(artifact) if _is_version_tag(tag))
+    kept, removed = images.retention_plan(docs, keep, protect=protect)
+    kept_digests = set(d["content_digest"] for d in kept)
+    doomed = sorted(set(d["content_digest"] for d in removed) - kept_digests)
+    if not check_mode:
+        for digest in doomed:
+            reg.delete(artifact, digest, param="registry")
+    return {"changed": bool(doomed), "registry": reg.url,
+            "kept": [{"tag": d["name"], "digest": d["content_digest"]} for d in kept],
+            "removed": [{"tag": d["name"], "digest": d["content_digest"]} for d in removed
+                        if d["content_digest"] in doomed]}
+
+
+def _is_version_tag(tag):
+    try:
+        registry.check_tag(tag)
+    except registry.RegistryError:
+        return False
+    return True
 
 
 def promote(artifact, version, test_store, prod_store, release_store, sources, check_mode=False):

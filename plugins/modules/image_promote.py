@@ -49,7 +49,7 @@ options:
   registries:
     description:
       - With O(target=oci), the dev and prod registry URLs (the C(registries) output of the infra stack),
-        for example C({dev: 'http://127.20.0.1:24003', prod: 'http://127.20.0.1:24004'}).
+        a dict with keys C(dev) and C(prod), for example C(http://127.20.0.1:24003) and C(http://127.20.0.1:24004).
     type: dict
   registry_authfile:
     description: With O(target=oci), a containers auth file (C(auth.json)) for both registries.

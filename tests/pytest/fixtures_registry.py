@@ -91,7 +91,7 @@ class RegistryProcess:
 
 
 def make_oci_image(layout, tag, files, entrypoint=("/bin/app",)):
-    """An OCI layout at ``layout`` with one image ``tag`` whose layer holds ``files`` ({path: text}).
+    """An OCI layout at ``layout`` with one image ``tag`` whose layer holds ``files`` ({path: text or bytes}).
     Returns the manifest digest."""
     layout = pathlib.Path(layout)
     run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True, text=True)  # noqa: E731
@@ -101,7 +101,10 @@ def make_oci_image(layout, tag, files, entrypoint=("/bin/app",)):
     with tempfile.TemporaryDirectory(prefix="phx-oci-") as tmp:
         for path, text in sorted(files.items()):
             src = pathlib.Path(tmp) / path.strip("/").replace("/", "_")
-            src.write_text(text)
+            if isinstance(text, bytes):
+                src.write_bytes(text)
+            else:
+                src.write_text(text)
             run("umoci", "insert", "--image", "%s:%s" % (layout, tag), str(src), path)
     run("umoci", "config", "--image", "%s:%s" % (layout, tag), "--config.entrypoint", entrypoint[0])
     for m in json.loads((layout / "index.json").read_text())["manifests"]:
