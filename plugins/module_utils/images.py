@@ -925,11 +925,16 @@ def push(result, reg, repository, check_mode=False):
 def _run_roles(req, image_root):
     """The bake playbook (roles base_image + app_service) with a local connection into ``image_root``,
     as Packer's shell-local step runs it for local images; the service will run ``OCI_PYTHON``."""
-    extra = {"artifact": req.artifact, "version": str(req.version), "image_name": req.name,
-             "app_source": req.source, "entrypoint": req.variables.get("entrypoint", ""),
-             "fault": json.loads(req.variables.get("fault") or "{}"), "git_hash": req.git_hash,
-             "build_id": req.build_id, "input_digest": req.input_digest, "image_root": image_root,
-             "runtime_python": OCI_PYTHON, "ansible_python_interpreter": req.oci["ansible"]["python"]}
+    extra = {"app_service_artifact": req.artifact, "app_service_version": str(req.version),
+             "app_service_image_name": req.name, "app_service_source": req.source,
+             "app_service_entrypoint": req.variables.get("entrypoint", ""),
+             "app_service_fault": json.loads(req.variables.get("fault") or "{}"),
+             "app_service_git_hash": req.git_hash, "app_service_build_id": req.build_id,
+             "app_service_input_digest": req.input_digest,
+             "base_image_root": image_root, "app_service_image_root": image_root,
+             "base_image_runtime_python": OCI_PYTHON, "app_service_runtime_python": OCI_PYTHON,
+             "base_image_service_user": oci.SERVICE_USER, "app_service_user": oci.SERVICE_USER,
+             "ansible_python_interpreter": req.oci["ansible"]["python"]}
     packer_dir = os.path.dirname(req.template)
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(packer_dir, "ansible.cfg"))
     oci.run([req.oci["ansible"]["playbook"], "-i", "localhost,", "-c", "local", os.path.join(packer_dir, "bake.yml"),

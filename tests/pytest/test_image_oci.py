@@ -273,3 +273,42 @@ def test_oci_image_runs_under_containerd_and_answers_http(catalog_oci_image, cat
     assert set(uids) == {"10001"}  # the service runs as the image's non-root user
     c.stop(timeout=20)
     assert "stopped" in c.output(), c.output()  # SIGTERM drained and exited
+
+
+# --- playbooks/bake.yml -e target=oci ------------------------------------------------
+
+def bake_playbook(tmp_path, *args, store=None):
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    if store is not None and not (state / "images").exists():
+        (state / "images").symlink_to(store)
+    cmd = ["ansible-playbook", "playbooks/bake.yml"] + list(args)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PHOENIX_STATE_DIR=str(state)))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-e", "version=latest"], "version=latest: give -e version="),
+    (["-e", "version=stable"], "version=stable: give -e version="),
+    (["-e", "version=1.4"], "version=1.4: give -e version="),
+    (["-e", "version=1.0.0+5eed0f1.b1", "-e", "target=docker"], "target=docker: give -e target=<local|oci>"),
+    (["-e", "version=1.0.0+5eed0f1.b1", "-e", "environment=nowhere"], "environment=nowhere: give -e environment="),
+])
+def test_bake_playbook_oci_refuses_bad_requests_naming_the_parameter(args, words, tmp_path):
+    args = ["-e", "artifact=catalog", "-e", "target=oci"] + args
+    proc = bake_playbook(tmp_path, *args)
+    assert proc.returncode != 0 and words in proc.stdout, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "state" / "images").exists()
+
+
+def test_bake_playbook_oci_pushes_to_the_dev_registry(catalog_oci_image, catalog_oci_store, dev_registry, tmp_path):
+    result, _ = catalog_oci_image
+    image = result["image"]
+    registries = json.dumps({"registries": {"dev": dev_registry.url, "prod": "http://127.0.0.1:1"}})
+    proc = bake_playbook(tmp_path, "-e", "artifact=catalog", "-e", "version=" + image["version"], "-e", "target=oci",
+                         "-e", registries, store=catalog_oci_store)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ref = "127.0.0.1:%d/catalog@%s" % (dev_registry.port, image["id"])
+    assert ref in proc.stdout and "(cache hit, pushed)" in proc.stdout, proc.stdout
+    assert client(dev_registry).digest("catalog", image["oci"]["tag"]) == image["id"]
