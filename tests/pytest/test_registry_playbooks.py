@@ -48,7 +48,7 @@ def test_promote_playbook_copies_by_digest_and_refuses_latest(env):
     ok = env["play"]("promote.yml", "-e", "artifact=catalog", "-e", "version=" + VERSION, "-e", "target=oci")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     pinned = "127.0.0.1:%d/catalog@%s" % (env["prod"].port, env["digest"])
-    assert pinned + " promoted" in ok.stdout and "changed=1" in ok.stdout
+    assert pinned + " promoted" in " ".join(ok.stdout.split()) and "changed=1" in ok.stdout
     assert client(env["prod"]).digest("catalog", TAG) == env["digest"]
     again = env["play"]("promote.yml", "-e", "artifact=catalog", "-e", "version=" + VERSION, "-e", "target=oci")
     assert again.returncode == 0 and "changed=0" in again.stdout
@@ -72,3 +72,19 @@ def test_retention_playbook_needs_confirm_for_prod(env):
     # the only image is live in ci: kept even with retain=0
     assert "0 image(s) would be removed" in check.stdout and TAG in check.stdout
     assert client(env["dev"]).tags("catalog") == [TAG]
+
+
+def test_promote_without_registries_fails_naming_them(env, tmp_path):
+    (tmp_path / "backend").mkdir()
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text("name: phoenix-infra\nruntime: python\n")
+    cmd = ["ansible-playbook", "playbooks/promote.yml", "-e", "artifact=catalog", "-e", "version=" + VERSION,
+           "-e", "target=oci", "-e", "phoenix_infra_dir=%s" % project]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PHOENIX_STATE_DIR=str(tmp_path / "state"),
+                                   PULUMI_BACKEND_URL="file://%s" % (tmp_path / "backend")))
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode != 0 and "registries: no dev registry in the infra outputs of ci (stack ci)" in out, out
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert client(env["prod"]).tags("catalog") == []
