@@ -513,6 +513,7 @@ class ImageStore(object):
                     continue
             if name.startswith((STAGING_PREFIX, PROMOTE_PREFIX, OLD_PREFIX)):
                 if os.path.isdir(full) and not os.path.islink(full):
+                    oci.unmount_below(full)  # the overlay of a killed oci bake: never delete through it
                     _rmtree(full)
                 else:
                     os.unlink(full)

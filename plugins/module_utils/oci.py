@@ -47,7 +47,7 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.errors import Phoen
 
 __all__ = [
     "OciError", "BaseSpec", "ensure_base", "write_layer", "overlay", "build_image", "read_manifest",
-    "verify_layout", "missing_tools", "rfc3339", "TOOLS", "REF_TAG",
+    "verify_layout", "missing_tools", "rfc3339", "unmount_below", "TOOLS", "REF_TAG",
 ]
 
 TOOLS = ("mmdebstrap", "umoci", "tar", "mount", "umount")
@@ -248,6 +248,21 @@ def overlay(lower, scratch):
         yield merged, upper
     finally:
         run(["umount", merged], "unmounting the image root")
+
+
+def unmount_below(path):
+    """Detach every mount point at or below ``path`` (deepest first), e.g. the overlay a killed bake left.
+    Returns the mount points it detached."""
+    path = os.path.realpath(path)
+    try:
+        with open("/proc/self/mounts") as f:
+            points = [line.split()[1].replace("\\040", " ") for line in f]
+    except OSError:
+        return []
+    below = sorted((m for m in points if m == path or m.startswith(path + os.sep)), key=len, reverse=True)
+    for m in below:
+        run(["umount", "-l", m], "detaching %s (left mounted by a killed bake)" % m)
+    return below
 
 
 def _is_whiteout(st):

@@ -312,3 +312,25 @@ def test_bake_playbook_oci_pushes_to_the_dev_registry(catalog_oci_image, catalog
     ref = "127.0.0.1:%d/catalog@%s" % (dev_registry.port, image["id"])
     assert ref in proc.stdout and "(cache hit, pushed)" in proc.stdout, proc.stdout
     assert client(dev_registry).digest("catalog", image["oci"]["tag"]) == image["id"]
+
+
+def test_debris_of_a_killed_oci_bake_is_unmounted_before_removal(tmp_path):
+    """A bake killed while the roles ran leaves its overlay mounted in .staging-*: the next bake detaches
+    it first, so nothing is deleted through it (the lower dir, i.e. the cached base, stays intact)."""
+    lower = tmp_path / "lower"
+    (lower / "usr").mkdir(parents=True)
+    (lower / "usr" / "keep").write_text("base file\n")
+    store = images.ImageStore(str(tmp_path / "store"))
+    staging = pathlib.Path(store.artifact_dir("oci", "catalog")) / ".staging-catalog-v1-0-0-x" / "build"
+    staging.mkdir(parents=True)
+    for name in ("upper", "work", "merged"):
+        (staging / name).mkdir()
+    merged = str(staging / "merged")  # mounted as oci.overlay does, never unmounted: the process was killed
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", "lowerdir=%s,upperdir=%s,workdir=%s"
+                    % (lower, staging / "upper", staging / "work"), merged], check=True)
+    assert os.path.ismount(merged) and os.path.isfile(os.path.join(merged, "usr", "keep"))
+    with store.lock("oci", "catalog"):
+        done = store.clean_debris("oci", "catalog")
+    assert done == [".staging-catalog-v1-0-0-x"] and not os.path.ismount(merged)
+    assert not staging.parent.exists()
+    assert (lower / "usr" / "keep").read_text() == "base file\n"
