@@ -329,8 +329,12 @@ def test_debris_of_a_killed_oci_bake_is_unmounted_before_removal(tmp_path):
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o", "lowerdir=%s,upperdir=%s,workdir=%s"
                     % (lower, staging / "upper", staging / "work"), merged], check=True)
     assert os.path.ismount(merged) and os.path.isfile(os.path.join(merged, "usr", "keep"))
-    with store.lock("oci", "catalog"):
-        done = store.clean_debris("oci", "catalog")
+    try:
+        with store.lock("oci", "catalog"):
+            done = store.clean_debris("oci", "catalog")
+    finally:
+        if os.path.ismount(merged):  # the fix regressed: do not leave the mount behind
+            subprocess.run(["umount", "-l", merged], check=False)
     assert done == [".staging-catalog-v1-0-0-x"] and not os.path.ismount(merged)
     assert not staging.parent.exists()
     assert (lower / "usr" / "keep").read_text() == "base file\n"
