@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 TOOLS = ("mmdebstrap", "umoci", "tar", "mount", "umount")
-BASE_SCHEME = 1
+BASE_SCHEME = 2
 # umoci tag of the base image inside a base layout
 BASE_TAG = "base"
 # tag of the one image inside an image bundle's layout (the version's OCI tag is in image.json;
@@ -69,6 +69,8 @@ DPKG_FILTERS = (
     "path-exclude=/usr/share/lintian/*",
     "path-exclude=/usr/share/linda/*",
 )
+# mmdebstrap's own hook: a merged /usr without the usrmerge package (which pulls in perl, ~50 MB)
+HOOKS = ("/usr/share/mmdebstrap/hooks/merged-usr",)
 APT_SOURCES = ("/etc/apt/sources.list", "/etc/apt/sources.list.d")
 # every command gets at most this long (mmdebstrap downloads and installs ~60 packages)
 BASE_TIMEOUT = 900
@@ -132,7 +134,8 @@ class BaseSpec(object):
 
     def doc(self):
         return {"scheme": BASE_SCHEME, "suite": self.suite, "variant": self.variant, "packages": self.packages,
-                "dpkg_filters": list(DPKG_FILTERS), "epoch": self.epoch, "user": self.user, "uid": self.uid,
+                "dpkg_filters": list(DPKG_FILTERS), "hooks": [os.path.basename(h) for h in HOOKS],
+                "epoch": self.epoch, "user": self.user, "uid": self.uid,
                 "apt_sources": _apt_sources()}
 
     def key(self):
@@ -145,6 +148,7 @@ class BaseSpec(object):
         cmd = ["mmdebstrap", "--quiet", "--mode=root", "--format=tar", "--variant=" + self.variant,
                "--skip=output/dev", "--include=" + ",".join(self.packages)]
         cmd += ["--dpkgopt=" + f for f in DPKG_FILTERS]
+        cmd += ["--hook-dir=" + h for h in HOOKS]
         cmd += ["--customize-hook=" + hook, self.suite, out]
         return cmd
 
