@@ -176,6 +176,11 @@ def test_module_oci_cache_hit(catalog_oci_image, catalog_oci_store, tmp_path):
     assert out["image"]["oci"]["tag"] == result["image"]["oci"]["tag"]
     assert out["duration"] <= 1.0
     print("module oci cache hit: %.3f s in the module, %.3f s with interpreter start-up" % (out["duration"], seconds))
+    check, _ = run_module(dict(args, version="1.0.9+%s.b9" % GIT_HASH, _ansible_check_mode=True, _ansible_diff=True),
+                          tmp_path)
+    assert check["changed"] is True and check["cache_hit"] is False, check
+    assert check["diff"]["after"]["baked"] == "catalog-v1-0-9--%s-b9" % GIT_HASH
+    assert not os.path.exists(check["image"]["path"])  # check mode bakes nothing
 
 
 # --- the image really runs: containerd + runc -------------------------------------
