@@ -120,4 +120,6 @@ else
   done_ "installed ($("$ROOT/scripts/install-pulumi.sh" --which))"
 fi
 
+step "kubernetes binaries (k8s-local stack)"; "$ROOT/scripts/install-kubernetes.sh"; done_ "ok ($("$ROOT/scripts/install-kubernetes.sh" --which))"
+
 printf '==> setup complete in %ss\n' "$(( $(date +%s) - T0 ))"
