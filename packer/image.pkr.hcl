@@ -136,27 +136,32 @@ variable "ssh_username" {
 }
 
 locals {
-  # What the roles get (packer/bake.yml); identical for every target except
-  # image_root / python, which describe where and with what the service runs.
+  # What the roles get (packer/bake.yml), as role variables (prefixed with the
+  # role's name); identical for every target except the image root and the
+  # Python, which describe where and with what the service runs.
   role_vars = {
-    artifact     = var.artifact
-    version      = var.version
-    image_name   = var.image_name
-    app_source   = var.source_dir
-    entrypoint   = var.entrypoint
-    fault        = jsondecode(var.fault)
-    git_hash     = var.git_hash
-    build_id     = var.build_id
-    input_digest = var.input_digest
+    app_service_artifact     = var.artifact
+    app_service_version      = var.version
+    app_service_image_name   = var.image_name
+    app_service_source       = var.source_dir
+    app_service_entrypoint   = var.entrypoint
+    app_service_fault        = jsondecode(var.fault)
+    app_service_git_hash     = var.git_hash
+    app_service_build_id     = var.build_id
+    app_service_input_digest = var.input_digest
   }
   local_vars = jsonencode(merge(local.role_vars, {
-    image_root                 = var.image_root
-    runtime_python             = var.python
+    base_image_root            = var.image_root
+    base_image_runtime_python  = var.python
+    app_service_image_root     = var.image_root
+    app_service_runtime_python = var.python
     ansible_python_interpreter = var.python
   }))
   gce_vars = jsonencode(merge(local.role_vars, {
-    image_root     = "/"
-    runtime_python = "/usr/bin/python3"
+    base_image_root            = "/"
+    base_image_runtime_python  = "/usr/bin/python3"
+    app_service_image_root     = "/"
+    app_service_runtime_python = "/usr/bin/python3"
   }))
   manifest_data = {
     artifact     = var.artifact

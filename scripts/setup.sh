@@ -10,6 +10,7 @@ cd "$ROOT"
 TOOLS="$ROOT/.tools"
 VENV="$ROOT/.venv"
 APT_PACKAGES=(haproxy postgresql packer ca-certificates)
+APT_PACKAGES+=(skopeo docker-registry umoci)  # registries: push, promote by digest (tests make images with umoci)
 PYTHON="${PYTHON:-python3}"
 T0=$(date +%s)
 

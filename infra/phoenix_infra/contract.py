@@ -15,10 +15,14 @@ platform does not have are exported as ``None``.
                       network_tags, backend_services: {artifact: name}, health_check}
 - kubernetes:        {namespace, service_names: {artifact: name}, deployer_service_account,
                       labels}
+- registries:        {dev: url, prod: url}: container registries; bakes push to dev,
+                      promotion copies by digest to prod. local: http://<address>:<port>
+                      (docker-registry, storage.delete off in prod); gce / kubernetes:
+                      <location>-docker.pkg.dev/<project>/<repository> (Artifact Registry)
 - state_dir:         local: the stack's runtime directory (data, configs, sockets)
 """
 KEYS = ("platform", "network", "database", "load_balancer", "instance_manager",
-        "gce", "kubernetes", "state_dir")
+        "gce", "kubernetes", "registries", "state_dir")
 
 
 def complete(outputs: dict) -> dict:

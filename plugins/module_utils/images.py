@@ -380,6 +380,22 @@ def validate_fault(fault):
     return out
 
 
+def retention_plan(docs, keep, live=(), protect=()):
+    """(kept, removed) of ``docs`` (newest first): the newest ``keep`` plus every doc whose name, id or
+    ``content_digest`` is in ``live`` or ``protect``. Shared by image stores and registries."""
+    if keep is None or isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise ImageError("retain must be 0 or more, got %r" % (keep,), "retain")
+    live = set(live or ()) | set(protect or ())
+    kept, removed = [], []
+    for i, doc in enumerate(docs):
+        ids = {doc.get("name"), doc.get("id"), doc.get("content_digest")}
+        if i < keep or ids & live:
+            kept.append(doc)
+        else:
+            removed.append(doc)
+    return kept, removed
+
+
 class ImageStore(object):
     """Local record of baked images, one directory per image (see the module docstring)."""
 
@@ -481,17 +497,7 @@ class ImageStore(object):
         """(kept, removed) image docs: keep the newest ``keep`` plus every live or protected image.
 
         ``live`` lists images live in some environment, by name or digest."""
-        if keep is None or keep < 0:
-            raise ImageError("retain must be 0 or more, got %r" % (keep,), "retain")
-        live = set(live or ()) | set(protect or ())
-        kept, removed = [], []
-        for i, doc in enumerate(self.images(target, artifact)):
-            ids = {doc.get("name"), doc.get("id"), doc.get("content_digest")}
-            if i < keep or ids & live:
-                kept.append(doc)
-            else:
-                removed.append(doc)
-        return kept, removed
+        return retention_plan(self.images(target, artifact), keep, live, protect)
 
     def cleanup(self, target, artifact, keep, live=(), protect=(), check_mode=False):
         """Remove what :meth:`retention_plan` does not keep; return the removed docs."""

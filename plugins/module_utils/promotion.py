@@ -11,6 +11,12 @@ inconclusive (no traffic), or that had no analysis configured, does not
 qualify: nothing judged the image there.
 The copy is verified against the digest before it is made visible, so the
 prod store never holds an image whose files differ from the tested one.
+
+Container images (target ``oci``) take the same rules between two registries
+(:func:`promote_container`): ``dev/<artifact>@sha256:...`` is copied to
+``prod/<artifact>:<version tag>`` with digests preserved, and the digest is read
+back from prod; the qualifying release must have deployed exactly that digest.
+Deploys reference ``<prod registry>/<artifact>@sha256:...``, never a tag.
 """
 
 from __future__ import annotations
@@ -19,9 +25,9 @@ import os
 import shutil
 import tempfile
 
-from ansible_collections.phoenix.deploy.plugins.module_utils import images, versioning
+from ansible_collections.phoenix.deploy.plugins.module_utils import images, registry, versioning
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
-from ansible_collections.phoenix.deploy.plugins.module_utils.releases import FileReleaseStore, SUCCEEDED
+from ansible_collections.phoenix.deploy.plugins.module_utils.releases import ACTIVE, FileReleaseStore, StoreError, SUCCEEDED
 
 TARGET = "local"
 QUALIFYING_ANALYSIS = ("pass", "none")  # Release.analysed values that qualify an image
@@ -71,6 +77,189 @@ def _not_judged(releases) -> str:
                      for r in releases[:5])
 
 
+def _require_qualified(artifact, version, digest, what, release_store, sources):
+    """The release that qualifies ``digest``; PhoenixError (param version) naming why none does."""
+    if not sources:
+        raise PhoenixError("sources: give at least one environment whose successful release "
+                           "qualifies an image, e.g. [ci, integrated_qa]", param="sources")
+    release = qualifying_release(artifact, digest, release_store, sources)
+    if release is not None:
+        return release
+    unjudged = candidate_releases(artifact, digest, release_store, sources)
+    if unjudged:
+        raise PhoenixError(
+            "version %s of %s (image %s, %s) has successful releases in %s that analysis did not "
+            "judge: %s. Deploy it again with traffic during the analysis (analysed: pass), or with "
+            "an explicit analysis: none (recorded as such on the release)"
+            % (version, artifact, what, digest, ", ".join(sources), _not_judged(unjudged)),
+            param="version")
+    raise PhoenixError("version %s of %s (image %s, %s) has no successful release in %s: deploy it "
+                       "there first, e.g. ansible-playbook playbooks/deploy.yml -e artifact=%s "
+                       "-e environment=%s -e version=%s"
+                       % (version, artifact, what, digest, ", ".join(sources), artifact,
+                          sources[0], version), param="version")
+
+
+def container_registries(registries, **options):
+    """(dev, prod) :class:`registry.Registry` clients from ``{dev: url, prod: url}`` (the
+    ``registries`` stack output); errors name ``registries.dev`` / ``registries.prod``."""
+    if not isinstance(registries, dict) or not registries.get("dev") or not registries.get("prod"):
+        raise PhoenixError("registries must map dev and prod to registry URLs (the registries output of the "
+                           "infra stack), e.g. {dev: 'http://127.0.0.1:5000', prod: 'http://127.0.0.1:5001'}",
+                           param="registries")
+    return tuple(registry.Registry(registries[env], param="registries.%s" % env, **options)
+                 for env in ("dev", "prod"))
+
+
+def tested_container(artifact, version, dev, digest=None):
+    """(tag, digest) of the baked image of ``version`` in the dev registry; ``digest``, when given,
+    must be what the version's tag points at."""
+    versioning.check_artifact(artifact)
+    registry.check_repo(artifact, "artifact")
+    tag = registry.version_tag(version, "version")
+    if digest is not None:
+        registry.check_digest(digest, "digest")
+    found = dev.digest(artifact, tag, param="version")
+    if found is None:
+        raise registry.ImageMissing(
+            "version %s of %s is not in the dev registry (%s has no tag %s): bake it with target oci (it "
+            "pushes to dev) first" % (version, artifact, dev.reference(artifact), tag), param="version")
+    if digest is not None and digest != found:
+        raise registry.DigestMismatch(
+            "digest %s is not version %s of %s: the dev registry has %s for tag %s; promote the digest that "
+            "was tested, or leave digest out" % (digest, version, artifact, found, tag), param="digest")
+    return tag, found
+
+
+def promote_container(artifact, version, registries, release_store, sources, digest=None,
+                      check_mode=False, **options):
+    """Copy ``dev/<artifact>@<digest>`` to ``prod/<artifact>:<tag>`` after a qualifying release of
+    that digest, digests preserved and read back. Returns a result dict (``image`` is the pinned
+    prod reference ``<prod>/<artifact>@sha256:...``)."""
+    dev, prod = container_registries(registries, **options)
+    tag, digest = tested_container(artifact, version, dev, digest)
+    release = _require_qualified(artifact, version, digest, dev.reference(artifact, tag=tag),
+                                 release_store, sources)
+    result = {"image": prod.reference(artifact, digest=digest), "digest": digest, "tag": tag,
+              "source": dev.reference(artifact, digest=digest),
+              "qualified_by": {"environment": release.environment, "release_id": release.release_id,
+                               "analysed": release.analysed}}
+    src = dev.ref("%s@%s" % (artifact, digest), param="digest")
+    dst = prod.ref("%s:%s" % (artifact, tag), param="version")
+    existing = prod.guard_tag(artifact, tag, digest, "version")  # collision: fails naming both digests
+    if existing == digest:
+        return dict(result, changed=False)
+    if check_mode:
+        dev.manifest(artifact, digest=digest, param="digest")
+        return dict(result, changed=True)
+    copied = registry.copy(src, dst)
+    return dict(result, changed=copied.changed)
+
+
+def require_promoted_container(artifact, version, registries, digest=None, **options):
+    """For environments that deploy only promoted images: prod must hold ``<artifact>:<tag>`` with
+    the tested digest. Returns the pinned reference ``<prod>/<artifact>@sha256:...``."""
+    dev, prod = container_registries(registries, **options)
+    versioning.check_artifact(artifact)
+    tag = registry.version_tag(version, "version")
+    if digest is not None:
+        registry.check_digest(digest, "digest")
+    found = prod.digest(artifact, tag, param="version")
+    if found is None:
+        raise registry.ImageMissing(
+            "version %s of %s was not promoted (the prod registry has no %s): run ansible-playbook "
+            "playbooks/promote.yml -e artifact=%s -e version=%s -e target=oci after a successful release in ci "
+            "or integrated_qa" % (version, artifact, prod.reference(artifact, tag=tag), artifact, version),
+            param="version")
+    tested = digest or dev.digest(artifact, tag, param="version")
+    if tested is not None and tested != found:
+        raise registry.DigestMismatch(
+            "digest mismatch for %s:%s: prod registry has %s, the tested image is %s; refusing to deploy"
+            % (artifact, tag, found, tested), param="version")
+    return prod.reference(artifact, digest=found)
+
+
+def _digest_of(image):
+    """The ``sha256:...`` of a pinned reference ``.../repo@sha256:...``, or None."""
+    if isinstance(image, str) and "@sha256:" in image:
+        return image.rsplit("@", 1)[1]
+    return None
+
+
+def in_use_digests(artifact, release_store):
+    """Digests a retention must keep: in every environment of the release store, the live release,
+    the release it would roll back to, and every release still in progress or paused."""
+    store = FileReleaseStore(release_store)
+    root = os.path.join(store.root, artifact)
+    out = set()
+    for environment in sorted(os.listdir(root)) if os.path.isdir(root) else ():
+        if environment.startswith(".") or not os.path.isdir(os.path.join(root, environment)):
+            continue
+        try:
+            history = store.load(artifact, environment)
+        except StoreError as exc:  # cannot tell what is live there: delete nothing
+            raise PhoenixError("release store %s: %s; retention deletes nothing while it cannot tell which images "
+                               "are live" % (release_store, exc.msg), param="release_store")
+        live = history.live_release()
+        keep = [r for r in history.releases if r.status in ACTIVE]
+        if live is not None:
+            keep.append(live)
+            keep.append(history.get(live.previous_release_id))
+        out |= set(d for d in (_digest_of(r.image) for r in keep if r is not None) if d)
+    return out
+
+
+def _tag_order(tag):
+    """Newest-first sort key of a version tag: semver precedence, then the CI build id."""
+    version = versioning.parse(tag.replace("_", "+", 1), "tag")
+    return (version.precedence_key(), int(version.build_id or 0), tag)
+
+
+def container_retention(artifact, registries, which, keep, release_store, confirm=None, check_mode=False,
+                        **options):
+    """Delete the images of ``artifact`` in registry ``which`` (dev | prod) that retention does not keep:
+    the newest ``keep`` versions, plus every image live (or the rollback target, or in progress) in some
+    environment, plus (in dev) every image promoted to prod, plus any tag that is not a version.
+    Deleting from prod needs ``confirm='prod'``; a digest that a kept tag points at is never deleted."""
+    if which not in ("dev", "prod"):
+        raise PhoenixError("registry must be dev or prod, got %r" % (which,), param="registry")
+    if which == "prod" and confirm != "prod":
+        raise PhoenixError("registry=prod: retention never deletes from the prod registry unless asked by name. "
+                           "Nothing was changed. To go on, add -e confirm=prod", param="confirm")
+    versioning.check_artifact(artifact)
+    dev, prod = container_registries(registries, **options)
+    reg = dev if which == "dev" else prod
+    docs, protect = [], set()
+    for tag in reg.tags(artifact):
+        digest = reg.digest(artifact, tag) if _is_version_tag(tag) else None
+        if digest is None:  # not ours: never deleted
+            protect.add(tag)
+            continue
+        docs.append({"name": tag, "id": tag, "content_digest": digest})
+    docs.sort(key=lambda d: _tag_order(d["name"]), reverse=True)
+    protect |= in_use_digests(artifact, release_store)
+    if which == "dev":
+        protect |= set(prod.digest(artifact, tag) for tag in prod.tags(artifact) if _is_version_tag(tag))
+    kept, removed = images.retention_plan(docs, keep, protect=protect)
+    kept_digests = set(d["content_digest"] for d in kept)
+    doomed = sorted(set(d["content_digest"] for d in removed) - kept_digests)
+    if not check_mode:
+        for digest in doomed:
+            reg.delete(artifact, digest, param="registry")
+    return {"changed": bool(doomed), "registry": reg.url,
+            "kept": [{"tag": d["name"], "digest": d["content_digest"]} for d in kept],
+            "removed": [{"tag": d["name"], "digest": d["content_digest"]} for d in removed
+                        if d["content_digest"] in doomed]}
+
+
+def _is_version_tag(tag):
+    try:
+        registry.check_tag(tag)
+    except registry.RegistryError:
+        return False
+    return True
+
+
 def promote(artifact, version, test_store, prod_store, release_store, sources, check_mode=False):
     """Copy the tested image into the prod store. Returns a result dict."""
     if not sources:
@@ -78,21 +267,7 @@ def promote(artifact, version, test_store, prod_store, release_store, sources, c
                            "qualifies an image, e.g. [ci, integrated_qa]", param="sources")
     doc = tested_image(artifact, version, test_store)
     digest = doc["content_digest"]
-    release = qualifying_release(artifact, digest, release_store, sources)
-    if release is None:
-        unjudged = candidate_releases(artifact, digest, release_store, sources)
-        if unjudged:
-            raise PhoenixError(
-                "version %s of %s (image %s, %s) has successful releases in %s that analysis did not "
-                "judge: %s. Deploy it again with traffic during the analysis (analysed: pass), or with "
-                "an explicit analysis: none (recorded as such on the release)"
-                % (version, artifact, doc["name"], digest, ", ".join(sources), _not_judged(unjudged)),
-                param="version")
-        raise PhoenixError("version %s of %s (image %s, %s) has no successful release in %s: deploy it "
-                           "there first, e.g. ansible-playbook playbooks/deploy.yml -e artifact=%s "
-                           "-e environment=%s -e version=%s"
-                           % (version, artifact, doc["name"], digest, ", ".join(sources), artifact,
-                              sources[0], version), param="version")
+    release = _require_qualified(artifact, version, digest, doc["name"], release_store, sources)
     prod = images.ImageStore(prod_store)
     dest = prod.path(TARGET, artifact, doc["name"])
     result = {"image": doc["name"], "digest": digest, "path": dest,

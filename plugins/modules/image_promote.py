@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: image_promote
-short_description: Promote a tested image from the test image store to the prod store
+short_description: Promote a tested image to prod (image stores, or dev to prod registry by digest)
 version_added: 0.1.0
 description:
   - Copies the image of O(artifact) O(version) from the test store to the prod store, by content
@@ -19,6 +19,11 @@ description:
     what a killed promotion left (C(.promote-*)) is removed by the next one.
   - With O(verify_only=true) nothing is copied; the module fails unless the prod store holds the
     image with the tested digest (the guard a prod deploy runs first).
+  - With O(target=oci) the image is a container image in the dev registry, tagged with the version
+    (C(+) becomes C(_), for example C(1.4.0_34e57f0.b456)). It is copied by digest from
+    C(<dev>/<artifact>@sha256:...) to C(<prod>/<artifact>:<tag>) with digests preserved, and the digest is
+    read back from prod; a prod tag that already points at another digest is refused, naming both digests.
+    V(latest), V(stable) and other non-semver versions are refused.
 author:
   - phoenix.deploy maintainers (@phoenix-deploy)
 options:
@@ -30,14 +35,30 @@ options:
     description: Semver version of the baked image.
     type: str
     required: true
+  target:
+    description: What the image is; V(local) bundles in image stores, V(oci) container images in registries.
+    type: str
+    choices: [local, oci]
+    default: local
   test_store:
-    description: Image store the bakes land in.
+    description: Image store the bakes land in. Required with O(target=local).
     type: path
-    required: true
   prod_store:
-    description: Image store of promoted images.
+    description: Image store of promoted images. Required with O(target=local).
     type: path
-    required: true
+  registries:
+    description:
+      - With O(target=oci), the dev and prod registry URLs (the C(registries) output of the infra stack),
+        a dict with keys C(dev) and C(prod), for example C(http://127.20.0.1:24003) and C(http://127.20.0.1:24004).
+    type: dict
+  registry_authfile:
+    description: With O(target=oci), a containers auth file (C(auth.json)) for both registries.
+    type: path
+  digest:
+    description:
+      - With O(target=oci), the digest (C(sha256:...)) to promote; it must be what the version's tag in the dev
+        registry points at. Default is that digest.
+    type: str
   release_store:
     description: Release store (history per artifact and environment). Needed unless O(verify_only=true).
     type: path
@@ -68,6 +89,14 @@ EXAMPLES = r"""
     prod_store: .state/images-prod
     release_store: .state/releases
 
+- name: Promote a container image from the dev to the prod registry, by digest
+  phoenix.deploy.image_promote:
+    target: oci
+    artifact: catalog
+    version: 1.4.0+34e57f0.b456
+    registries: "{{ infra.outputs.registries }}"
+    release_store: .state/releases
+
 - name: Refuse a prod deploy of an unpromoted image
   phoenix.deploy.image_promote:
     artifact: catalog
@@ -79,10 +108,21 @@ EXAMPLES = r"""
 
 RETURN = r"""
 image:
-  description: Image reference C(<name>@<content digest>) in the prod store.
+  description:
+    - Image reference C(<name>@<content digest>) in the prod store, or with O(target=oci) the pinned prod
+      registry reference C(<prod registry>/<artifact>@sha256:...) that deploys use.
   returned: success
   type: str
   sample: catalog-v1-4-0--b456@sha256:0f3c...
+digest:
+  description: Content digest (local) or manifest digest (oci) of the promoted image.
+  returned: success and not verify_only
+  type: str
+tag:
+  description: With O(target=oci), the prod tag (the version, C(+) mapped to C(_)).
+  returned: success, target oci and not verify_only
+  type: str
+  sample: 1.4.0_34e57f0.b456
 qualified_by:
   description: The release that qualified the image (environment, release id, C(analysed) V(pass) or V(none)).
   returned: success and not verify_only
@@ -96,8 +136,12 @@ from ansible_collections.phoenix.deploy.plugins.module_utils import promotion
 ARGUMENT_SPEC = dict(
     artifact=dict(type="str", required=True),
     version=dict(type="str", required=True),
-    test_store=dict(type="path", required=True),
-    prod_store=dict(type="path", required=True),
+    target=dict(type="str", choices=["local", "oci"], default="local"),
+    test_store=dict(type="path"),
+    prod_store=dict(type="path"),
+    registries=dict(type="dict"),
+    registry_authfile=dict(type="path"),
+    digest=dict(type="str"),
     release_store=dict(type="path"),
     sources=dict(type="list", elements="str", default=["ci", "integrated_qa"]),
     verify_only=dict(type="bool", default=False),
@@ -106,8 +150,12 @@ ARGUMENT_SPEC = dict(
 
 def main():
     module = PhoenixModule(argument_spec=argspec(ARGUMENT_SPEC), supports_check_mode=True,
-                           required_if=[("verify_only", False, ("release_store",))])
+                           required_if=[("verify_only", False, ("release_store",)),
+                                        ("target", "local", ("test_store", "prod_store")),
+                                        ("target", "oci", ("registries",))])
     p = module.params
+    if p["target"] == "oci":
+        promote_container(module)
     try:
         if p["verify_only"]:
             ref = promotion.require_promoted(p["artifact"], p["version"], p["test_store"], p["prod_store"])
@@ -117,6 +165,22 @@ def main():
     except PhoenixError as exc:
         module.fail_phoenix(exc)
     result["image"] = "%s@%s" % (result["image"], result["digest"])
+    module.exit_json(**result)
+
+
+def promote_container(module):
+    p = module.params
+    options = {"authfile": p["registry_authfile"]} if p["registry_authfile"] else {}
+    try:
+        if p["verify_only"]:
+            ref = promotion.require_promoted_container(p["artifact"], p["version"], p["registries"],
+                                                       digest=p["digest"], **options)
+            module.exit_json(changed=False, image=ref)
+        result = promotion.promote_container(p["artifact"], p["version"], p["registries"], p["release_store"],
+                                             p["sources"], digest=p["digest"], check_mode=module.check_mode,
+                                             **options)
+    except PhoenixError as exc:
+        module.fail_phoenix(exc)
     module.exit_json(**result)
 
 

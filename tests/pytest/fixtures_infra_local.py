@@ -22,6 +22,8 @@ PIDFILES = {  # relative to the state dir -> process name expected in its comman
     "postgres/data/postmaster.pid": "postgres",
     "haproxy/haproxy.pid": "haproxy",
     "supervisor/supervisord.pid": "supervisord",
+    "registry-dev/registry.pid": "docker-registry",
+    "registry-prod/registry.pid": "docker-registry",
 }
 
 

@@ -5,6 +5,7 @@ The tests share one stack (module fixture ``local_stack``) and run in file
 order: up, use, kill + refresh + up, a failing up, no-op up, destroy."""
 import contextlib
 import ipaddress
+import json
 import os
 import pathlib
 import signal
@@ -108,6 +109,11 @@ def resource_outputs(stack, type_suffix):
     return next(r.get("outputs", {}) for r in deployment["resources"] if r["type"].endswith(type_suffix))
 
 
+def resource_outputs_all(stack, type_suffix):
+    deployment = stack.stack.export_stack().deployment
+    return [r.get("outputs", {}) for r in deployment["resources"] if r["type"].endswith(type_suffix)]
+
+
 # --------------------------------------------------------------------------- up
 
 def test_up_exports_the_outputs_contract(local_stack):
@@ -131,6 +137,12 @@ def test_up_exports_the_outputs_contract(local_stack):
                                        "endpoint": f"unix://{sd / 'supervisor' / 'supervisor.sock'}",
                                        "include_dir": str(sd / "supervisor" / "programs")}
     assert out["state_dir"] == str(sd)
+    ports = out["network"]["ports"]
+    assert out["registries"] == {"dev": f"http://{address}:{ports['registry_dev']}",
+                                 "prod": f"http://{address}:{ports['registry_prod']}"}
+    for env in ("dev", "prod"):
+        assert http_get(out["registries"][env] + "/v2/")[0] == 200
+        assert stat.S_IMODE((sd / f"registry-{env}" / "data").stat().st_mode) == 0o700
     first, last = out["network"]["port_range"]
     assert 25000 < first < last == 25999
     assert set(local_stack.live_pids()) == set(PIDFILES)
@@ -144,6 +156,7 @@ def test_state_dir_files_and_sockets_are_private(local_stack):
     port = local_stack.outputs()["database"]["port"]
     assert stat.S_IMODE(sd.stat().st_mode) == 0o700
     for rel in ("haproxy/haproxy.sock", "haproxy/haproxy.cfg", "haproxy/haproxy.pid",
+                "registry-dev/config.yml", "registry-prod/config.yml", "registry-dev/registry.pid",
                 "supervisor/supervisor.sock", "supervisor/supervisord.conf", "supervisor/supervisord.pid",
                 "postgres/data/postmaster.pid", "postgres/data/pg_hba.conf", f"postgres/run/.s.PGSQL.{port}"):
         assert stat.S_IMODE((sd / rel).stat().st_mode) == 0o600, rel
@@ -186,6 +199,23 @@ def test_frontend_answers_503_fast_then_200_through_a_runtime_server(local_stack
     assert http_get(lb["url"])[0] == 503
 
 
+def test_registries_keep_images_and_only_dev_deletes(local_stack, tmp_path):
+    from ansible_collections.phoenix.deploy.plugins.module_utils import registry
+    from fixtures_registry import make_oci_image, require_tools
+    require_tools()
+    urls = local_stack.outputs()["registries"]
+    dev = registry.Registry(urls["dev"], param="registries.dev")
+    prod = registry.Registry(urls["prod"], param="registries.prod")
+    digest = make_oci_image(tmp_path / "layout", "1.0.0", {"/probe": "restore"})
+    assert dev.push(str(tmp_path / "layout"), "probe", "1.0.0") == digest
+    assert prod.copy("probe@" + digest, "probe:1.0.0", src_registry=dev) == digest
+    with pytest.raises(registry.RegistryError, match="storage.delete"):
+        prod.delete("probe", digest)
+    assert prod.exists("probe", digest)
+    dev.push(str(tmp_path / "layout"), "scratch", "1.0.0")
+    assert dev.delete("scratch", digest) and not dev.exists("scratch", digest)
+
+
 def test_supervisord_starts_programs_from_the_include_dir(local_stack):
     im = local_stack.outputs()["instance_manager"]
     program = pathlib.Path(im["include_dir"]) / "probe.conf"
@@ -211,6 +241,10 @@ def _service_ok(rel, out):
     if rel.startswith("postgres"):
         with connect_db(out) as conn:
             return conn.execute("SELECT count(*) FROM probe WHERE note = 'restore'").fetchone()[0] == 1
+    if rel.startswith("registry"):  # same storage: the probe image pushed above is still there
+        url = out["registries"][rel.split("/")[0].split("-")[1]]
+        status, body, _ = http_get(url + "/v2/probe/tags/list")
+        return status == 200 and json.loads(body)["tags"] == ["1.0.0"]
     if rel.startswith("haproxy"):
         return http_get(out["load_balancer"]["url"])[0] == 503 and \
             "Name: HAProxy" in runtime_api(out["load_balancer"]["runtime_api"], "show info")
@@ -229,8 +263,11 @@ def test_killed_process_is_noticed_by_refresh_and_restored_by_up(local_stack, re
     assert wait_for(lambda: not pid_alive(pid), 10)
 
     local_stack.refresh()
-    kind = {"postgres": "PostgresCluster", "haproxy": "HAProxy", "supervisor": "Supervisord"}[rel.split("/")[0]]
-    assert resource_outputs(local_stack, kind)["running"] is False, "refresh did not notice the dead process"
+    kind = {"postgres": "PostgresCluster", "haproxy": "HAProxy", "supervisor": "Supervisord",
+            "registry-dev": "DockerRegistry", "registry-prod": "DockerRegistry"}[rel.split("/")[0]]
+    outs = [o for o in resource_outputs_all(local_stack, kind) if o.get("dir", "").endswith(rel.split("/")[0])
+            or not rel.startswith("registry")]
+    assert outs and outs[0]["running"] is False, "refresh did not notice the dead process"
 
     result = local_stack.up()
     assert result.summary.resource_changes.get("update") == 1, result.summary.resource_changes
@@ -302,7 +339,7 @@ def test_destroy_leaves_no_process_port_or_dir_and_no_password_in_output(local_s
     password = out["database"]["password"]
     pids = local_stack.live_pids()
     address, ports = out["network"]["address"], out["network"]["ports"]
-    assert len(pids) == 3
+    assert len(pids) == 5
 
     local_stack.destroy()
     assert wait_for(lambda: not any(pid_alive(p) for p in pids.values()), 10), pids

@@ -1,5 +1,6 @@
-"""Platform ``gce``: VPC, private Cloud SQL, global external ALB and the
-instance service account. Server groups (instance templates + MIGs) are not
+"""Platform ``gce``: VPC, private Cloud SQL, global external ALB, the
+instance service account and the dev and prod Artifact Registry repositories
+(``registries.py``). Server groups (instance templates + MIGs) are not
 declared here; the rollout engine creates one per release from the ``gce``
 outputs: network tag, subnetwork, service account, backend services.
 
@@ -15,8 +16,9 @@ from . import settings as settings_mod
 from .database import Database
 from .load_balancer import LoadBalancer
 from .network import Network
+from .registries import ArtifactRegistries
 
-__all__ = ["build", "Database", "InstanceServiceAccount", "LoadBalancer", "Network"]
+__all__ = ["build", "ArtifactRegistries", "Database", "InstanceServiceAccount", "LoadBalancer", "Network"]
 
 INSTANCE_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter", "roles/cloudsql.client")
 
@@ -50,8 +52,11 @@ def build(cfg) -> dict:
     database = Database(prefix, settings, network)
     lb = LoadBalancer(prefix, settings, cfg.artifacts)
     account = InstanceServiceAccount(f"{prefix}-instances", settings)
+    registries = ArtifactRegistries(prefix, settings,
+                                    reader=account.email.apply(lambda email: f"serviceAccount:{email}"))
     return {
         "platform": "gce",
+        "registries": registries.urls,
         "network": {"name": network.vpc.name, "cidr": network.subnet.ip_cidr_range},
         "database": database.outputs,
         "load_balancer": lb.outputs,

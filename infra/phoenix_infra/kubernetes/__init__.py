@@ -1,7 +1,8 @@
 """Platform ``kubernetes`` (GKE): the GCP Network and Database components,
 a private Autopilot cluster in that network, and the in-cluster pieces the
 rollout engine drives (namespace, Services, Gateway/HTTPRoutes, egress
-NetworkPolicy, deployer RBAC). Deployments (one per release) are the
+NetworkPolicy, deployer RBAC), and the dev and prod Artifact Registry
+repositories the nodes pull from. Deployments (one per release) are the
 engine's, not declared here.
 
 Config: everything the ``gce`` platform reads (see ``phoenix_infra.gcp``),
@@ -9,7 +10,7 @@ plus optional ``namespace``, ``gateway_class``, ``pods_cidr``,
 ``services_cidr`` and ``master_cidr``."""
 import pulumi
 
-from ..gcp import Database, Network
+from ..gcp import ArtifactRegistries, Database, Network
 from ..gcp import settings as gcp_settings
 from .app import AppPlatform
 from .cluster import Cluster
@@ -30,6 +31,8 @@ def build(cfg) -> dict:
     network = Network(prefix, settings, secondary_ranges=secondary)
     database = Database(prefix, settings, network)
     cluster = Cluster(prefix, settings, network, master_cidr)
+    registries = ArtifactRegistries(prefix, settings,
+                                    reader=cluster.nodes.email.apply(lambda email: f"serviceAccount:{email}"))
     app = AppPlatform(
         prefix,
         namespace=namespace,
@@ -42,6 +45,7 @@ def build(cfg) -> dict:
         opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}))
     return {
         "platform": "kubernetes",
+        "registries": registries.urls,
         "network": {"name": network.vpc.name, "cidr": network.subnet.ip_cidr_range},
         "database": database.outputs,
         "load_balancer": {

@@ -1,5 +1,6 @@
-"""The local platform: real PostgreSQL, HAProxy and supervisord processes on a
-loopback address block, under the stack's state dir.
+"""The local platform: real PostgreSQL, HAProxy, supervisord and two container
+registries (dev, prod: docker-registry) on a loopback address block, under the
+stack's state dir.
 
 Optional stack config (namespace ``phoenix-infra``):
 
@@ -20,7 +21,7 @@ import zlib
 
 import pulumi
 
-from phoenix_infra.local.components import Database, InstanceManager, LoadBalancer, Network
+from phoenix_infra.local.components import Database, InstanceManager, LoadBalancer, Network, Registries
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 DEFAULT_PORT_RANGE = "24000-24999"
@@ -65,6 +66,7 @@ def build(cfg) -> dict:
     lb = LoadBalancer("load-balancer", network=net, artifacts=cfg.artifacts,
                       check_inter=cfg.get("health_check_interval", "500ms"))
     im = InstanceManager("instance-manager", network=net, load_balancer=lb)
+    regs = Registries("registries", network=net)
     return {
         "platform": "local",
         "network": {"name": f"phoenix-{cfg.stack}", "cidr": net.cidr, "address": net.address,
@@ -76,5 +78,6 @@ def build(cfg) -> dict:
                           "server_record": lb.server_record},
         "instance_manager": {"kind": "supervisord", "endpoint": im.endpoint,
                              "include_dir": im.include_dir},
+        "registries": regs.urls,
         "state_dir": net.state_dir,
     }

@@ -5,7 +5,7 @@ import os
 import pulumi
 from pulumi import dynamic
 
-from phoenix_infra.local import providers
+from phoenix_infra.local import providers, registries
 
 
 def _with_outputs(props, *names):
@@ -38,11 +38,17 @@ class _Supervisord(dynamic.Resource, module="phoenix-local", name="Supervisord")
                          _with_outputs(props, "socket", "include_dir", "running"), opts)
 
 
+class _DockerRegistry(dynamic.Resource, module="phoenix-local", name="DockerRegistry"):
+    def __init__(self, name, props, opts):
+        super().__init__(registries.RegistryProvider(), name,
+                         _with_outputs(props, "url", "config", "running"), opts)
+
+
 class Network(pulumi.ComponentResource):
     """An address of a loopback block, the stack's state dir (0700) and the
     infra ports, allocated once and kept across `up`s."""
 
-    PORT_NAMES = ("postgres", "frontend", "stats")
+    PORT_NAMES = ("postgres", "frontend", "stats", "registry_dev", "registry_prod")
 
     def __init__(self, name, *, state_dir, cidr, address, port_range, pinned_ports=None, opts=None):
         super().__init__("phoenix:local:Network", name, None, opts)
@@ -121,3 +127,20 @@ class InstanceManager(pulumi.ComponentResource):
         self.endpoint = pulumi.Output.concat("unix://", sup.socket)
         self.include_dir = sup.include_dir
         self.register_outputs({"endpoint": self.endpoint, "include_dir": self.include_dir})
+
+
+class Registries(pulumi.ComponentResource):
+    """The ``dev`` registry (bakes push here; deletes allowed for retention) and the
+    ``prod`` registry (promotion copies here by digest; ``storage.delete`` off), each
+    its own docker-registry process with its own config and 0700 storage dir."""
+
+    def __init__(self, name, *, network, opts=None):
+        super().__init__("phoenix:local:Registries", name, None, opts)
+        self.urls = {}
+        for env, delete in (("dev", True), ("prod", False)):
+            reg = _DockerRegistry(f"{name}-{env}", {
+                "name": env, "dir": network.subdir(f"registry-{env}"), "address": network.address,
+                "port": network.port(f"registry_{env}"), "delete": delete,
+            }, pulumi.ResourceOptions(parent=self))
+            self.urls[env] = reg.url
+        self.register_outputs({"urls": self.urls})

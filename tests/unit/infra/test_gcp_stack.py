@@ -157,3 +157,25 @@ def test_unknown_platform_fails_naming_the_key_before_any_resource():
     with pytest.raises(pulumi.RunError, match="phoenix-infra:platform.*'aws'"):
         run_stack("gcp-dev", set={"phoenix-infra:platform": "aws"}, mocks=mocks)
     assert mocks.resources == []
+
+
+REPO = "gcp:artifactregistry/repository:Repository"
+
+
+@pytest.mark.parametrize("stack", ["gcp-dev", "gcp-prod"])
+def test_two_artifact_registry_repositories_are_the_registries_outputs(runs, stack):
+    run = runs[stack]
+    prefix = f"phoenix-{stack}"
+    repos = {r.inputs["repositoryId"]: r for r in run.custom(REPO)}
+    assert set(repos) == {f"{prefix}-dev", f"{prefix}-prod"}
+    for env, repo in ((env, repos[f"{prefix}-{env}"]) for env in ("dev", "prod")):
+        assert repo.inputs["format"] == "DOCKER" and repo.inputs["location"] == "europe-west1"
+        assert repo.inputs["dockerConfig"] == {"immutableTags": env == "prod"}
+        project = repo.inputs["project"]
+        assert run.outputs["registries"][env] == f"europe-west1-docker.pkg.dev/{project}/{prefix}-{env}"
+    assert set(run.outputs["registries"]) == {"dev", "prod"}
+    email = run.outputs["gce"]["service_account"]
+    readers = run.custom("gcp:artifactregistry/repositoryIamMember:RepositoryIamMember")
+    assert sorted(m.inputs["repository"] for m in readers) == sorted(repos)
+    assert {(m.inputs["role"], m.inputs["member"]) for m in readers} == \
+        {("roles/artifactregistry.reader", f"serviceAccount:{email}")}

@@ -140,3 +140,15 @@ def test_missing_config_fails_before_any_resource():
     with pytest.raises(pulumi.RunError, match="phoenix-infra:db_password"):
         run_stack("gke-dev", unset=["phoenix-infra:db_password"], mocks=mocks)
     assert mocks.resources == []
+
+
+def test_registries_are_two_artifact_registry_repositories_the_nodes_read(run):
+    repos = run.custom("gcp:artifactregistry/repository:Repository")
+    assert sorted(r.inputs["repositoryId"] for r in repos) == ["phoenix-gke-dev-dev", "phoenix-gke-dev-prod"]
+    project = repos[0].inputs["project"]
+    assert run.outputs["registries"] == {
+        env: f"{repos[0].inputs['location']}-docker.pkg.dev/{project}/phoenix-gke-dev-{env}" for env in ("dev", "prod")}
+    readers = run.custom("gcp:artifactregistry/repositoryIamMember:RepositoryIamMember")
+    nodes = next(a for a in run.custom("gcp:serviceaccount/account:Account") if a.name.endswith("-nodes"))
+    assert len(readers) == 2 and {m.inputs["member"] for m in readers} == {
+        f"serviceAccount:{nodes.inputs['accountId']}@mock-project.iam.gserviceaccount.com"}

@@ -15,7 +15,7 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.targets import COMM
 
 from .test_bad_input import COLLECTIONS, ROOT, fake_infra
 
-MODULES = ["pulumi_stack", "image_bake", "image_promote", "rollout", "release_info"]
+MODULES = ["pulumi_stack", "image_bake", "image_promote", "rollout", "release_info", "registry_retention"]
 
 
 def test_the_group_lists_every_module():

@@ -1,0 +1,90 @@
+"""playbooks/promote.yml (-e target=oci) and playbooks/registry_retention.yml against
+real dev and prod docker-registry processes (registries given with -e, as a stack's
+``registries`` output would give them); bad requests fail naming the parameter and
+change nothing."""
+import json
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+from fixtures_registry import client
+
+from ansible_collections.phoenix.deploy.plugins.module_utils.releases import FileReleaseStore, Release, SUCCEEDED
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+VERSION = "1.4.0+34e57f0.b456"
+TAG = "1.4.0_34e57f0.b456"
+
+
+@pytest.fixture
+def env(dev_registry, prod_registry, oci_image, tmp_path):
+    layout, digest = oci_image(TAG, "catalog")
+    client(dev_registry).push(layout, "catalog", TAG)
+    releases = tmp_path / "releases"
+    store = FileReleaseStore(str(releases))
+    history = store.load("catalog", "ci")
+    history.live = history.add(Release(history.new_release_id(), "catalog", "ci", VERSION,
+                        client(dev_registry).reference("catalog", digest=digest), "rolling", status="live",
+                        outcome=SUCCEEDED, finished=1.0, analysed="pass")).release_id
+    store.save(history)
+    extra = {"registries": {"dev": dev_registry.url, "prod": prod_registry.url},
+             "phoenix_release_store": str(releases)}
+
+    def play(playbook, *args):
+        cmd = ["ansible-playbook", "playbooks/" + playbook, "-e", json.dumps(extra), *args]
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, PHOENIX_STATE_DIR=str(tmp_path / "state")))
+    return {"play": play, "dev": dev_registry, "prod": prod_registry, "digest": digest}
+
+
+def test_promote_playbook_copies_by_digest_and_refuses_latest(env):
+    bad = env["play"]("promote.yml", "-e", "artifact=catalog", "-e", "version=latest", "-e", "target=oci")
+    assert bad.returncode != 0 and "version=latest" in bad.stdout and "Traceback" not in bad.stdout + bad.stderr
+    bad = env["play"]("promote.yml", "-e", "artifact=catalog", "-e", "version=" + VERSION, "-e", "target=docker")
+    assert bad.returncode != 0 and "target=docker" in bad.stdout
+    assert client(env["prod"]).tags("catalog") == []
+    ok = env["play"]("promote.yml", "-e", "artifact=catalog", "-e", "version=" + VERSION, "-e", "target=oci")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    pinned = "127.0.0.1:%d/catalog@%s" % (env["prod"].port, env["digest"])
+    assert pinned + " promoted" in " ".join(ok.stdout.split()) and "changed=1" in ok.stdout
+    assert client(env["prod"]).digest("catalog", TAG) == env["digest"]
+    again = env["play"]("promote.yml", "-e", "artifact=catalog", "-e", "version=" + VERSION, "-e", "target=oci")
+    assert again.returncode == 0 and "changed=0" in again.stdout
+
+
+def test_promote_playbook_refuses_a_tag_collision_naming_both_digests(env, oci_image, tmp_path):
+    other_layout, other = oci_image(TAG, "not the tested one", layout=tmp_path / "other")
+    client(env["prod"]).push(other_layout, "catalog", TAG)
+    bad = env["play"]("promote.yml", "-e", "artifact=catalog", "-e", "version=" + VERSION, "-e", "target=oci")
+    assert bad.returncode != 0 and env["digest"] in bad.stdout and other in bad.stdout
+    assert client(env["prod"]).digest("catalog", TAG) == other
+
+
+def test_retention_playbook_needs_confirm_for_prod(env):
+    bad = env["play"]("registry_retention.yml", "-e", "artifact=catalog", "-e", "registry=prod")
+    assert bad.returncode != 0 and "-e confirm=prod" in bad.stdout
+    bad = env["play"]("registry_retention.yml", "-e", "artifact=catalog", "-e", "retain=abc")
+    assert bad.returncode != 0 and "retain" in bad.stdout and "Traceback" not in bad.stdout
+    check = env["play"]("registry_retention.yml", "-e", "artifact=catalog", "-e", "retain=0", "--check")
+    assert check.returncode == 0, check.stdout
+    # the only image is live in ci: kept even with retain=0
+    assert "0 image(s) would be removed" in check.stdout and TAG in check.stdout
+    assert client(env["dev"]).tags("catalog") == [TAG]
+
+
+def test_promote_without_registries_fails_naming_them(env, tmp_path):
+    (tmp_path / "backend").mkdir()
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text("name: phoenix-infra\nruntime: python\n")
+    cmd = ["ansible-playbook", "playbooks/promote.yml", "-e", "artifact=catalog", "-e", "version=" + VERSION,
+           "-e", "target=oci", "-e", "phoenix_infra_dir=%s" % project]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PHOENIX_STATE_DIR=str(tmp_path / "state"),
+                                   PULUMI_BACKEND_URL="file://%s" % (tmp_path / "backend")))
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode != 0 and "registries: no dev registry in the infra outputs of ci (stack ci)" in out, out
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert client(env["prod"]).tags("catalog") == []
