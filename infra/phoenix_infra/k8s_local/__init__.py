@@ -13,6 +13,11 @@ Optional stack config (namespace ``phoenix-infra``):
 - ``pod_cidr``       the CNI bridge's subnet (default ``10.213.0.0/24``)
 - ``service_cidr``   (default ``10.214.0.0/24``; no kube-proxy runs)
 - ``namespace``      default ``phoenix``; ``port`` the artifacts' port (8080)
+- ``port_range``     ports on that address for the dev and prod registries
+                     (as for platform local; default 24000-24999)
+
+The dev and prod registries are the local platform's (``docker-registry`` on
+the same address); containerd pulls from them over plain HTTP (loopback).
 """
 import ipaddress
 import os
@@ -22,6 +27,8 @@ import zlib
 import pulumi
 
 from phoenix_infra.k8s_local.components import AppPlatform, Cluster
+from phoenix_infra.local import _port_range
+from phoenix_infra.local.components import Network, Registries
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 BIN = ROOT / ".tools" / "kubernetes" / "bin"
@@ -63,7 +70,8 @@ def settings(cfg):
     services = _network(cfg, "service_cidr", "10.214.0.0/24")
     tag = f"{zlib.crc32(d.encode()):08x}"[:6]
     return {
-        "dir": d, "address": str(next(block.hosts())), "ports": dict(PORTS), "bin": str(BIN),
+        "dir": d, "cidr": str(block), "address": str(next(block.hosts())),
+        "port_range": _port_range(cfg.get("port_range", "24000-24999")), "ports": dict(PORTS), "bin": str(BIN),
         "pod_cidr": str(pods), "service_cidr": str(services), "service_ip": str(next(services.hosts())),
         "node_name": f"phoenix-{cfg.stack}".lower(), "sock": os.path.join(d, "containerd", "containerd.sock"),
         "bridge": f"phx{tag}", "network": f"phoenix-{tag}",
@@ -74,12 +82,15 @@ def build(cfg) -> dict:
     s = settings(cfg)
     namespace = cfg.get("namespace", "phoenix")
     labels = {"app.kubernetes.io/part-of": "phoenix-deploy", "phoenix.deploy/stack": cfg.stack}
-    cluster = Cluster("cluster", s)
+    net = Network("network", state_dir=s["dir"], cidr=s["cidr"], address=s["address"], port_range=s["port_range"])
+    regs = Registries("registries", network=net)
+    cluster = Cluster("cluster", s, network=net, registries=regs.urls)
     app = AppPlatform("app", cluster=cluster, namespace=namespace, artifacts=cfg.artifacts, labels=labels,
                       port=cfg.get_int("port", 8080), kubeconfig_path=os.path.join(s["dir"], "deployer.kubeconfig"))
     return {
         "platform": "kubernetes",
         "network": {"name": s["network"], "cidr": s["pod_cidr"], "address": s["address"]},
         "kubernetes": app.outputs,
+        "registries": regs.urls,
         "state_dir": s["dir"],
     }

@@ -45,6 +45,17 @@ def cni_conflist(network, bridge, pod_cidr, ipam_dir):
     }, indent=1) + "\n"
 
 
+def registry_hosts(urls):
+    """containerd's ``certs.d/<host:port>/hosts.toml`` per registry: pull and
+    resolve over plain HTTP (the registries listen on loopback only)."""
+    files = {}
+    for url in sorted(set(urls)):
+        host = url.split("://", 1)[1].rstrip("/")
+        files[f"certs.d/{host}/hosts.toml"] = "\n".join([
+            f'server = "{url}"', f'[host."{url}"]', '  capabilities = ["pull", "resolve"]', ""])
+    return files
+
+
 def containerd_toml(d, sock, cni_dir, sandbox_image, mirrors_dir=None):
     lines = [
         "# written by phoenix.deploy (k8s-local)", "version = 2",
@@ -91,14 +102,14 @@ class Cluster(pulumi.ComponentResource):
     containerd and kubelet on one loopback address, each in a 0700 dir of the
     stack's state dir."""
 
-    def __init__(self, name, s, opts=None):
+    def __init__(self, name, s, network=None, registries=None, opts=None):
         super().__init__("phoenix:k8s-local:Cluster", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         d, a, p, b = s["dir"], s["address"], s["ports"], s["bin"]
         server = f"https://{a}:{p['apiserver']}"
         pki_dir = os.path.join(d, "pki")
         pk = _Pki(f"{name}-pki", {"state_dir": d, "dir": pki_dir, "address": a, "service_ip": s["service_ip"],
-                                  "node_name": s["node_name"], "server": server}, child)
+                                  "node_name": s["node_name"], "server": server},
+                  pulumi.ResourceOptions(parent=self, depends_on=[network] if network else []))
         self.server, self.ca_cert, self.admin_kubeconfig = server, pk.ca_cert, pk.admin_kubeconfig
         ca, crt, key = (os.path.join(pki_dir, f) for f in ("ca.crt", "serving.crt", "serving.key"))
         etcd_url = f"http://{a}:{p['etcd']}"
@@ -106,7 +117,7 @@ class Cluster(pulumi.ComponentResource):
         def daemon(component, argv, ready, deps, files=None, provider=None, timeout=60, **extra):
             return _Daemon(f"{name}-{component}", {
                 "name": component, "dir": os.path.join(d, component), "argv": argv, "ready": ready,
-                "files": files or {}, "timeout": timeout, **extra,
+                "files": {} if files is None else files, "timeout": timeout, **extra,
             }, pulumi.ResourceOptions(parent=self, depends_on=deps), provider)
 
         etcd = daemon("etcd", [
@@ -145,14 +156,16 @@ class Cluster(pulumi.ComponentResource):
         ], {"url": f"https://{a}:{p['scheduler']}/healthz", "pki": pki_dir}, [apiserver])
         cd = os.path.join(d, "containerd")
         cni_dir = os.path.join(cd, "cni", "net.d")
-        containerd = daemon("containerd", [
-            "/usr/bin/containerd", "--config", os.path.join(cd, "config.toml"),
-        ], {"socket": s["sock"]}, [pk], files={
-            "config.toml": containerd_toml(cd, s["sock"], cni_dir, providers.PAUSE_IMAGE, s.get("mirrors_dir")),
+        files = {
+            "config.toml": containerd_toml(cd, s["sock"], cni_dir, providers.PAUSE_IMAGE, os.path.join(cd, "certs.d")),
             "cni/net.d/10-phoenix.conflist": cni_conflist(s["network"], s["bridge"], s["pod_cidr"],
                                                           os.path.join(cd, "cni", "ipam")),
-            **s.get("mirror_files", {}),
-        }, provider=providers.ContainerdProvider(), bridge=s["bridge"], sock=s["sock"], network=s["network"])
+        }
+        if registries:
+            files = pulumi.Output.all(*registries.values()).apply(lambda urls, base=files: {**base, **registry_hosts(urls)})
+        containerd = daemon("containerd", [
+            "/usr/bin/containerd", "--config", os.path.join(cd, "config.toml"),
+        ], {"socket": s["sock"]}, [pk], files=files, provider=providers.ContainerdProvider(), bridge=s["bridge"], sock=s["sock"], network=s["network"])
         kd = os.path.join(d, "kubelet")
         self.kubelet = daemon("kubelet", [
             f"{b}/kubelet", "--config", os.path.join(kd, "config.json"),
