@@ -25,6 +25,9 @@ if os.geteuid() != 0:
     raise RuntimeError("test_k8s_local needs root (kubelet and containerd); run it as root")
 
 
+HOST_PATHS = ("/var/lib/kubelet", "/var/lib/cni")  # fixed paths kubelet and CNI use outside the state dir
+
+
 def _netns():
     return set(os.listdir("/var/run/netns")) if os.path.isdir("/var/run/netns") else set()
 
@@ -44,12 +47,13 @@ def _shims(sock):
 @pytest.fixture(scope="module")
 def k8s():
     netns_before = _netns()
+    host_before = {p: os.path.lexists(p) for p in HOST_PATHS}
     stack = TempK8sStack()
     try:
         t0 = time.monotonic()
         stack.up_result = stack.up()
         stack.up_seconds = time.monotonic() - t0
-        stack.netns_before = netns_before
+        stack.netns_before, stack.host_before = netns_before, host_before
         print(f"\nk8s-local cluster bring-up (pulumi up, node Ready): {stack.up_seconds:.1f} s")
         yield stack
     finally:
@@ -189,5 +193,6 @@ def test_destroy_leaves_no_process_and_no_file(k8s):
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
     assert f" {bridge}:" not in links
     assert _netns() <= k8s.netns_before
+    assert {p: os.path.lexists(p) for p in HOST_PATHS} == k8s.host_before
     with open("/proc/self/mountinfo") as fh:
         assert str(k8s.tmp) not in fh.read()

@@ -165,7 +165,8 @@ class Cluster(pulumi.ComponentResource):
             files = pulumi.Output.all(*registries.values()).apply(lambda urls, base=files: {**base, **registry_hosts(urls)})
         containerd = daemon("containerd", [
             "/usr/bin/containerd", "--config", os.path.join(cd, "config.toml"),
-        ], {"socket": s["sock"]}, [pk], files=files, provider=providers.ContainerdProvider(), bridge=s["bridge"], sock=s["sock"], network=s["network"])
+        ], {"socket": s["sock"]}, [pk], files=files, provider=providers.ContainerdProvider(),
+            host_paths=["/var/lib/cni"], bridge=s["bridge"], sock=s["sock"], network=s["network"])
         kd = os.path.join(d, "kubelet")
         self.kubelet = daemon("kubelet", [
             f"{b}/kubelet", "--config", os.path.join(kd, "config.json"),
@@ -175,7 +176,8 @@ class Cluster(pulumi.ComponentResource):
         ], {"url": f"http://{a}:{p['kubelet_healthz']}/healthz"},
             [apiserver, containerd, self.controller_manager, self.scheduler],
             files={"config.json": kubelet_config(s, pki_dir)}, provider=providers.KubeletProvider(),
-            timeout=120, node_name=s["node_name"], admin_kubeconfig=pk.admin_kubeconfig)
+            timeout=120, host_paths=["/var/lib/kubelet"], node_name=s["node_name"],
+            admin_kubeconfig=pk.admin_kubeconfig)
         self.components = [etcd, apiserver, self.controller_manager, self.scheduler, containerd, self.kubelet]
         self.register_outputs({"server": server})
 

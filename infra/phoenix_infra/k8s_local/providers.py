@@ -165,7 +165,28 @@ class DaemonProvider(_Provider):
         return _http(r["url"])[0] == 200
 
     def prepare(self, props):
-        """Hook: work before the process starts (the stack's process is alive-checked after)."""
+        """Hook: work before the process starts."""
+
+    @staticmethod
+    def _note_host_paths(props):
+        """Record which of ``host_paths`` (fixed paths outside the state dir the
+        process creates: kubelet's device-plugin socket dir, the CNI result
+        cache) do not exist yet, once, so ``delete`` removes only those."""
+        record = os.path.join(props["dir"], "host-paths.json")
+        if not os.path.exists(record):
+            procs.write_private(record, json.dumps([p for p in props.get("host_paths") or []
+                                                    if not os.path.lexists(p)]))
+
+    @staticmethod
+    def _remove_host_paths(props):
+        try:
+            with open(os.path.join(props["dir"], "host-paths.json")) as fh:
+                made = json.load(fh)
+        except (OSError, ValueError):
+            return
+        for path in made:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
 
     def after_start(self, props):
         """Hook: work once the process is ready."""
@@ -181,6 +202,7 @@ class DaemonProvider(_Provider):
             if old.get("argv") == props["argv"] and old.get("files") == props.get("files"):
                 return
             self.stop(old)
+        self._note_host_paths(props)
         self.prepare(props)
         if not os.path.exists(props["argv"][0]) and not shutil.which(props["argv"][0]):
             raise procs.InfraError(f"{props['argv'][0]} is missing: run `make setup` "
@@ -224,6 +246,7 @@ class DaemonProvider(_Provider):
 
     def delete(self, _id, props):
         self.stop(props)
+        self._remove_host_paths(props)
         _umount_under(props["dir"])
         procs.remove_tree(props["dir"])
 
@@ -301,6 +324,7 @@ class ContainerdProvider(DaemonProvider):
         self.stop(props)
         procs.stop_pids(self._shims(props), 10)
         subprocess.run(["ip", "link", "delete", props["bridge"]], capture_output=True, check=False)
+        self._remove_host_paths(props)
         _umount_under(props["dir"])
         procs.remove_tree(props["dir"])
 
@@ -347,6 +371,7 @@ class KubeletProvider(DaemonProvider):
                 api.delete_node(node)
             except (ApiException, OSError, Exception):  # noqa: BLE001
                 pass
+        self._remove_host_paths(props)
         _umount_under(props["dir"])
         procs.remove_tree(props["dir"])
 
