@@ -11,6 +11,7 @@ TOOLS="$ROOT/.tools"
 VENV="$ROOT/.venv"
 APT_PACKAGES=(haproxy postgresql packer ca-certificates)
 APT_PACKAGES+=(skopeo docker-registry umoci)  # registries: push, promote by digest (tests make images with umoci)
+APT_PACKAGES+=(containerd runc containernetworking-plugins gcc libc6-dev)  # k8s-local: CRI, CNI bridge, pause image
 PYTHON="${PYTHON:-python3}"
 T0=$(date +%s)
 
@@ -121,6 +122,6 @@ else
   done_ "installed ($("$ROOT/scripts/install-pulumi.sh" --which))"
 fi
 
-step "kubernetes binaries (k8s-local stack)"; "$ROOT/scripts/install-kubernetes.sh"; done_ "ok ($("$ROOT/scripts/install-kubernetes.sh" --which))"
+step "kubernetes binaries (k8s-local stack)"; k8s=ok; "$ROOT/scripts/install-kubernetes.sh" --check || { k8s=installed; echo; "$ROOT/scripts/install-kubernetes.sh"; }; done_ "$k8s ($("$ROOT/scripts/install-kubernetes.sh" --which))"
 
 printf '==> setup complete in %ss\n' "$(( $(date +%s) - T0 ))"
