@@ -176,6 +176,31 @@ def test_a_killed_component_is_noticed_by_refresh_and_restored_by_up(k8s):
     assert {c.type: c.status for c in core.read_node(f"phoenix-{k8s.name}").status.conditions}["Ready"] == "True"
 
 
+def test_a_deleted_role_binding_is_noticed_by_refresh_and_made_again_by_up(k8s):
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    core, _ = admin(k8s)
+    ns = k8s.outputs()["kubernetes"]["namespace"]
+    client.RbacAuthorizationV1Api(core.api_client).delete_namespaced_role_binding("phoenix-deployer", ns)
+    deployer_core, _ = deployer(k8s)
+    with pytest.raises(ApiException) as exc:
+        deployer_core.list_namespaced_pod(ns)
+    assert exc.value.status == 403
+    k8s.refresh()
+    result = k8s.up()
+    assert result.summary.resource_changes.get("create") == 1, result.summary.resource_changes
+    assert wait_for(lambda: _can_list_pods(deployer_core, ns), 10, 0.2)
+
+
+def _can_list_pods(core, ns):
+    from kubernetes.client.exceptions import ApiException
+    try:
+        core.list_namespaced_pod(ns)
+    except ApiException:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- destroy
 
 def test_destroy_leaves_no_process_and_no_file(k8s):

@@ -258,10 +258,11 @@ class ContainerdProvider(DaemonProvider):
     (their shims outlive containerd) and the bridge is removed."""
     KEYS = DaemonProvider.KEYS + ("bridge", "sock")
 
-    def _ctr(self, props, *args, timeout=60, check=True):
+    @staticmethod
+    def _ctr(props, *args, timeout=60, check=True):
         cmd = ["ctr", "--address", props["sock"], "--namespace", "k8s.io", *args]
         if check:
-            return procs.run(cmd, f"ctr {args[0]} {args[1]}", timeout=timeout)
+            return procs.run(cmd, f"ctr {' '.join(args[:2])}", timeout=timeout)
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
     def _pause_tar(self, props):
@@ -294,7 +295,7 @@ class ContainerdProvider(DaemonProvider):
         self._pause_tar(props)
 
     def ready(self, props):
-        return os.path.exists(props["sock"]) and self._ctr(props, "version", "x", check=False).returncode == 0
+        return os.path.exists(props["sock"]) and self._ctr(props, "version", check=False).returncode == 0
 
     def after_start(self, props):
         listed = self._ctr(props, "images", "ls", "-q", check=False).stdout.split()
@@ -341,10 +342,9 @@ class KubeletProvider(DaemonProvider):
     def ready(self, props):
         if _http(props["ready"]["url"])[0] != 200:
             return False
-        from kubernetes.client.exceptions import ApiException
         try:
             node = self._api(props).read_node(props["node_name"])
-        except (ApiException, OSError, Exception):  # noqa: BLE001 - the API may be restarting
+        except Exception:  # noqa: BLE001 - not registered yet, or the API server restarting
             return False
         return any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
 
@@ -363,13 +363,13 @@ class KubeletProvider(DaemonProvider):
             if self.alive(props):
                 procs.wait_until(lambda: not api.list_pod_for_all_namespaces(
                     field_selector=f"spec.nodeName={node}").items, 60, 0.5)
-        except (ApiException, OSError, Exception):  # noqa: BLE001 - a dead API server: containerd cleans up
+        except Exception:  # noqa: BLE001 - a dead API server: containerd's delete stops the pods
             api = None
         self.stop(props)
         if api is not None:
             try:
                 api.delete_node(node)
-            except (ApiException, OSError, Exception):  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - gone already, or the API server is down
                 pass
         self._remove_host_paths(props)
         _umount_under(props["dir"])
@@ -522,7 +522,7 @@ class DeployerCredentialsProvider(_Provider):
         try:
             client.CoreV1Api(api_client(props["kubeconfig"])).delete_namespaced_secret(
                 props.get("secret") or f"{props['service_account']}-token", props["namespace"])
-        except (ApiException, OSError, Exception):  # noqa: BLE001 - the namespace goes next anyway
+        except Exception:  # noqa: BLE001 - the namespace (and the secret in it) goes next anyway
             pass
         try:
             os.unlink(props["path"])
