@@ -61,4 +61,10 @@ def load() -> StackConfig:
             "(letters, digits, underscores), e.g. [catalog]: "
             f"`pulumi config set --path 'artifacts[0]' catalog -s {stack}`"
         )
+    cluster = raw.get("cluster")
+    if platform == "kubernetes" and cluster not in (None, "gke", "local"):
+        raise pulumi.RunError(
+            f"config 'phoenix-infra:cluster' is {cluster!r}; allowed: gke (default), local "
+            f"(set it with `pulumi config set cluster local -s {stack}`)"
+        )
     return StackConfig(platform=platform, stack=stack, artifacts=list(artifacts), raw=raw)

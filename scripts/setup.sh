@@ -12,6 +12,7 @@ VENV="$ROOT/.venv"
 APT_PACKAGES=(haproxy postgresql packer ca-certificates)
 APT_PACKAGES+=(skopeo docker-registry umoci)  # registries: push, promote by digest (tests make images with umoci)
 APT_PACKAGES+=(umoci mmdebstrap runc containerd)  # OCI bake without a daemon (mmdebstrap base layer, umoci); images run under containerd/runc
+APT_PACKAGES+=(containernetworking-plugins gcc libc6-dev)  # k8s-local: CNI bridge, a static pause image
 PYTHON="${PYTHON:-python3}"
 T0=$(date +%s)
 
@@ -137,5 +138,7 @@ else
   "$ROOT/scripts/install-pulumi.sh"
   done_ "installed ($("$ROOT/scripts/install-pulumi.sh" --which))"
 fi
+
+step "kubernetes binaries (k8s-local stack)"; k8s=ok; "$ROOT/scripts/install-kubernetes.sh" --check || { k8s=installed; echo; "$ROOT/scripts/install-kubernetes.sh"; }; done_ "$k8s ($("$ROOT/scripts/install-kubernetes.sh" --which))"
 
 printf '==> setup complete in %ss\n' "$(( $(date +%s) - T0 ))"

@@ -13,8 +13,12 @@ platform does not have are exported as ``None``.
 - instance_manager:  local: {kind: "supervisord", endpoint: "unix://...", include_dir}
 - gce:               {project, region, zone?, network, subnetwork, service_account,
                       network_tags, backend_services: {artifact: name}, health_check}
-- kubernetes:        {namespace, service_names: {artifact: name}, deployer_service_account,
-                      labels}
+- kubernetes:        {api_server (https URL), namespace, deployer_service_account,
+                      ca_cert (PEM, not secret), token (secret; None on GKE: credentials
+                      come from gke-gcloud-auth-plugin), kubeconfig (secret: path of a
+                      0600 kubeconfig of the deployer; None on GKE),
+                      service_names: {artifact: name}, labels}: KUBERNETES_KEYS, the
+                      same on GKE and on the local cluster (cluster: local)
 - registries:        {dev: url, prod: url}: container registries; bakes push to dev,
                       promotion copies by digest to prod. local: http://<address>:<port>
                       (docker-registry, storage.delete off in prod); gce / kubernetes:
@@ -23,6 +27,8 @@ platform does not have are exported as ``None``.
 """
 KEYS = ("platform", "network", "database", "load_balancer", "instance_manager",
         "gce", "kubernetes", "registries", "state_dir")
+KUBERNETES_KEYS = ("api_server", "namespace", "deployer_service_account", "ca_cert", "token", "kubeconfig",
+                   "service_names", "labels")
 
 
 def complete(outputs: dict) -> dict:

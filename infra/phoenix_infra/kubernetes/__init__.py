@@ -8,6 +8,8 @@ engine's, not declared here.
 Config: everything the ``gce`` platform reads (see ``phoenix_infra.gcp``),
 plus optional ``namespace``, ``gateway_class``, ``pods_cidr``,
 ``services_cidr`` and ``master_cidr``."""
+import base64
+
 import pulumi
 
 from ..gcp import ArtifactRegistries, Database, Network
@@ -53,5 +55,11 @@ def build(cfg) -> dict:
             "url": app.address.address.apply(lambda ip: f"http://{ip}/"),
             "backends": app.outputs["service_names"],
         },
-        "kubernetes": app.outputs,
+        "kubernetes": {
+            "api_server": cluster.cluster.endpoint.apply(lambda e: f"https://{e}"),
+            "ca_cert": cluster.cluster.master_auth.cluster_ca_certificate.apply(
+                lambda ca: base64.b64decode(ca).decode() if ca else None),
+            "token": None, "kubeconfig": None,  # gke-gcloud-auth-plugin gives the credentials
+            **app.outputs,
+        },
     }

@@ -118,7 +118,11 @@ def test_outputs_follow_the_contract(run):
     out = run.outputs
     assert tuple(out) == contract.KEYS
     assert out["platform"] == "kubernetes" and out["gce"] is None
+    assert tuple(sorted(out["kubernetes"])) == tuple(sorted(contract.KUBERNETES_KEYS))
     assert out["kubernetes"] == {
+        "api_server": "https://198.51.100.7",  # the mocked cluster endpoint
+        "ca_cert": "mock",  # PEM, decoded from the cluster's base64 CA (not a secret)
+        "token": None, "kubeconfig": None,  # credentials come from gke-gcloud-auth-plugin
         "namespace": "phoenix-dev",
         "service_names": {"catalog": "catalog", "orders": "orders"},
         "deployer_service_account": "phoenix-deployer",
