@@ -13,7 +13,8 @@ def args(tmp_path, **extra):
 def test_missing_prod_store_is_named(tmp_path):
     bad = args(tmp_path)
     del bad["prod_store"]
-    assert "missing required arguments: prod_store" in run_failing("image_promote", bad)["msg"]
+    msg = run_failing("image_promote", bad)["msg"]
+    assert "target is local" in msg and "missing: prod_store" in msg, msg
 
 
 def test_promotion_needs_the_release_store(tmp_path):
