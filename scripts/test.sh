@@ -30,7 +30,7 @@ step_done() { echo "    $1 passed ($(( $(date +%s) - STEP_T0 ))s)"; }
 need_galaxy_tools() {
   for tool in "$@"; do
     [[ -x "$GALAXY_BIN/$tool" ]] || {
-      echo "scripts/test.sh: $GALAXY_BIN/$tool is missing: run make setup" >&2; exit 1; }
+      echo "scripts/test.sh: $GALAXY_BIN/$tool is missing: run make setup" >&2; return 1; }
   done
 }
 # The checkout as collections' CI sees it: tracked files (and new files git
@@ -51,51 +51,71 @@ if compgen -G "tests/sanity/ignore-*.txt" >/dev/null; then
   exit 1
 fi
 
-if want sanity; then
+step_sanity() {
   # ansible-test needs the ansible_collections/<ns>/<name> path; outside a git
   # repository it tests every file of the copy, which is exactly the checkout.
   step_start "ansible-test sanity (whole checkout)"
+  local dest pyver
   dest="$(checkout)"
   pyver="$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-  (cd "$dest" && ansible-test sanity --venv --python "$pyver" --color no)
+  (cd "$dest" && ansible-test sanity --venv --python "$pyver" --color no) || return 1
   step_done "sanity"
-fi
+}
 
-if want galaxy; then
+step_galaxy() {
   # Galaxy's importer, offline: no ansible-test in a container, and its
-  # ansible-lint pass is the "lint" step below (same profile, no skipped rules).
-  need_galaxy_tools python ansible-doc
+  # ansible-lint pass is the "lint" step (same profile, no skipped rules).
+  need_galaxy_tools python ansible-doc || return 1
   step_start "galaxy-importer (built tarball)"
-  mkdir -p "$sandbox/galaxy"
-  ansible-galaxy collection build --force --output-path "$sandbox/galaxy" . >/dev/null
+  local dir="$sandbox/galaxy" rc=0
+  mkdir -p "$dir"
+  ansible-galaxy collection build --force --output-path "$dir" . >/dev/null || return 1
   printf '[galaxy-importer]\nRUN_ANSIBLE_TEST = False\nLOCAL_IMAGE_DOCKER = False\nRUN_ANSIBLE_LINT = False\n' \
-    > "$sandbox/galaxy/galaxy-importer.cfg"
-  rc=0
-  (cd "$sandbox/galaxy" && PATH="$GALAXY_BIN:$PATH" GALAXY_IMPORTER_CONFIG="$sandbox/galaxy/galaxy-importer.cfg" \
+    > "$dir/galaxy-importer.cfg"
+  (cd "$dir" && PATH="$GALAXY_BIN:$PATH" GALAXY_IMPORTER_CONFIG="$dir/galaxy-importer.cfg" \
     "$GALAXY_BIN/python" -m galaxy_importer.main phoenix-deploy-*.tar.gz > importer.log 2>&1) || rc=$?
-  if [[ $rc -ne 0 ]] || grep -qE '^(ERROR|WARNING|CRITICAL)' "$sandbox/galaxy/importer.log"; then
-    grep -vE '^(Loading|Importing|Getting|Finding)' "$sandbox/galaxy/importer.log" >&2
-    echo "galaxy-importer: errors or warnings above (exit $rc)" >&2
-    exit 1
+  if [[ $rc -ne 0 ]] || grep -qE '^(ERROR|WARNING|CRITICAL)' "$dir/importer.log"; then
+    grep -vE '^(Loading|Importing|Getting|Finding)' "$dir/importer.log"
+    echo "galaxy-importer: errors or warnings above (exit $rc)"
+    return 1
   fi
   step_done "galaxy-importer"
-fi
+}
 
-if want lint; then
-  need_galaxy_tools ansible-lint
+step_lint() {
+  need_galaxy_tools ansible-lint || return 1
   step_start "ansible-lint --profile production"
   PATH="$GALAXY_BIN:$PATH" ansible-lint --profile production --offline --nocolor \
-    playbooks roles packer/bake.yml tests/integration galaxy.yml meta
+    playbooks roles packer/bake.yml tests/integration galaxy.yml meta || return 1
   step_done "ansible-lint"
-fi
+}
 
-if want docs; then
+step_docs() {
   # antsibull-docs needs `ansible` on PATH and the collection under ansible_collections/.
-  need_galaxy_tools antsibull-docs ansible
+  need_galaxy_tools antsibull-docs ansible || return 1
   step_start "antsibull-docs lint-collection-docs --plugin-docs"
+  local dest
   dest="$(checkout)"
-  (cd "$dest" && PATH="$GALAXY_BIN:$PATH" antsibull-docs lint-collection-docs --plugin-docs .)
+  (cd "$dest" && PATH="$GALAXY_BIN:$PATH" antsibull-docs lint-collection-docs --plugin-docs .) || return 1
   step_done "antsibull-docs"
+}
+
+if [[ -z "$only" ]]; then
+  # The Galaxy tools run beside sanity (each leaves a CPU mostly idle while it
+  # waits on its subprocesses); their output follows sanity's, each step timed.
+  # Every step runs even when one fails (the steps return 1 on failure).
+  checkout >/dev/null
+  (rc=0; step_galaxy || rc=1; step_lint || rc=1; step_docs || rc=1; exit $rc) > "$sandbox/tools.log" 2>&1 &
+  tools_pid=$!
+  sanity_rc=0; step_sanity || sanity_rc=$?
+  tools_rc=0; wait "$tools_pid" || tools_rc=$?
+  cat "$sandbox/tools.log"
+  if [[ $sanity_rc -ne 0 || $tools_rc -ne 0 ]]; then
+    echo "==> make test failed: sanity exit $sanity_rc, galaxy/lint/docs exit $tools_rc" >&2
+    exit 1
+  fi
+elif [[ "$only" != pytest ]]; then
+  "step_$only"
 fi
 
 if want pytest; then
