@@ -198,13 +198,14 @@ def test_killed_playbook_rolls_the_canary_back_and_frees_the_lock(proc_env, tmp_
 
 
 def test_rerun_of_the_same_request_waits_for_its_controller(proc_env, tmp_path):
-    """wait: false leaves a detached controller on a 25 s canary pause; a
+    """wait: false leaves a detached controller on a 45 s canary pause (three more
+    playbook runs must start within it, also on a loaded machine); a
     different request fails naming it; the same request with wait: true
     waits and reports the outcome; wait: false again reports that controller."""
     env = proc_env
     assert env.deploy("v1").state == LIVE
     runner = Runner(env, tmp_path)
-    settings = {"steps": [{"set_weight": 50}, {"pause": {"duration": 25}}]}
+    settings = {"steps": [{"set_weight": 50}, {"pause": {"duration": 45}}]}
     first, _out = runner.run("v2", wait=False, settings=settings)
     assert first["state"] == "in_progress", first
     holder = env.store.lock_holder("catalog", env.environment)
