@@ -11,6 +11,7 @@ TOOLS="$ROOT/.tools"
 VENV="$ROOT/.venv"
 APT_PACKAGES=(haproxy postgresql packer ca-certificates)
 APT_PACKAGES+=(skopeo docker-registry umoci)  # registries: push, promote by digest (tests make images with umoci)
+APT_PACKAGES+=(umoci mmdebstrap runc containerd)  # OCI bake without a daemon (mmdebstrap base layer, umoci); images run under containerd/runc
 PYTHON="${PYTHON:-python3}"
 T0=$(date +%s)
 

@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 
-from ansible_collections.phoenix.deploy.plugins.module_utils import versioning
+from ansible_collections.phoenix.deploy.plugins.module_utils import oci, registry, versioning
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.packer_runner import (
     PackerError, PackerRunner, template_variables,
@@ -65,10 +65,27 @@ __all__ = [
 ]
 
 TARGETS = {
-    # target -> the Packer build to run (``-only``)
+    # target -> the Packer build to run (``-only``); oci images are built without Packer (module oci)
     "local": "local.null.local",
     "gce": "gce.googlecompute.gce",
+    "oci": None,
 }
+# vars an oci bake takes (the roles' inputs; no Packer variables)
+OCI_VARS = frozenset(("fault", "entrypoint", "source_url"))
+OCI_LAYOUT = "layout"
+# where the service runs inside an OCI image
+OCI_PYTHON = "/usr/bin/python3"
+# environment defaults of an OCI image (the platform injects PORT, BIND, DB_* ... at deploy time)
+OCI_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "PORT": "8080",
+    "BIND": "0.0.0.0",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
+# Debian packages of the base layer besides the essential set, when roles/base_image has no base_packages
+OCI_BASE_PACKAGES = ("python3", "python3-psycopg", "ca-certificates")
 # Packer variables the engine sets itself; callers may not pass them in ``vars``.
 RESERVED_VARS = frozenset(("artifact", "version", "image_name", "source_dir", "input_digest", "manifest_path",
                            "image_root", "git_hash", "build_id"))
@@ -344,6 +361,15 @@ def verify_image(path, expected_digest=None, target=None, artifact=None):
         if doc.get("id") != actual:
             raise TamperError("image %s: image.json records id %r, but its content digest is %s; refusing it"
                               % (path, doc.get("id"), actual))
+    elif target == "oci":
+        try:
+            digest = oci.verify_layout(os.path.join(path, OCI_LAYOUT), oci.REF_TAG)[0]
+        except oci.OciError as exc:
+            raise TamperError("image %s was modified after baking: %s; refusing to use it. Rebake it with "
+                              "force=true or bake a new version." % (doc.get("name"), exc.msg))
+        if digest != doc.get("id") or digest != doc.get("manifest_digest"):
+            raise TamperError("image %s: its layout holds manifest %s, image.json records %s; refusing it"
+                              % (path, digest, doc.get("id")))
     if expected_digest and expected_digest != doc.get("id"):
         raise TamperError("image %s has digest %s, expected %s" % (doc.get("name"), doc.get("id"), expected_digest))
     return doc
@@ -487,6 +513,7 @@ class ImageStore(object):
                     continue
             if name.startswith((STAGING_PREFIX, PROMOTE_PREFIX, OLD_PREFIX)):
                 if os.path.isdir(full) and not os.path.islink(full):
+                    oci.unmount_below(full)  # the overlay of a killed oci bake: never delete through it
                     _rmtree(full)
                 else:
                     os.unlink(full)
@@ -506,6 +533,31 @@ class ImageStore(object):
             for doc in removed:
                 _rmtree(doc["path"])
         return removed
+
+
+def _repository_url(project_dir):
+    """``repository`` of the collection's galaxy.yml (the source of the images it bakes), or ''."""
+    try:
+        with open(os.path.join(project_dir, "galaxy.yml"), encoding="utf-8") as f:
+            m = re.search(r"^repository:\s*['\"]?([^'\"\s]+)", f.read(), re.M)
+    except OSError:
+        return ""
+    return m.group(1) if m else ""
+
+
+def _base_packages(project_dir):
+    """The runtime packages of roles/base_image (its defaults' list of Debian packages), else
+    :data:`OCI_BASE_PACKAGES`: one list for VM images and the OCI base layer."""
+    path = os.path.join(project_dir, "roles", "base_image", "defaults", "main.yml")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return list(OCI_BASE_PACKAGES)
+    m = re.search(r"^(base_packages|base_image_packages):\s*\n((?:\s+-\s*\S+\s*\n)+)", text, re.M)
+    if not m:
+        return list(OCI_BASE_PACKAGES)
+    return [line.strip()[1:].strip() for line in m.group(2).splitlines() if line.strip()]
 
 
 class BakeRequest(object):
@@ -558,7 +610,7 @@ class BakeRequest(object):
             raise ImageError("source %s has no %s, the script that starts %s: point source at the artifact's "
                              "directory or set vars.entrypoint" % (self.source, entry, self.artifact), "source")
 
-        declared = set(template_variables(self.template))
+        declared = set(OCI_VARS) if target == "oci" else set(template_variables(self.template))
         self.variables = {}
         for key, value in sorted((variables or {}).items()):
             if not isinstance(key, str) or not _VAR_NAME_RE.match(key):
@@ -568,7 +620,8 @@ class BakeRequest(object):
                                  % (key, {"source_dir": "source", "image_root": "store"}.get(key, key)), "vars")
             if key not in declared:
                 raise ImageError("vars.%s is not a variable of %s; allowed: %s"
-                                 % (key, self.template, ", ".join(sorted(declared - RESERVED_VARS))), "vars")
+                                 % (key, "target oci" if target == "oci" else self.template,
+                                    ", ".join(sorted(declared - RESERVED_VARS))), "vars")
             if key == "fault":
                 value = json.dumps(validate_fault(value), sort_keys=True)
             elif isinstance(value, (dict, list)):
@@ -581,7 +634,10 @@ class BakeRequest(object):
                 raise ImageError("vars.%s must be a single line" % key, "vars")
             self.variables[key] = value
         self.variables.setdefault("fault", "{}")
-        if target == "local":
+        self.oci = None
+        if target == "oci":
+            self.oci = self._oci_inputs(python)
+        elif target == "local":
             self.variables.setdefault("python", python or default_python())
             self.variables["python"] = self._safe_path(self.variables["python"], "vars", "vars.python")
             playbook = shutil.which("ansible-playbook") or os.path.join(os.path.dirname(sys.executable),
@@ -598,7 +654,36 @@ class BakeRequest(object):
             "artifact": self.artifact, "version": str(self.version), "name": self.name, "target": self.target,
             "vars": dict((k, v) for k, v in self.variables.items() if k not in UNDIGESTED_VARS),
         }
+        if self.oci:
+            self.params["oci"] = dict((k, v) for k, v in self.oci.items() if k not in ("base_spec", "ansible"))
         self.input_digest = input_digest(self.project_dir, self.source, self.params)
+
+    def _oci_inputs(self, python):
+        """What an oci bake needs besides the roles; checked before anything is written."""
+        if os.geteuid() != 0:
+            raise ImageError("target oci needs root: it runs mmdebstrap in root mode and mounts an overlay for the "
+                             "roles; run as root, or use target local", "target")
+        missing = oci.missing_tools()
+        if missing:
+            raise ImageError("target oci needs %s on PATH: apt-get install -y umoci mmdebstrap (make setup installs "
+                             "them)" % ", ".join(missing), "target")
+        epoch = os.environ.get("SOURCE_DATE_EPOCH", "0").strip() or "0"
+        if not epoch.isdigit() or len(epoch) > 12:
+            raise ImageError("environment variable SOURCE_DATE_EPOCH must be seconds since 1970 (digits), got %r; "
+                             "it sets the created time of oci images" % epoch, "SOURCE_DATE_EPOCH")
+        try:
+            tag = versioning.oci_tag(self.version)
+        except versioning.VersionError as exc:
+            raise ImageError(str(exc), "version")
+        source_url = self.variables.get("source_url") or _repository_url(self.project_dir)
+        if source_url and not re.match(r"^[a-z][a-z0-9+.-]*://[^\s'\"`$\\]+$", source_url):
+            raise ImageError("vars.source_url %r must be a URL (scheme://...)" % (source_url,), "vars")
+        spec = oci.BaseSpec(_base_packages(self.project_dir))
+        playbook = shutil.which("ansible-playbook") or os.path.join(os.path.dirname(sys.executable),
+                                                                    "ansible-playbook")
+        return {"base_spec": spec, "base": spec.key(), "epoch": int(epoch), "tag": tag, "env": OCI_ENV,
+                "python": OCI_PYTHON, "source_url": source_url, "uid": spec.uid,
+                "ansible": {"python": python or default_python(), "playbook": playbook}}
 
     @staticmethod
     def _safe_path(path, option, label=None):
@@ -622,7 +707,7 @@ class BakeRequest(object):
     def describe(self):
         return {"artifact": self.artifact, "version": str(self.version), "name": self.name, "target": self.target,
                 "input_digest": self.input_digest,
-                "path": self.store.path(self.target, self.artifact, self.name) if self.target == "local" else None}
+                "path": self.store.path(self.target, self.artifact, self.name) if self.target != "gce" else None}
 
 
 def _result(doc, cache_hit, changed, **extra):
@@ -630,6 +715,9 @@ def _result(doc, cache_hit, changed, **extra):
                                            "content_digest", "created_at", "git_hash", "build_id", "fault"))
     image["path"] = doc.get("path")
     image["digest"] = doc.get("content_digest") or doc.get("id")
+    if doc.get("target") == "oci":
+        image["oci"] = dict(doc.get("oci") or {}, layout=os.path.join(doc["path"], OCI_LAYOUT)
+                            if doc.get("path") else None)
     out = {"changed": changed, "cache_hit": cache_hit, "image": image, "packer_ran": False}
     out.update(extra)
     return out
@@ -685,7 +773,7 @@ def bake(req, check_mode=False, runner=None, retain=None, live=(), cleanup=False
                                         % req.name, "version")
             else:
                 doc = _run_bake(req, runner or PackerRunner(), existing)
-                result = _result(doc, False, True, packer_ran=True)
+                result = _result(doc, False, True, packer_ran=req.target != "oci")
 
     removed = []
     if cleanup:
@@ -733,6 +821,8 @@ def _swap(staging, final):
 
 
 def _run_bake(req, runner, existing):
+    if req.target == "oci":
+        return _run_oci_bake(req, existing)
     store = req.store
     adir = store.artifact_dir(req.target, req.artifact)
     os.makedirs(adir, exist_ok=True)
@@ -796,4 +886,161 @@ def _run_bake(req, runner, existing):
         raise ImageError(exc.msg)
     finally:
         if staging and os.path.lexists(staging):
+            _rmtree(staging)
+
+
+def open_registry(url, repository, target, param="registry"):
+    """The registry an oci bake is pushed to, checked before anything is baked: a URL, a repository
+    name (``repository``) and a registry that answers. Returns (Registry, repository)."""
+    if target != "oci":
+        raise ImageError("%s is only for target oci (an OCI image is pushed there); target %s images are not "
+                         "pushed" % (param, target), param)
+    try:
+        registry.check_repo(repository, "repository")
+        reg = registry.Registry(url, param=param)
+        reg.ping()
+    except registry.RegistryError as exc:
+        raise ImageError(exc.msg, exc.param or param)
+    return reg, repository
+
+
+def push(result, reg, repository, check_mode=False):
+    """Push a baked (or cached) OCI image to ``reg`` as ``repository:<version tag>``, digests preserved.
+
+    Tags are immutable: a tag that points at another digest fails, naming both (nothing is written).
+    Returns {reference (``host/repository@sha256:...``), pushed (whether blobs or a tag were written)}."""
+    image = result["image"]
+    digest = image["id"]
+    reference = reg.reference(repository, digest=digest) if digest else None
+    if check_mode:
+        return {"reference": reference, "pushed": False}
+    verify_image(image["path"], digest)
+    try:
+        pushed = reg.push(image["oci"]["layout"], repository, image["oci"]["tag"], src_tag=oci.REF_TAG,
+                          param="version")
+    except registry.RegistryError as exc:
+        raise ImageError(exc.msg, exc.param or "registry")
+    return {"reference": pushed.ref, "pushed": bool(pushed.changed)}
+
+
+def _run_roles(req, image_root):
+    """The bake playbook (roles base_image + app_service) with a local connection into ``image_root``,
+    as Packer's shell-local step runs it for local images; the service will run ``OCI_PYTHON``."""
+    extra = {"app_service_artifact": req.artifact, "app_service_version": str(req.version),
+             "app_service_image_name": req.name, "app_service_source": req.source,
+             "app_service_entrypoint": req.variables.get("entrypoint", ""),
+             "app_service_fault": json.loads(req.variables.get("fault") or "{}"),
+             "app_service_git_hash": req.git_hash, "app_service_build_id": req.build_id,
+             "app_service_input_digest": req.input_digest,
+             "base_image_root": image_root, "app_service_image_root": image_root,
+             "base_image_runtime_python": OCI_PYTHON, "app_service_runtime_python": OCI_PYTHON,
+             "base_image_service_user": oci.SERVICE_USER, "app_service_user": oci.SERVICE_USER,
+             "ansible_python_interpreter": req.oci["ansible"]["python"]}
+    packer_dir = os.path.dirname(req.template)
+    # the bake's own settings and roles, whatever the caller's (as packer/image.pkr.hcl does)
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(packer_dir, "ansible.cfg"),
+               ANSIBLE_ROLES_PATH=os.path.join(req.project_dir, "roles"))
+    oci.run([req.oci["ansible"]["playbook"], "-i", "localhost,", "-c", "local", os.path.join(packer_dir, "bake.yml"),
+             "-e", json.dumps(extra)], "running the roles base_image and app_service into the image root", env=env)
+
+
+def _oci_config(req, service, base):
+    """The OCI image configuration from the service definition the roles wrote."""
+    cmd = service.get("command") or []
+    if not cmd or not all(isinstance(c, str) for c in cmd):
+        raise ImageError("the roles wrote no command into etc/phoenix/%s/service.json" % req.artifact)
+    entry = ["/" + c.lstrip("/") for c in cmd[:1]] + list(cmd[1:])
+    epoch = req.oci["epoch"]
+    labels = {
+        "org.opencontainers.image.version": str(req.version),
+        "org.opencontainers.image.revision": req.git_hash,
+        "org.opencontainers.image.created": oci.rfc3339(epoch),
+        "org.opencontainers.image.source": req.oci["source_url"],
+        "org.opencontainers.image.title": req.artifact,
+        "org.opencontainers.image.ref.name": req.oci["tag"],
+        "io.phoenix.deploy.image": req.name,
+        "io.phoenix.deploy.input-digest": req.input_digest,
+        "io.phoenix.deploy.base": base["key"],
+        # what Docker's HEALTHCHECK would say; orchestrators read it (HTTP GET on $PORT)
+        "io.phoenix.deploy.health.http-path": str(service.get("health_path") or "/healthz"),
+        "io.phoenix.deploy.stop-timeout": str(service.get("stop_timeout") or ""),
+        "io.phoenix.deploy.env": ",".join(service.get("env") or []),
+    }
+    return {"user": "%d:%d" % (req.oci["uid"], req.oci["uid"]), "entrypoint": entry,
+            "env": dict(req.oci["env"]), "workdir": "/opt/phoenix/%s" % req.artifact,
+            "stop_signal": "SIG" + str(service.get("stop_signal") or "TERM").upper().replace("SIG", ""),
+            "ports": ["%s/tcp" % req.oci["env"]["PORT"]],
+            "labels": dict((k, v) for k, v in labels.items() if v)}
+
+
+def _run_oci_bake(req, existing):
+    """Base layer (cached by its inputs) + one app layer built by the roles -> an OCI image layout."""
+    t0 = time.monotonic()
+    store = req.store
+    adir = store.artifact_dir(req.target, req.artifact)
+    os.makedirs(adir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix="%s%s-" % (STAGING_PREFIX, req.name), dir=adir)
+    try:
+        os.chmod(staging, 0o755)
+        try:
+            base = oci.ensure_base(os.path.join(store.root, ".oci-base"), req.oci["base_spec"])
+            scratch = os.path.join(staging, "build")
+            os.mkdir(scratch, 0o700)
+            with oci.overlay(os.path.join(base["path"], "rootfs"), scratch) as (merged, upper):
+                _run_roles(req, merged)
+                with open(os.path.join(merged, "etc", "phoenix", req.artifact, "service.json")) as f:
+                    service = json.load(f)
+            layer = os.path.join(scratch, "app.tar")
+            oci.write_layer(upper, layer, req.oci["epoch"])
+            layer_size = os.path.getsize(layer)
+            config = _oci_config(req, service, base)
+            created = oci.rfc3339(req.oci["epoch"])
+            digest, manifest = oci.build_image(
+                base, layer, os.path.join(staging, OCI_LAYOUT), created,
+                "phoenix.deploy roles base_image, app_service: %s %s" % (req.artifact, req.version), config)[:2]
+            _rmtree(scratch)
+        except (oci.OciError, OSError, ValueError) as exc:
+            raise ImageError("oci bake of %s failed: %s" % (req.name, getattr(exc, "msg", None) or exc))
+        layers = manifest.get("layers", [])
+        doc = {
+            "schema": SCHEMA, "name": req.name, "artifact": req.artifact, "version": str(req.version),
+            "git_hash": req.git_hash or None, "build_id": req.build_id or None, "target": req.target,
+            "input_digest": req.input_digest, "created_at": _now(),
+            "fault": json.loads(req.variables.get("fault") or "{}"),
+            "id": digest, "manifest_digest": digest, "content_digest": None,
+            "entrypoint": config["entrypoint"][0],
+            "oci": {"tag": req.oci["tag"], "manifest_digest": digest, "base_key": base["key"],
+                    "base_built": base["built"], "layers": [d["digest"] for d in layers],
+                    "size": sum(d["size"] for d in layers) + manifest["config"]["size"],
+                    "uncompressed_size": base["uncompressed_size"] + layer_size,
+                    "created": created, "user": config["user"], "duration": round(time.monotonic() - t0, 3)},
+        }
+        if existing is not None and existing.get("manifest_digest") and digest != existing["manifest_digest"]:
+            raise ImmutabilityError("rebuilding image %s (force) gave manifest digest %s, but the image was baked "
+                                    "as %s: the name may not change content; bake a new version instead"
+                                    % (req.name, digest, existing["manifest_digest"]), "force")
+        _write_json(os.path.join(staging, IMAGE_JSON), doc)
+        _make_read_only(staging)
+        final = store.path(req.target, req.artifact, req.name)
+        if existing is not None and os.path.lexists(final):
+            _swap(staging, final)
+        else:
+            try:
+                os.rename(staging, final)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise ImmutabilityError("image %s appeared while baking; run again" % req.name)
+                raise
+        staging = None
+        doc["path"] = final
+        verify_image(final, digest)
+        return doc
+    finally:
+        if staging and os.path.lexists(staging):
+            merged = os.path.join(staging, "build", "merged")
+            if os.path.ismount(merged):  # the overlay's own umount failed: detach it before removal
+                try:
+                    oci.run(["umount", "-l", merged], "detaching the image root")
+                except oci.OciError:
+                    pass
             _rmtree(staging)

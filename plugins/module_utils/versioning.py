@@ -198,11 +198,15 @@ def image_name(version, artifact):
     return name
 
 
-def oci_tag(version):
-    """OCI tag for a version: '+' (not allowed in tags) becomes '_' (the Docker/Helm convention)."""
-    v = parse(version)
+def oci_tag(version, option="version"):
+    """OCI tag for a version: '+' (not allowed in tags) becomes '_' (the Docker/Helm convention).
+
+    ``1.4.0+34e57f0.b456`` -> ``1.4.0_34e57f0.b456``. Deterministic and one-to-one: semver never
+    contains '_', so the tag maps back to exactly one version. ``latest``, ``stable`` and anything
+    that is not semver are refused, naming ``option``."""
+    v = parse(version, option)
     tag = v.text.replace("+", "_")
     if not OCI_TAG_RE.match(tag):
-        raise VersionError("version %r is too long for an OCI tag (128 characters max)" % (version,),
-                           param="version")
+        raise VersionError("%s %r is too long for an OCI tag (128 characters max)" % (option, version),
+                           param=option)
     return tag

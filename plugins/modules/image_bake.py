@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: image_bake
-short_description: Bake an immutable, versioned image of an artifact with Packer
+short_description: Bake an immutable, versioned image of an artifact (Packer, or an OCI image without a daemon)
 version_added: 0.1.0
 description:
   - Bakes one version of an artifact into an immutable image with Packer, using the collection's template
@@ -16,6 +16,14 @@ description:
   - The I(local) target produces a local image, a read-only directory bundle with C(image.json)
     (artifact, version, git hash, build id, input digest, content digest, created_at).
     The I(gce) target produces a GCE image in the image family of the artifact.
+  - The I(oci) target produces an OCI image layout without Packer or a container daemon. Its base layer is a Debian
+    root filesystem built by C(mmdebstrap) (the essential set plus the runtime packages of the C(base_image) role,
+    without documentation, manual pages and translations), cached by its inputs; the same roles then run with a local
+    connection into an overlay of that root filesystem, and what they add becomes the one app layer (C(umoci)).
+    The image runs as a non-root user, with the entrypoint and stop signal of the service definition, environment
+    defaults and the OCI labels C(org.opencontainers.image.version), C(.revision) (git hash), C(.created) and
+    C(.source). Same inputs give the same manifest digest (created times from E(SOURCE_DATE_EPOCH), default 0).
+    Needs root (mmdebstrap in root mode, an overlay mount).
   - The input digest (template, roles, artifact source, vars) identifies an image. When an image with that input
     digest exists, nothing is baked (cache hit, C(changed=false), no Packer run).
   - An image name never points at other content. Baking different inputs under an existing version is an error;
@@ -28,7 +36,8 @@ description:
 author:
   - phoenix.deploy maintainers (@phoenix-deploy)
 requirements:
-  - packer >= 1.6.6 on PATH
+  - packer >= 1.6.6 on PATH (targets local and gce)
+  - umoci, mmdebstrap and root (target oci)
   - packer.py >= 0.3.0 (Python)
   - ansible-core (ansible-playbook, used by the local target)
 attributes:
@@ -51,6 +60,8 @@ options:
       - The build metadata carries the git hash and the CI build id (see the P(phoenix.deploy.semver_build#filter)
         filter).
       - C(latest) and other mutable tags are refused.
+      - "For the I(oci) target the image tag is the version with C(+) mapped to C(_) (OCI tags cannot hold C(+)),
+        for example C(1.5.6_34e57f0.b456) (see the P(phoenix.deploy.oci_tag#filter) filter)."
     type: str
     required: true
   source:
@@ -64,8 +75,9 @@ options:
       - C(local) runs the roles into a directory with a local connection (Packer's C(null) builder).
       - C(gce) builds a Google Compute Engine image from a Debian image family with Packer's C(ansible)
         provisioner; needs O(vars) C(project_id) and Google credentials.
+      - C(oci) builds an OCI image layout with C(mmdebstrap) and C(umoci), no Packer and no container daemon.
     type: str
-    choices: [local, gce]
+    choices: [local, gce, oci]
     default: local
   vars:
     description:
@@ -74,6 +86,8 @@ options:
         V({error_rate: 0.5}), V({latency_ms: 800}) or V({crash_at_start: true})."
       - Variables the module sets itself (artifact, version, image_name, source_dir, image_root, manifest_path,
         input_digest, git_hash, build_id) are refused.
+      - The I(oci) target takes only C(fault), C(entrypoint) and C(source_url) (the C(org.opencontainers.image.source)
+        label; default the collection's repository).
     type: dict
     default: {}
   store:
@@ -93,6 +107,18 @@ options:
         was modified after baking. The rebuilt image must have the same content digest as the recorded one.
     type: bool
     default: false
+  registry:
+    description:
+      - Registry URL (for example the dev registry of the infra outputs, C(registries.dev), such as
+        C(http://127.0.0.1:24010)) to push an I(oci) image to, as O(repository)C(:<version tag>) with its digest
+        preserved. The registry must answer before anything is baked.
+      - Tags are immutable; pushing a version whose tag points at another digest fails, naming both digests.
+      - Only with O(target=oci).
+    type: str
+  repository:
+    description:
+      - Repository in O(registry); defaults to O(artifact). Lowercase path parts, no C(..).
+    type: str
   retain:
     description:
       - With O(cleanup=true), how many of the newest images of the artifact to keep (besides O(live) images and
@@ -145,6 +171,13 @@ EXAMPLES = r"""
       project_id: my-project
       zone: europe-west1-b
 
+- name: Bake an OCI image (no Docker daemon); the tag is 1.5.6_34e57f0.b456
+  phoenix.deploy.image_bake:
+    artifact: catalog
+    version: 1.5.6+34e57f0.b456
+    source: examples/catalog
+    target: oci
+
 - name: Keep the newest 3 images plus those live in an environment
   phoenix.deploy.image_bake:
     artifact: catalog
@@ -167,7 +200,8 @@ image:
       type: str
       sample: catalog-v1-5-6--34e57f0-b456
     id:
-      description: Image id; the content digest for local images, the Packer artifact id for GCE.
+      description: Image id; the content digest for local images, the Packer artifact id for GCE, the manifest digest
+        for OCI images.
       type: str
       sample: sha256:5f9fd9003d55257d1a921c0bbcb770f5622f05f9e2cecc5e8382881f2cd5ed82
     digest:
@@ -214,6 +248,46 @@ image:
       description: The fault baked into the image (empty when none).
       type: dict
       sample: {}
+    oci:
+      description: OCI images only.
+      type: dict
+      returned: target oci
+      contains:
+        layout:
+          description: The OCI image layout directory (the image is tagged C(image) inside it).
+          type: str
+        tag:
+          description: The OCI tag of the version.
+          type: str
+          sample: 1.5.6_34e57f0.b456
+        manifest_digest:
+          description: The manifest digest.
+          type: str
+        layers:
+          description: Layer digests, base layer first.
+          type: list
+          elements: str
+        size:
+          description: Bytes of the compressed layers and the config (what a registry stores).
+          type: int
+        uncompressed_size:
+          description: Bytes of the uncompressed layers.
+          type: int
+        base_key:
+          description: The input digest of the cached base layer.
+          type: str
+        base_built:
+          description: Whether this bake built the base layer (false when it came from the cache).
+          type: bool
+reference:
+  description: The pushed image, by digest (C(host/repository@sha256:...)); what deploys reference.
+  returned: with O(registry)
+  type: str
+  sample: 127.0.0.1:24010/catalog@sha256:5f9fd9003d55257d1a921c0bbcb770f5622f05f9e2cecc5e8382881f2cd5ed82
+pushed:
+  description: Whether the push wrote anything (false when the tag already pointed at this digest).
+  returned: with O(registry)
+  type: bool
 cache_hit:
   description: Whether an image with the same input digest existed (no Packer run).
   returned: success
@@ -251,11 +325,13 @@ def argument_spec():
         artifact=dict(type="str", required=True),
         version=dict(type="str", required=True),
         source=dict(type="path", required=True),
-        target=dict(type="str", choices=["local", "gce"], default="local"),
+        target=dict(type="str", choices=["local", "gce", "oci"], default="local"),
         vars=dict(type="dict", default={}),
         store=dict(type="path"),
         project_dir=dict(type="path"),
         force=dict(type="bool", default=False),
+        registry=dict(type="str"),
+        repository=dict(type="str"),
         retain=dict(type="int", default=5),
         live=dict(type="list", elements="str", default=[]),
         cleanup=dict(type="bool", default=False),
@@ -283,9 +359,15 @@ class ImageBaker(object):
             req = images.BakeRequest(
                 artifact=p["artifact"], version=p["version"], source=p["source"], target=p["target"],
                 variables=p["vars"], store=p["store"], project_dir=p["project_dir"], force=p["force"])
+            reg = None
+            if p["registry"] is not None or p["repository"] is not None:
+                reg, repo = images.open_registry(p["registry"], p["repository"] or p["artifact"], p["target"])
             before = sorted(d["name"] for d in req.store.images(req.target, req.artifact))
             result = images.bake(req, check_mode=self.module.check_mode, retain=p["retain"], live=p["live"],
                                  cleanup=p["cleanup"])
+            if reg is not None:
+                result.update(images.push(result, reg, repo, check_mode=self.module.check_mode))
+                result["changed"] = result["changed"] or result["pushed"]
         except PhoenixError as exc:  # ImageError, PackerError, VersionError
             self.fail(exc)
 

@@ -192,7 +192,7 @@ def run_module(args, tmp_path):
     ({"artifact": "cat/alog"}, "artifact", "lowercase letters"),
     ({"artifact": "cat alog"}, "artifact", "lowercase letters"),
     ({"artifact": "cat;reboot"}, "artifact", "lowercase letters"),
-    ({"target": "aws"}, None, "value of target must be one of: local, gce"),
+    ({"target": "aws"}, None, "value of target must be one of: local, gce, oci"),
     ({"source": None}, None, "missing required arguments: source"),
     ({"source": "/nonexistent/catalog"}, "source", "not a directory"),
     ({"vars": {"image_root": "/"}}, "vars", "set by image_bake itself"),

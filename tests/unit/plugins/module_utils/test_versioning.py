@@ -125,6 +125,23 @@ def test_oci_tag():
         versioning.oci_tag("latest")
 
 
+@pytest.mark.parametrize("tag, words", [("latest", "mutable tag"), ("stable", "mutable tag"),
+                                        ("1.4", "not semver"), ("v1.4.0", "leading 'v'"),
+                                        ("1.4.0_34e57f0", "not semver"), ("", "non-empty")])
+def test_oci_tag_refuses_mutable_and_non_semver_naming_the_parameter(tag, words):
+    with pytest.raises(VersionError, match=words) as err:
+        versioning.oci_tag(tag, "tag")
+    assert err.value.param == "tag" and str(err.value).startswith("tag ")
+
+
+def test_oci_tags_are_one_to_one():
+    tags = {}
+    for v in VERSIONS:
+        tag = versioning.oci_tag(v)
+        assert "+" not in tag and tag.replace("_", "+") == v
+        assert tags.setdefault(tag, v) == v
+
+
 def test_precedence():
     ordered = ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta", "1.0.0-beta.2",
                "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0", "1.0.1", "1.1.0", "2.0.0"]
