@@ -101,7 +101,7 @@ def oci_rows(images, source):
         if second["image"]["oci"]["base_built"] or second["cache_hit"]:
             raise RuntimeError("the app-only oci bake rebuilt the base layer or was a cache hit")
         hits = []
-        for _ in range(5):
+        for dummy in range(5):
             seconds, out = _timed(lambda: bake(VERSION))
             if not out["cache_hit"]:
                 raise RuntimeError("oci rebake was not a cache hit")

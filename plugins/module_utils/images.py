@@ -937,7 +937,9 @@ def _run_roles(req, image_root):
              "base_image_service_user": oci.SERVICE_USER, "app_service_user": oci.SERVICE_USER,
              "ansible_python_interpreter": req.oci["ansible"]["python"]}
     packer_dir = os.path.dirname(req.template)
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(packer_dir, "ansible.cfg"))
+    # the bake's own settings and roles, whatever the caller's (as packer/image.pkr.hcl does)
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(packer_dir, "ansible.cfg"),
+               ANSIBLE_ROLES_PATH=os.path.join(req.project_dir, "roles"))
     oci.run([req.oci["ansible"]["playbook"], "-i", "localhost,", "-c", "local", os.path.join(packer_dir, "bake.yml"),
              "-e", json.dumps(extra)], "running the roles base_image and app_service into the image root", env=env)
 

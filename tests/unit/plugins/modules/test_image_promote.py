@@ -13,8 +13,21 @@ def args(tmp_path, **extra):
 def test_missing_prod_store_is_named(tmp_path):
     bad = args(tmp_path)
     del bad["prod_store"]
-    msg = run_failing("image_promote", bad)["msg"]
-    assert "target is local" in msg and "missing: prod_store" in msg, msg
+    assert "target is local but all of the following are missing: prod_store" in \
+        run_failing("image_promote", bad)["msg"]
+
+
+def test_target_oci_needs_the_registries(tmp_path):
+    msg = run_failing("image_promote", {"artifact": "catalog", "version": "1.0.0+abcdef0.b1", "target": "oci",
+                                        "release_store": str(tmp_path / "releases")})["msg"]
+    assert "target is oci but all of the following are missing: registries" in msg
+
+
+def test_target_oci_refuses_a_registry_url_with_credentials(tmp_path):
+    result = run_failing("image_promote", {"artifact": "catalog", "version": "1.0.0+abcdef0.b1", "target": "oci",
+                                           "registries": {"dev": "http://u:s3cret@127.0.0.1:1", "prod": "x"},
+                                           "release_store": str(tmp_path / "releases")})
+    assert result["param"] == "registries.dev" and "s3cret" not in str(result)
 
 
 def test_promotion_needs_the_release_store(tmp_path):
