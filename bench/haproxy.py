@@ -43,7 +43,7 @@ class PacedLoad:
         assert host.startswith("127."), "load only on loopback"
         self.host, self.port = host, int(port)
         self.period = threads / float(rate)
-        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _i in range(threads)]
         self.max_seconds = max_seconds
         self.results = []
         self.stop_event = threading.Event()

@@ -34,8 +34,8 @@ def run() -> list:
     stack = _temp_stack()
     try:
         cold = _timed(lambda: stack.cli("up", "--yes"))
-        noop = statistics.median(_timed(lambda: stack.cli("up", "--yes")) for _ in range(3))
-        noop_api = statistics.median(_timed(stack.up) for _ in range(3))
+        noop = statistics.median(_timed(lambda: stack.cli("up", "--yes")) for _i in range(3))
+        noop_api = statistics.median(_timed(stack.up) for _i in range(3))
     finally:
         stack.cleanup()
     return [

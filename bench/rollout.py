@@ -124,7 +124,7 @@ class Bench:
                "artifact": ARTIFACT, "version": image["version"], "image": image["ref"],
                "size": size, "strategy": strategy, "settings": settings, "analysis": analysis}
         proc = subprocess.run([sys.executable, "-c", CONTROLLER, str(COLLECTIONS), json.dumps(cfg)],
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=600, check=False)
         if proc.returncode != 0:
             raise RuntimeError("controller failed: %s" % proc.stderr[-3000:])
         return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -182,7 +182,7 @@ class Bench:
                     urllib.request.urlopen(url, timeout=5).read()
                 except Exception:  # noqa: BLE001 - the faulty canary answers 500
                     pass
-        threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+        threads = [threading.Thread(target=load, daemon=True) for _i in range(4)]
         for t in threads:
             t.start()
         try:

@@ -204,6 +204,8 @@ build {
   provisioner "shell-local" {
     environment_vars = [
       "ANSIBLE_CONFIG=${path.root}/ansible.cfg",
+      # the bake's roles, whatever roles path the caller has (ansible-test sets one)
+      "ANSIBLE_ROLES_PATH=${path.root}/../roles",
       "PHOENIX_BAKE_VARS=${local.local_vars}",
     ]
     inline = [
@@ -228,7 +230,7 @@ build {
   provisioner "ansible" {
     playbook_file    = "${path.root}/bake.yml"
     user             = var.ssh_username
-    ansible_env_vars = ["ANSIBLE_CONFIG=${path.root}/ansible.cfg"]
+    ansible_env_vars = ["ANSIBLE_CONFIG=${path.root}/ansible.cfg", "ANSIBLE_ROLES_PATH=${path.root}/../roles"]
     extra_arguments  = ["--become", "--extra-vars", local.gce_vars]
   }
 

@@ -84,6 +84,22 @@ else
   done_ installed
 fi
 
+# --- Galaxy and lint tools (own virtualenv) -------------------------------------
+# galaxy-importer, ansible-lint and antsibull-docs for `make test`. A virtualenv
+# of their own: galaxy-importer needs attrs<24, which .venv's lock cannot take.
+GVENV="$TOOLS/galaxy-venv"
+step "galaxy tools .tools/galaxy-venv (requirements-galaxy.lock)"
+gwant="$(cat requirements-galaxy.txt requirements-galaxy.lock | sha256sum | cut -c1-16)-$("$PYTHON" -V 2>&1)"
+if [[ -f "$GVENV/.phoenix-stamp" && "$(cat "$GVENV/.phoenix-stamp")" == "$gwant" ]]; then
+  done_ ok
+else
+  [[ -x "$GVENV/bin/python" ]] || "$PYTHON" -m venv "$GVENV"
+  "$GVENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  "$GVENV/bin/python" -m pip install -q -r requirements-galaxy.txt -c requirements-galaxy.lock
+  echo "$gwant" > "$GVENV/.phoenix-stamp"
+  done_ installed
+fi
+
 # --- the collection on the collections path ----------------------------------
 step "collection phoenix.deploy -> .tools/collections"
 link="$TOOLS/collections/ansible_collections/phoenix/deploy"

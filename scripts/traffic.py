@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Synthetic HTTP traffic through a load balancer, bounded in time and count.
 
     traffic.py URL [--host catalog] [--seconds 20] [--max-requests 20000]
@@ -89,7 +88,7 @@ def main(argv=None):
             with lock:
                 counts[key] += 1
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.concurrency)]
+    threads = [threading.Thread(target=worker, daemon=True) for _i in range(args.concurrency)]
     for t in threads:
         t.start()
     for t in threads:

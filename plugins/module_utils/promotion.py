@@ -21,6 +21,7 @@ Deploys reference ``<prod registry>/<artifact>@sha256:...``, never a tag.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -152,7 +153,11 @@ def promote_container(artifact, version, registries, release_store, sources, dig
     if check_mode:
         dev.manifest(artifact, digest=digest, param="digest")
         return dict(result, changed=True)
-    copied = registry.copy(src, dst)
+    # promotions into one prod repository on this machine take turns: the collision check and the
+    # copy are one step (copy checks the tag again under the lock and reads the digest back)
+    locks = images.ImageStore(os.path.join(release_store, ".registry-locks"))
+    with locks.lock("prod-" + hashlib.sha256(prod.url.encode("utf-8")).hexdigest()[:16], artifact):
+        copied = registry.copy(src, dst)
     return dict(result, changed=copied.changed)
 
 

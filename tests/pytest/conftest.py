@@ -34,7 +34,7 @@ def run():
     def _run(cmd, check=True, **kw):
         kw.setdefault("capture_output", True)
         kw.setdefault("text", True)
-        proc = subprocess.run(cmd, **kw)
+        proc = subprocess.run(cmd, check=False, **kw)
         if check and proc.returncode != 0:
             pytest.fail(f"{cmd!r} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
         return proc

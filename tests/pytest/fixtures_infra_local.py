@@ -109,7 +109,7 @@ class TempLocalStack:
         """Run the pulumi CLI itself on this stack (output captured in self.log)."""
         proc = subprocess.run(["pulumi", *args, "--stack", self.name, "--non-interactive"],
                               cwd=self.proj, env={**os.environ, **self.env}, capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, timeout=timeout, check=False)
         self.log.append(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             raise RuntimeError(f"pulumi {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")

@@ -77,7 +77,7 @@ def test_backup_change_restore(db_stack, run):
         for name, price in ROWS:
             conn.execute("INSERT INTO items (name, price_cents) VALUES (%s, %s)", (name, price))
     before = items(db)
-    assert [(n, p) for _, n, p in before] == ROWS
+    assert [(n, p) for _key, n, p in before] == ROWS
 
     proc = playbook(run, db_stack, "tests/playbooks/db_backup.yml", "-e", "version=1.4.0+34e57f0.b456")
     dump = pathlib.Path(backup_path(proc))
@@ -118,7 +118,7 @@ def test_restore_latest(db_stack, run):
         conn.execute("DELETE FROM items")
     proc = playbook(run, db_stack, "playbooks/restore_db.yml", "-e", "dump=latest", verbose="")
     assert "failed=0" in proc.stdout
-    assert [(n, p) for _, n, p in items(db_stack.db)] == ROWS
+    assert [(n, p) for _key, n, p in items(db_stack.db)] == ROWS
 
 
 def test_no_migration_no_dump(db_stack, run):

@@ -67,7 +67,7 @@ def test_local_bake_produces_a_read_only_verified_bundle(catalog_image):
 
 
 def test_rebake_is_a_cache_hit_under_one_second(catalog_image, bake_store, bake):
-    first, _ = catalog_image
+    first, _unused = catalog_image
     t0 = time.monotonic()
     again = bake(bake_store, "1.0.0+%s.b1" % GIT_HASH)
     seconds = time.monotonic() - t0
@@ -85,7 +85,7 @@ def test_check_mode_bakes_nothing(bake_store, bake):
 
 
 def test_same_version_other_inputs_is_an_immutability_error(catalog_image, tmp_path, bake):
-    result, _ = catalog_image
+    result, _unused = catalog_image
     bundle = copy_image(result, tmp_path / "store")
     before = sorted(os.listdir(bundle.parent))
     with pytest.raises(images.ImmutabilityError, match="never points at other content") as err:
@@ -97,7 +97,7 @@ def test_same_version_other_inputs_is_an_immutability_error(catalog_image, tmp_p
 
 @pytest.mark.slow
 def test_tampered_image_is_refused_and_force_rebuilds_it(catalog_image, tmp_path, bake):
-    result, _ = catalog_image
+    result, _unused = catalog_image
     bundle = copy_image(result, tmp_path / "store")
     assert images.verify_image(str(bundle))["id"] == result["image"]["id"]
     app = bundle / "rootfs/opt/phoenix/catalog/app/catalog.py"
@@ -144,7 +144,7 @@ def test_concurrent_bakes_of_one_version_run_packer_once(tmp_path):
         "print(json.dumps(images.bake(req)))\n"
     ) % (str(ROOT / ".tools" / "collections"), GIT_HASH, str(CATALOG_SOURCE), str(tmp_path / "store"), str(ROOT))
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+                              text=True) for _i in range(2)]
     outs = []
     for p in procs:
         out, err = p.communicate(timeout=300)
@@ -181,7 +181,7 @@ def run_module(args, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT / ".tools" / "collections"))
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "ansible_collections.phoenix.deploy.plugins.modules.image_bake",
-                           str(argsfile)], capture_output=True, text=True, env=env, cwd=tmp_path)
+                           str(argsfile)], capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
     return json.loads(proc.stdout), time.monotonic() - t0
 
 
@@ -212,7 +212,7 @@ def test_module_refuses_bad_input_without_running_packer(override, option, words
 
 
 def test_module_cache_hit_and_check_mode(catalog_image, bake_store, tmp_path):
-    result, _ = catalog_image
+    result, _unused = catalog_image
     args = {"artifact": "catalog", "version": "1.0.0+%s.b1" % GIT_HASH, "source": str(CATALOG_SOURCE),
             "store": str(bake_store), "project_dir": str(ROOT)}
     out, seconds = run_module(args, tmp_path)
@@ -220,14 +220,14 @@ def test_module_cache_hit_and_check_mode(catalog_image, bake_store, tmp_path):
     assert out["changed"] is False and out["cache_hit"] is True and out["image"]["id"] == result["image"]["id"]
     assert out["duration"] < 1.0
     print("module cache hit: %.3f s in the module, %.3f s with interpreter start-up" % (out["duration"], seconds))
-    out, _ = run_module(dict(args, version="1.0.0+%s.b2" % GIT_HASH, _ansible_check_mode=True,
-                             _ansible_diff=True), tmp_path)
+    out, _unused = run_module(dict(args, version="1.0.0+%s.b2" % GIT_HASH, _ansible_check_mode=True,
+                                   _ansible_diff=True), tmp_path)
     assert out["changed"] is True and out["cache_hit"] is False and out["packer_ran"] is False
     assert out["diff"]["after"]["baked"] == "catalog-v1-0-0--%s-b2" % GIT_HASH
     before = out["diff"]["before"]["images"]  # other session bakes may be in the store too
     assert result["image"]["name"] in before
     assert out["diff"]["after"]["images"] == sorted(before + [out["diff"]["after"]["baked"]])
-    out, _ = run_module(dict(args, cleanup=True, retain=0, _ansible_check_mode=True, _ansible_diff=True), tmp_path)
+    out, _unused = run_module(dict(args, cleanup=True, retain=0, _ansible_check_mode=True, _ansible_diff=True), tmp_path)
     assert out["changed"] is False or out["removed"], out  # the image of the task itself is never removed
     assert result["image"]["name"] not in [r["name"] for r in out["removed"]]
     assert pathlib.Path(result["image"]["path"]).is_dir()
@@ -236,7 +236,7 @@ def test_module_cache_hit_and_check_mode(catalog_image, bake_store, tmp_path):
 # --- the catalog service from baked images ----------------------------------------
 
 def test_catalog_from_image_serves_version_and_items(catalog_image, bake_postgres, start_catalog):
-    result, _ = catalog_image
+    result, _unused = catalog_image
     app = start_catalog(result, bake_postgres)
     assert app.wait_healthy() == (200, {"status": "ok"})
 
@@ -259,7 +259,7 @@ def test_catalog_from_image_serves_version_and_items(catalog_image, bake_postgre
 
 
 def test_catalog_is_not_ready_without_its_database(catalog_image, start_catalog):
-    result, _ = catalog_image
+    result, _unused = catalog_image
     closed_port = socket.socket()
     closed_port.bind(("127.0.0.1", 0))
     port = closed_port.getsockname()[1]  # bound, never listening: connections are refused
@@ -282,7 +282,7 @@ def test_baked_fault_is_a_property_of_the_image(faulty_image, bake_postgres, sta
     app.wait_healthy()
     assert app.get("/version")[1]["fault"] == {"error_rate": 0.5, "latency_ms": 500, "crash_at_start": False}
     t0 = time.monotonic()
-    statuses = [app.get("/items")[0] for _ in range(6)]
+    statuses = [app.get("/items")[0] for _i in range(6)]
     elapsed = time.monotonic() - t0
     assert statuses == [200, 500, 200, 500, 200, 500]
     assert elapsed >= 6 * 0.5
@@ -325,7 +325,7 @@ def test_sigterm_drains_in_flight_requests(faulty_image, bake_postgres, start_ca
 
 
 def test_filters_match_the_engine(catalog_image, run):
-    result, _ = catalog_image
+    result, _unused = catalog_image
     version = result["image"]["version"]
     msg = ("{{ v | phoenix.deploy.image_name('catalog') }} {{ '1.0.0' | phoenix.deploy.semver_build('%s0123abc', 1) }}"
            " {{ v | phoenix.deploy.oci_tag }} {{ (v | phoenix.deploy.semver).git_hash }}" % GIT_HASH)

@@ -180,7 +180,7 @@ def test_database_accepts_the_output_credentials_only(local_stack):
 
 def test_frontend_answers_503_fast_then_200_through_a_runtime_server(local_stack):
     lb = local_stack.outputs()["load_balancer"]
-    status, _, seconds = http_get(lb["url"])
+    status, _body, seconds = http_get(lb["url"])
     assert status == 503 and seconds < 1.0, (status, seconds)
     assert http_get(lb["stats_url"])[0] == 200
 

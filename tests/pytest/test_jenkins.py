@@ -63,7 +63,7 @@ def run_like_jenkins(command, env_extra, cwd=ROOT):
     """Run a Jenkinsfile command as the `phoenix` helper does (bash, env.sh sourced)."""
     env = dict(os.environ, **pipeline_env(), **env_extra)
     script = f"set -euo pipefail\nsource {shlex.quote(str(ROOT / 'scripts/env.sh'))}\n{command}"
-    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 # --------------------------------------------------------------------------- Jenkinsfile structure
@@ -320,7 +320,7 @@ def inventory(environment):
         expr = "{{ {" + ", ".join(f"'{k}': {k}" for k in sorted(KEYS)) + "} | to_json }}"
         proc = subprocess.run(["ansible", "localhost", "-i", f"inventories/{environment}", "--playbook-dir",
                                "playbooks", "-o", "-m", "ansible.builtin.debug", "-a", f"msg={expr}"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+                              cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         result = json.loads(proc.stdout.split("=>", 1)[1])
         _INVENTORIES[environment] = json.loads(result["msg"]) if isinstance(result["msg"], str) else result["msg"]

@@ -95,7 +95,7 @@ def test_metrics_count_failed_attempts_that_users_did_not_see(rollout_env, tmp_p
     stable = env.history().live_release().group
     bad = start_fake_group(env, tmp_path, mode)
     env.platform.set_weights({stable: 50, bad: 50})  # the metrics window starts here
-    statuses = [get(env.url) for _ in range(120)]
+    statuses = [get(env.url) for _i in range(120)]
     metrics = env.platform.metrics(bad, 1.0)
     stable_metrics = env.platform.metrics(stable, 1.0)
     print(mode, "users:", {s: statuses.count(s) for s in set(statuses)}, "bad:", metrics,
@@ -105,7 +105,7 @@ def test_metrics_count_failed_attempts_that_users_did_not_see(rollout_env, tmp_p
     assert stable_metrics.errors_5xx == 0 and stable_metrics.requests >= len(statuses)
     # a non-idempotent method is not retried on another server after a response error
     env.platform.set_weights({stable: 0, bad: 100})
-    posts = [get(env.url, "POST") for _ in range(5)]
+    posts = [get(env.url, "POST") for _i in range(5)]
     assert all(s != 200 for s in posts), posts
     env.platform.set_weights({stable: 100, bad: 0})
 
@@ -118,7 +118,7 @@ def test_window_with_a_counter_reset_is_discarded_not_clamped(rollout_env):
     group = env.history().live_release().group
     member = env.platform._group_meta(group)[0]
     weight = env.servers()[member["instance"]]["weight"]
-    for _ in range(40):
+    for _i in range(40):
         assert get(env.url) == 200
     env.platform.metrics(group, 1.0)  # the window starts, counters are > 0
     # HAProxy's own runtime API (not the driver): remove the server and add it back
@@ -127,12 +127,12 @@ def test_window_with_a_counter_reset_is_discarded_not_clamped(rollout_env):
         ("set", "server", srv, "state", "maint"), ("del", "server", srv),
         ("add", "server", srv, "%s:%d" % (member["address"], member["port"]), "check",
          "weight", str(weight)), ("enable", "health", srv), ("enable", "server", srv)])
-    for _ in range(10):
+    for _i in range(10):
         get(env.url)
     metrics = env.platform.metrics(group, 1.0)
     assert metrics.requests == 0 and metrics.errors_5xx == 0 and metrics.latency_ms is None, metrics
     # the next window counts again
-    for _ in range(10):
+    for _i in range(10):
         assert get(env.url) == 200
     assert env.platform.metrics(group, 1.0).requests >= 10
 

@@ -49,7 +49,7 @@ def test_up_output_destroy(tiny, run):
     revealed = json.loads(pulumi("stack", "output", "--json", "--show-secrets").stdout)
     assert revealed["file"]["token"] == TOKEN
     # The secret is encrypted at rest and never printed by up.
-    state_files = [p for p in pathlib.Path(env["PULUMI_BACKEND_URL"][7:]).rglob("*.json")]
+    state_files = list(pathlib.Path(env["PULUMI_BACKEND_URL"][7:]).rglob("*.json"))
     assert state_files and not any(TOKEN in p.read_text() for p in state_files)
     assert TOKEN not in up.stdout + up.stderr
     noop = pulumi("up", "--yes", "--skip-preview")

@@ -31,6 +31,7 @@ def assert_converged(env):
     assert sorted(env.servers()) == [n for n in members if n.startswith(live.group + ".")]
     return live
 
+
 CANARY = {"steps": [{"set_weight": 50}, {"pause": {}}]}
 
 KILLER = r"""
@@ -61,7 +62,7 @@ def run_killer(env, action, kill_at):
     cfg = {"infra": env.infra, "image_store": env.images["store"], "store": env.store_dir,
            "environment": env.environment, "action": action, "kill_at": kill_at}
     proc = subprocess.run([sys.executable, "-c", KILLER, str(COLLECTIONS), json.dumps(cfg)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return proc.returncode, lines
 

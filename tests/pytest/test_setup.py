@@ -7,7 +7,7 @@ import subprocess
 
 def test_second_setup_is_a_noop(repo_root):
     proc = subprocess.run(["bash", str(repo_root / "scripts/setup.sh")], capture_output=True, text=True,
-                          cwd=repo_root)
+                          cwd=repo_root, check=False)
     assert proc.returncode == 0, proc.stderr
     steps = [ln for ln in proc.stdout.splitlines() if ln.startswith("==> ") and "setup complete" not in ln]
     assert len(steps) == 7, proc.stdout
@@ -18,7 +18,7 @@ def test_second_setup_is_a_noop(repo_root):
 def test_missing_python_fails_fast_with_the_fix(repo_root, tmp_path):
     proc = subprocess.run(["bash", str(repo_root / "scripts/setup.sh")], capture_output=True, text=True,
                           cwd=repo_root, env=dict(os.environ, PYTHON=str(tmp_path / "no-such-python")),
-                          timeout=60)
+                          timeout=60, check=False)
     assert proc.returncode != 0
     assert "SETUP FAILED" in proc.stderr and "no-such-python" in proc.stderr
     assert "apt-get install" in proc.stderr

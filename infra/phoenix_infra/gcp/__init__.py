@@ -37,7 +37,7 @@ class InstanceServiceAccount(pulumi.ComponentResource):
         member = self.account.email.apply(lambda email: f"serviceAccount:{email}")
         self.members = [
             gcp.projects.IAMMember(
-                f"{name}-{role.split('/')[-1].replace('.', '-')}",
+                f"{name}-{role.rsplit('/', maxsplit=1)[-1].replace('.', '-')}",
                 project=settings.project, role=role, member=member, opts=child)
             for role in roles
         ]

@@ -128,7 +128,7 @@ def run(cmd, what, timeout=60, **kw):
     kw.setdefault("capture_output", True)
     kw.setdefault("text", True)
     try:
-        proc = subprocess.run(cmd, timeout=timeout, **kw)
+        proc = subprocess.run(cmd, timeout=timeout, check=False, **kw)
     except subprocess.TimeoutExpired as exc:
         raise InfraError(f"{what} did not finish within {timeout} s") from exc
     if proc.returncode != 0:

@@ -212,7 +212,7 @@ class PostgresProvider(_Provider):
                 f"-k {shlex.quote('{dir}/run')} -c unix_socket_permissions=0600")
         log = os.path.join(props["dir"], "postgres.log")
         last = None
-        for _ in range(10):  # a killed postmaster's backends may need a moment to exit
+        for _i in range(10):  # a killed postmaster's backends may need a moment to exit
             try:
                 self._pg(props, "pg_ctl", ["start", "-w", "-t", "60", "-D", "{dir}/data",
                                            "-l", "{dir}/postgres.log", "-o", opts], "pg_ctl start")

@@ -173,7 +173,7 @@ def _load_module_for(token):
     sdk = {"gcp": "pulumi_gcp", "kubernetes": "pulumi_kubernetes"}.get(package)
     if sdk is None:
         return
-    group, _, version = middle.partition("/")
+    group, _sep, version = middle.partition("/")
     path = group.split(".")[0] + (f".{version}" if sdk == "pulumi_kubernetes" else "")
     with warnings.catch_warnings():  # importing a module warns about its deprecated resources
         warnings.simplefilter("ignore", DeprecationWarning)
