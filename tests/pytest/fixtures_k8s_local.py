@@ -18,8 +18,9 @@ class TempK8sStack(TempLocalStack):
                                        "phoenix-infra:pod_cidr": f"10.215.{n}.0/24",
                                        "phoenix-infra:service_cidr": f"10.216.{n}.0/24"})
 
-    def pid(self, component):
-        return read_pid(self.state_dir / component / "daemon.pid")
+    def pid(self, rel):
+        """The pid of component ``rel`` (e.g. ``kube-scheduler``) from its pidfile."""
+        return read_pid(self.state_dir / rel / "daemon.pid")
 
     def live_pids(self):
         return {c: pid for c in COMPONENTS if pid_alive(pid := self.pid(c), c)}
@@ -37,9 +38,6 @@ class TempK8sStack(TempLocalStack):
                 os.kill(pid, 9)
                 wait_for(lambda: not pid_alive(pid), 10)
         super().cleanup()
-
-
-
 
 
 HELLO_C = r"""
@@ -76,7 +74,8 @@ def build_hello_image(work):
     work = pathlib.Path(work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "hello.c").write_text(HELLO_C)
-    run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)  # noqa: E731
+    def run(*cmd):
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
     run("gcc", "-static", "-Os", "-s", "-o", str(work / "hello"), str(work / "hello.c"))
     layout, bundle = f"{work}/oci", f"{work}/bundle"
     run("umoci", "init", "--layout", layout)

@@ -74,7 +74,8 @@ def generate(directory, *, address, service_ip, node_name):
     after a partial failure does not rotate a CA the cluster already uses);
     a new CA gets new certificates."""
     procs.ensure_dir(directory)
-    path = lambda stem: os.path.join(directory, stem)  # noqa: E731
+    def path(stem):
+        return os.path.join(directory, stem)
     fresh = not os.path.exists(path("ca.crt"))
     if fresh:
         ca_key = _key()
