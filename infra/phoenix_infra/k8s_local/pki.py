@@ -74,6 +74,7 @@ def generate(directory, *, address, service_ip, node_name):
     after a partial failure does not rotate a CA the cluster already uses);
     a new CA gets new certificates."""
     procs.ensure_dir(directory)
+
     def path(stem):
         return os.path.join(directory, stem)
     fresh = not os.path.exists(path("ca.crt"))
