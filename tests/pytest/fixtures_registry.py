@@ -3,7 +3,6 @@ processes on free loopback ports, each with its own config and storage dir, and 
 OCI images made with ``umoci`` (no bake needed). A missing tool fails the test loudly.
 Used by ``bench/registry.py`` too (``RegistryProcess``, ``make_oci_image``)."""
 import json
-import os
 import pathlib
 import shutil
 import signal
@@ -94,7 +93,9 @@ def make_oci_image(layout, tag, files, entrypoint=("/bin/app",)):
     """An OCI layout at ``layout`` with one image ``tag`` whose layer holds ``files`` ({path: text or bytes}).
     Returns the manifest digest."""
     layout = pathlib.Path(layout)
-    run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True, text=True)  # noqa: E731
+
+    def run(*cmd):
+        return subprocess.run(cmd, check=True, capture_output=True, text=True)
     if not (layout / "index.json").exists():
         run("umoci", "init", "--layout", str(layout))
     run("umoci", "new", "--image", "%s:%s" % (layout, tag))

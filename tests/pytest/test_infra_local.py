@@ -243,7 +243,7 @@ def _service_ok(rel, out):
             return conn.execute("SELECT count(*) FROM probe WHERE note = 'restore'").fetchone()[0] == 1
     if rel.startswith("registry"):  # same storage: the probe image pushed above is still there
         url = out["registries"][rel.split("/")[0].split("-")[1]]
-        status, body, _ = http_get(url + "/v2/probe/tags/list")
+        status, body = http_get(url + "/v2/probe/tags/list")[:2]
         return status == 200 and json.loads(body)["tags"] == ["1.0.0"]
     if rel.startswith("haproxy"):
         return http_get(out["load_balancer"]["url"])[0] == 503 and \

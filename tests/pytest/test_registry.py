@@ -11,13 +11,13 @@ from fixtures_registry import client
 
 from ansible_collections.phoenix.deploy.plugins.module_utils import registry as reg_mod
 from ansible_collections.phoenix.deploy.plugins.module_utils.registry import (
-    DigestMismatch, ImageMissing, Registry, RegistryDown, RegistryError, TagCollision)
+    ImageMissing, Registry, RegistryDown, RegistryError, TagCollision)
 
 
 def snapshot(reg):
     """Every file (path, size) of a registry's storage: what 'nothing changed' compares."""
     out = []
-    for root, _, files in os.walk(reg.data):
+    for root, dummy, files in os.walk(reg.data):
         for name in files:
             p = os.path.join(root, name)
             out.append((os.path.relpath(p, reg.data), os.path.getsize(p)))
@@ -61,9 +61,9 @@ def test_copy_by_digest_preserves_the_digest_between_registries(dev_registry, pr
     assert copied.ref == "127.0.0.1:%d/catalog@%s" % (prod_registry.port, digest)
     assert not prod.copy("catalog@" + digest, "catalog:1.2.0", src_registry=dev).changed
     # a second copy of a ~blob already present writes no new blob
-    before = [p for p, _ in snapshot(prod_registry) if "/blobs/" in p]
+    before = [entry[0] for entry in snapshot(prod_registry) if "/blobs/" in entry[0]]
     prod.copy("catalog@" + digest, "catalog:1.2.0_b2", src_registry=dev)
-    assert [p for p, _ in snapshot(prod_registry) if "/blobs/" in p] == before
+    assert [entry[0] for entry in snapshot(prod_registry) if "/blobs/" in entry[0]] == before
 
 
 def test_copy_refuses_a_collision_in_prod_naming_both_digests(dev_registry, prod_registry, oci_image, tmp_path):
@@ -123,7 +123,7 @@ def test_delete_removes_a_manifest_and_prod_refuses(dev_registry, prod_registry,
 
 
 def test_registry_down_fails_before_anything_naming_the_parameter(dev_registry, oci_image):
-    layout, _ = oci_image("5.0.0")
+    layout = oci_image("5.0.0")[0]
     dev = client(dev_registry, param="registries.dev")
     dev_registry.stop()
     for call in (lambda: dev.push(layout, "catalog", "5.0.0"), lambda: dev.tags("catalog"),
@@ -151,7 +151,7 @@ def test_missing_image_names_the_parameter(dev_registry, prod_registry):
     ("/catalog", "not a repository name"), ("cat alog", "not a repository name"), ("", "non-empty"),
 ])
 def test_bad_repository_names_fail_naming_the_parameter(dev_registry, oci_image, repo, why):
-    layout, _ = oci_image("1.0.0")
+    layout = oci_image("1.0.0")[0]
     dev = client(dev_registry)
     before = snapshot(dev_registry)
     with pytest.raises(RegistryError) as err:
@@ -165,7 +165,7 @@ def test_bad_repository_names_fail_naming_the_parameter(dev_registry, oci_image,
     ("1.0.0+b1", "not a version tag"),
 ])
 def test_tags_are_versions(dev_registry, oci_image, tag, why):
-    layout, _ = oci_image("1.0.0")
+    layout = oci_image("1.0.0")[0]
     dev = client(dev_registry)
     with pytest.raises(RegistryError) as err:
         dev.push(layout, "catalog", tag)

@@ -25,16 +25,17 @@ def env(dev_registry, prod_registry, oci_image, tmp_path):
     releases = tmp_path / "releases"
     store = FileReleaseStore(str(releases))
     history = store.load("catalog", "ci")
-    history.live = history.add(Release(history.new_release_id(), "catalog", "ci", VERSION,
-                        client(dev_registry).reference("catalog", digest=digest), "rolling", status="live",
-                        outcome=SUCCEEDED, finished=1.0, analysed="pass")).release_id
+    release = Release(history.new_release_id(), "catalog", "ci", VERSION,
+                      client(dev_registry).reference("catalog", digest=digest), "rolling", status="live",
+                      outcome=SUCCEEDED, finished=1.0, analysed="pass")
+    history.live = history.add(release).release_id
     store.save(history)
     extra = {"registries": {"dev": dev_registry.url, "prod": prod_registry.url},
              "phoenix_release_store": str(releases)}
 
     def play(playbook, *args):
         cmd = ["ansible-playbook", "playbooks/" + playbook, "-e", json.dumps(extra), *args]
-        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
                               env=dict(os.environ, PHOENIX_STATE_DIR=str(tmp_path / "state")))
     return {"play": play, "dev": dev_registry, "prod": prod_registry, "digest": digest}
 
@@ -81,7 +82,7 @@ def test_promote_without_registries_fails_naming_them(env, tmp_path):
     (project / "Pulumi.yaml").write_text("name: phoenix-infra\nruntime: python\n")
     cmd = ["ansible-playbook", "playbooks/promote.yml", "-e", "artifact=catalog", "-e", "version=" + VERSION,
            "-e", "target=oci", "-e", "phoenix_infra_dir=%s" % project]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
                           env=dict(os.environ, PHOENIX_STATE_DIR=str(tmp_path / "state"),
                                    PULUMI_BACKEND_URL="file://%s" % (tmp_path / "backend")))
     out = " ".join(proc.stdout.split())
