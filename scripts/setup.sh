@@ -139,6 +139,10 @@ else
   done_ "installed ($("$ROOT/scripts/install-pulumi.sh" --which))"
 fi
 
-step "kubernetes binaries (k8s-local stack)"; k8s=ok; "$ROOT/scripts/install-kubernetes.sh" --check || { k8s=installed; echo; "$ROOT/scripts/install-kubernetes.sh"; }; done_ "$k8s ($("$ROOT/scripts/install-kubernetes.sh" --which))"
+# --- Kubernetes binaries (k8s-local stack; built once per user) -------------------
+step "kubernetes binaries (k8s-local stack)"
+k8s=ok
+"$ROOT/scripts/install-kubernetes.sh" --check || { k8s=installed; echo; "$ROOT/scripts/install-kubernetes.sh"; }
+done_ "$k8s ($("$ROOT/scripts/install-kubernetes.sh" --which))"
 
 printf '==> setup complete in %ss\n' "$(( $(date +%s) - T0 ))"

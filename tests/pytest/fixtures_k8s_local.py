@@ -3,6 +3,8 @@ real ``infra/`` program in a temp dir: own backend, own state dir, own
 loopback block and pod subnet (see ``fixtures_infra_local.TempLocalStack``)."""
 import os
 import pathlib
+import shutil
+import subprocess
 
 from fixtures_infra_local import TempLocalStack, pid_alive, read_pid, wait_for
 
@@ -18,8 +20,9 @@ class TempK8sStack(TempLocalStack):
                                        "phoenix-infra:pod_cidr": f"10.215.{n}.0/24",
                                        "phoenix-infra:service_cidr": f"10.216.{n}.0/24"})
 
-    def pid(self, component):
-        return read_pid(self.state_dir / component / "daemon.pid")
+    def pid(self, rel):
+        """The pid of component ``rel`` (e.g. ``kube-scheduler``) from its pidfile."""
+        return read_pid(self.state_dir / rel / "daemon.pid")
 
     def live_pids(self):
         return {c: pid for c in COMPONENTS if pid_alive(pid := self.pid(c), c)}
@@ -37,9 +40,6 @@ class TempK8sStack(TempLocalStack):
                 os.kill(pid, 9)
                 wait_for(lambda: not pid_alive(pid), 10)
         super().cleanup()
-
-
-
 
 
 HELLO_C = r"""
@@ -71,12 +71,12 @@ int main(void) {
 def build_hello_image(work):
     """A one-binary OCI image (a static C HTTP server on :8080, uid 65534)
     built with gcc and umoci: ``<work>/oci:v1``."""
-    import shutil
-    import subprocess
     work = pathlib.Path(work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "hello.c").write_text(HELLO_C)
-    run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)  # noqa: E731
+
+    def run(*cmd):
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
     run("gcc", "-static", "-Os", "-s", "-o", str(work / "hello"), str(work / "hello.c"))
     layout, bundle = f"{work}/oci", f"{work}/bundle"
     run("umoci", "init", "--layout", layout)
@@ -91,7 +91,6 @@ def build_hello_image(work):
 
 def push(source, registry_url, repository):
     """Copy ``source`` to the registry (plain HTTP on loopback); return ``host/repo@sha256:...``."""
-    import subprocess
     host = registry_url.split("://", 1)[1].rstrip("/")
     digestfile = pathlib.Path(source.split(":")[1]).parent / "digest"
     subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", "--digestfile", str(digestfile), source,

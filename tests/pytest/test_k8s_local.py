@@ -21,10 +21,6 @@ import pytest
 
 from fixtures_k8s_local import COMPONENTS, TempK8sStack, build_hello_image, pid_alive, push, wait_for
 
-if os.geteuid() != 0:
-    raise RuntimeError("test_k8s_local needs root (kubelet and containerd); run it as root")
-
-
 HOST_PATHS = ("/var/lib/kubelet", "/var/lib/cni")  # fixed paths kubelet and CNI use outside the state dir
 
 
@@ -46,6 +42,8 @@ def _shims(sock):
 
 @pytest.fixture(scope="module")
 def k8s():
+    if os.geteuid() != 0:
+        pytest.fail("test_k8s_local needs root (kubelet and containerd run as root)")
     netns_before = _netns()
     host_before = {p: os.path.lexists(p) for p in HOST_PATHS}
     stack = TempK8sStack()
@@ -113,7 +111,7 @@ def test_up_starts_every_component_and_the_node_goes_ready(k8s):
     assert shown["ca_cert"] == kube["ca_cert"]  # not a secret
     assert kube["token"] not in "".join(k8s.log), "the deployer token leaked into Pulumi's output"
 
-    core, _ = admin(k8s)
+    core = admin(k8s)[0]
     node = core.read_node(f"phoenix-{k8s.name}")
     assert {c.type: c.status for c in node.status.conditions}["Ready"] == "True"
 
@@ -122,7 +120,7 @@ def test_deployment_pulled_by_digest_from_the_dev_registry_answers_http_on_bridg
     out = k8s.outputs()
     image = push(build_hello_image(k8s.tmp / "img"), out["registries"]["dev"], "phoenix-it/hello")
     assert "@sha256:" in image
-    _, apps = deployer(k8s)
+    apps = deployer(k8s)[1]
     ns = out["kubernetes"]["namespace"]
     t0 = time.monotonic()
     apps.create_namespaced_deployment(ns, _deployment("hello", image))
@@ -130,7 +128,7 @@ def test_deployment_pulled_by_digest_from_the_dev_registry_answers_http_on_bridg
     def available():
         status = apps.read_namespaced_deployment("hello", ns).status
         return (status.available_replicas or 0) == 2
-    core, _ = admin(k8s)
+    core = admin(k8s)[0]
     assert wait_for(available, 120, 0.5), json.dumps(
         [{"name": p.metadata.name, "phase": p.status.phase,
           "waiting": [str(c.state.waiting) for c in (p.status.container_statuses or [])]}
@@ -172,17 +170,17 @@ def test_a_killed_component_is_noticed_by_refresh_and_restored_by_up(k8s):
     result = k8s.up()
     assert result.summary.resource_changes.get("update") == 1, result.summary.resource_changes
     assert pid_alive(k8s.pid("kube-scheduler"), "kube-scheduler") and k8s.pid("kube-scheduler") != pid
-    core, _ = admin(k8s)
+    core = admin(k8s)[0]
     assert {c.type: c.status for c in core.read_node(f"phoenix-{k8s.name}").status.conditions}["Ready"] == "True"
 
 
 def test_a_deleted_role_binding_is_noticed_by_refresh_and_made_again_by_up(k8s):
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
-    core, _ = admin(k8s)
+    core = admin(k8s)[0]
     ns = k8s.outputs()["kubernetes"]["namespace"]
     client.RbacAuthorizationV1Api(core.api_client).delete_namespaced_role_binding("phoenix-deployer", ns)
-    deployer_core, _ = deployer(k8s)
+    deployer_core = deployer(k8s)[0]
     with pytest.raises(ApiException) as exc:
         deployer_core.list_namespaced_pod(ns)
     assert exc.value.status == 403

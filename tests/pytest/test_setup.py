@@ -10,7 +10,7 @@ def test_second_setup_is_a_noop(repo_root):
                           cwd=repo_root, check=False)
     assert proc.returncode == 0, proc.stderr
     steps = [ln for ln in proc.stdout.splitlines() if ln.startswith("==> ") and "setup complete" not in ln]
-    assert len(steps) == 7, proc.stdout
+    assert len(steps) == 8, proc.stdout
     did_work = [ln for ln in steps if not re.search(r"\bok\b", ln)]
     assert not did_work, f"setup on a ready machine did work:\n{proc.stdout}"
 

@@ -192,8 +192,8 @@ DEPLOYER_RULES = (
      "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
     {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "create", "update",
-                                                              "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["services"],
+     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
 )
 

@@ -7,6 +7,7 @@ expect) and the admin client (``system:masters``). Plus the RSA key pair
 service-account tokens are signed with."""
 import datetime
 import ipaddress
+import json
 import os
 
 from cryptography import x509
@@ -70,10 +71,14 @@ def _sign(ca_key, ca_cert, subject, *, usage, sans=None):
 def generate(directory, *, address, service_ip, node_name):
     """Write the CA, certificates and keys into ``directory`` (0700, files
     0600); return ``{"ca_cert": PEM}``. Existing files are kept (an ``up``
-    after a partial failure does not rotate a CA the cluster already uses)."""
+    after a partial failure does not rotate a CA the cluster already uses);
+    a new CA gets new certificates."""
     procs.ensure_dir(directory)
-    path = lambda stem: os.path.join(directory, stem)  # noqa: E731
-    if not os.path.exists(path("ca.crt")):
+
+    def path(stem):
+        return os.path.join(directory, stem)
+    fresh = not os.path.exists(path("ca.crt"))
+    if fresh:
         ca_key = _key()
         ca = (_builder(_name("phoenix-local-ca"), _name("phoenix-local-ca"), ca_key.public_key())
               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -96,7 +101,7 @@ def generate(directory, *, address, service_ip, node_name):
     wanted.update({stem: (_name(cn, org), ExtendedKeyUsageOID.CLIENT_AUTH, None)
                    for stem, (cn, org) in CLIENTS.items()})
     for stem, (subject, usage, names) in wanted.items():
-        if os.path.exists(path(f"{stem}.crt")):
+        if os.path.exists(path(f"{stem}.crt")) and not fresh:  # a new CA signs everything again
             continue
         key, cert = _sign(ca_key, ca, subject, usage=usage, sans=names)
         procs.write_private(path(f"{stem}.key"), _pem_key(key))
@@ -111,7 +116,6 @@ def generate(directory, *, address, service_ip, node_name):
 
 def kubeconfig(server, ca_file, *, user, cert_file=None, key_file=None, token=None):
     """A kubeconfig (JSON is YAML) for one user of the local cluster."""
-    import json
     creds = {"token": token} if token else {"client-certificate": cert_file, "client-key": key_file}
     return json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "phoenix",
