@@ -645,18 +645,27 @@ class Executor:
             raise StepFailed("%s is failing: %s" % (name, health.summary()), "health")
         return health
 
+    #: consecutive health checks a group must miss during verification
+    #: before it fails (as HAProxy's ``fall 3`` and Kubernetes' default
+    #: ``failureThreshold``); a crash loop fails at once
+    VERIFY_MISSES = 3
+
     def verify(self, role: str, duration: float) -> None:
         name = self.name(role)
         end = self.clock.now() + duration
+        misses = 0
         while True:
             health = self._check_failing(name)
             group = self.observed(name)
-            if group is None or health.ready < group.size:
-                raise StepFailed("%s did not stay healthy during verification: %s"
-                                 % (name, health.summary()), "health")
-            if self.clock.now() >= end:
+            if group is None:
+                raise StepFailed("%s disappeared during verification" % name, "health")
+            misses = misses + 1 if health.ready < group.size else 0
+            if misses >= self.VERIFY_MISSES:
+                raise StepFailed("%s did not stay healthy during verification: %s "
+                                 "(%d checks in a row)" % (name, health.summary(), misses), "health")
+            if self.clock.now() >= end and not misses:
                 return
-            self._sleep(min(self.interval, end - self.clock.now()))
+            self._sleep(min(self.interval, max(end - self.clock.now(), 0)) or self.interval)
 
     def _window(self, name: str, seconds: float, subject: Optional[str] = None):
         """Wait ``seconds``, then judge that window of ``name``."""

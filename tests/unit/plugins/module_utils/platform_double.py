@@ -235,7 +235,7 @@ class FakePlatform(Platform):
              "release_id": release_id, "image": image, "env": dict(env),
              "instances": [], "weight": 0, "pending": None, "attached": True,
              "detach_at": None, "deleting_at": None, "draining": False,
-             "owner": owner}
+             "owner": owner, "created": self.clock.now()}
         g["instances"] = [self._new_instance(g) for _index in range(size)]
         self.table[name] = g
         self._logged("create_group", name, size)
@@ -255,7 +255,16 @@ class FakePlatform(Platform):
         self._fail("health")
         g = self._group(group)
         now, beh, out = self.clock.now(), self._beh(g), []
-        for inst in g["instances"]:
+        g["health_calls"] = g.get("health_calls", 0) + 1
+        # flap_every N: every Nth health call of the group, its first instance
+        # misses one health check; unready_after T: all instances stop being
+        # ready T seconds after the group was created (and stay so)
+        flap = beh.get("flap_every") and g["health_calls"] % beh["flap_every"] == 0
+        gone = beh.get("unready_after") is not None and now >= g["created"] + beh["unready_after"]
+        for index, inst in enumerate(g["instances"]):
+            if (flap and index == 0) or gone:
+                out.append(InstanceHealth(inst["name"], STARTING, "health check failing"))
+                continue
             up = now >= inst["started"] + self.start_delay
             if g["draining"]:
                 out.append(InstanceHealth(inst["name"], DRAINING, "draining"))

@@ -272,6 +272,26 @@ def test_failed_health_and_progress_deadline_roll_back(env):
     assert [r.outcome for r in history.releases] == [SUCCEEDED, ROLLED_BACK, ROLLED_BACK]
 
 
+def test_one_missed_health_check_during_verification_is_not_a_failure(env):
+    """A loaded machine misses a health check now and then (HAProxy marks a
+    server down only after 3 failed checks in a row); verification fails on
+    an instance that stays unready, not on a single miss."""
+    env().deploy("1.0.0", "sha256:a", 2)
+    env.platform.behaviour["sha256:b"] = {"flap_every": 3}
+    result = env().deploy("1.1.0", "sha256:b", 2, "blue_green", {"verify_period": 30})
+    assert not result.failed and result.state == LIVE, result.msg
+    assert_converged(env, "1.1.0")
+
+
+def test_an_instance_that_stays_unready_fails_verification(env):
+    env().deploy("1.0.0", "sha256:a", 2)
+    env.platform.behaviour["sha256:b"] = {"unready_after": 15}
+    result = env().deploy("1.1.0", "sha256:b", 2, "blue_green", {"verify_period": 60})
+    assert result.failed and "did not stay healthy during verification" in result.msg, result.msg
+    assert "0/2 ready" in result.msg and "3 checks in a row" in result.msg, result.msg
+    assert_converged(env, "1.0.0")
+
+
 def test_first_release_failing_leaves_nothing(env):
     env.platform.behaviour["sha256:crash"] = {"crash": True}
     result = env().deploy("1.0.0", "sha256:crash", 2)
