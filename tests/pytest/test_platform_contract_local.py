@@ -41,7 +41,7 @@ class LocalSubject(Subject):
 
     def send(self, n):
         host, port = self.url.split("//")[1].rstrip("/").split(":")
-        for _ in range(n):
+        for _request in range(n):
             conn = http.client.HTTPConnection(host, int(port), timeout=10)
             try:
                 conn.request("GET", "/healthz", headers={"Host": "catalog"})
