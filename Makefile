@@ -9,18 +9,21 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo   - set up, provision the local stack, run the main job, print where things are"
-	@echo "make test   - set up, then sanity + unit + integration tests"
+	@echo "make test   - set up, then sanity, galaxy-importer, ansible-lint, antsibull-docs, unit + integration tests"
 	@echo "make bench  - benchmarks (table on stdout, results in bench/results/)"
-	@echo "make setup  - install what is missing (Debian packages, .venv, Pulumi CLI)"
+	@echo "make setup  - install what is missing (Debian packages, .venv, Galaxy tools, Pulumi CLI, Kubernetes)"
 	@echo "make destroy - tear the local demo down"
 
 setup:
 	@scripts/setup.sh
 
-demo: setup
+# the demo needs no Kubernetes: its binaries are built by `make setup`/`make test` only
+demo:
+	@scripts/setup.sh --no-kubernetes
 	@$(ENV) scripts/demo.sh
 
-destroy: setup
+destroy:
+	@scripts/setup.sh --no-kubernetes
 	@$(ENV) scripts/demo.sh --destroy
 
 test: setup

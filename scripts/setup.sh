@@ -4,6 +4,11 @@
 # Preflight runs first so that a machine missing something we cannot install
 # fails within seconds with the exact fix, never half-way through a run.
 set -euo pipefail
+# --no-kubernetes: leave out the Kubernetes binaries (a 15-25 min build the
+# first time; `make demo` does not need them, `make test` does)
+WITH_K8S=1
+if [[ "${1:-}" == "--no-kubernetes" ]]; then WITH_K8S=0; shift; fi
+[[ $# -eq 0 ]] || { echo "usage: scripts/setup.sh [--no-kubernetes]" >&2; exit 2; }
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -141,8 +146,12 @@ fi
 
 # --- Kubernetes binaries (k8s-local stack; built once per user) -------------------
 step "kubernetes binaries (k8s-local stack)"
-k8s=ok
-"$ROOT/scripts/install-kubernetes.sh" --check || { k8s=installed; echo; "$ROOT/scripts/install-kubernetes.sh"; }
-done_ "$k8s ($("$ROOT/scripts/install-kubernetes.sh" --which))"
+if [[ $WITH_K8S == 0 ]]; then
+  done_ "left out (--no-kubernetes)"
+else
+  k8s=ok
+  "$ROOT/scripts/install-kubernetes.sh" --check || { k8s=installed; echo; "$ROOT/scripts/install-kubernetes.sh"; }
+  done_ "$k8s ($("$ROOT/scripts/install-kubernetes.sh" --which))"
+fi
 
 printf '==> setup complete in %ss\n' "$(( $(date +%s) - T0 ))"
