@@ -22,6 +22,8 @@ import time
 
 import pytest
 
+from fixtures_bake import http
+
 TOOLS = ("containerd", "ctr", "runc", "containerd-shim-runc-v2")
 NAMESPACE = "phoenix-test"
 
@@ -203,3 +205,20 @@ def containerd():
     finally:
         daemon.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def wait_http(url, container, timeout=60, want=200):
+    """GET ``url`` until it answers ``want``; fails at once when the container exits."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if container.exited():
+            raise AssertionError("container exited before %s answered:\n%s" % (url, container.output()))
+        try:
+            last = http("GET", url, timeout=2)
+            if last[0] == want:
+                return last
+        except OSError as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError("%s: no %d after %ss (last %r):\n%s" % (url, want, timeout, last, container.output()))

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from fixtures_bake import CATALOG_SOURCE, GIT_HASH, ROOT, free_port, http, make_writable
+from fixtures_containerd import wait_http
 from fixtures_registry import client, make_oci_image
 
 from ansible_collections.phoenix.deploy.plugins.module_utils import images, oci, versioning
@@ -184,22 +185,6 @@ def test_module_oci_cache_hit(catalog_oci_image, catalog_oci_store, tmp_path):
 
 
 # --- the image really runs: containerd + runc -------------------------------------
-
-def wait_http(url, container, timeout=60, want=200):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        if container.exited():
-            raise AssertionError("container exited before %s answered:\n%s" % (url, container.output()))
-        try:
-            last = http("GET", url, timeout=2)
-            if last[0] == want:
-                return last
-        except OSError as exc:
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError("%s: no %d after %ss (last %r):\n%s" % (url, want, timeout, last, container.output()))
-
 
 def task_pid(containerd, cid):
     for line in containerd.ctr("tasks", "ls").stdout.splitlines()[1:]:

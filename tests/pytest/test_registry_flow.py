@@ -1,16 +1,18 @@
 """The container flow end to end with the registries of a real local stack: bake
 (target oci) -> push to the dev registry -> promote by digest to the prod registry
 (playbooks/promote.yml -e target=oci, registries read from the stack outputs) ->
-refuse a tag collision and ``latest``. The ci deploy that qualifies the digest is
-recorded in the release store as the rollout would record it (containers are run by
-the OCI tests, under containerd)."""
+run the promoted image, pulled by digest from prod, under containerd/runc with the
+environment the platform injects (real HTTP answers) -> refuse a tag collision and
+``latest``. The ci deploy that qualifies the digest is recorded in the release store
+as the rollout would record it (no container rollout driver exists yet)."""
 import json
 import os
 import subprocess
 
 import pytest
 
-from fixtures_bake import ROOT
+from fixtures_bake import GIT_HASH, ROOT, free_port, http
+from fixtures_containerd import wait_http
 from fixtures_infra_local import TempLocalStack
 from fixtures_registry import make_oci_image
 
@@ -55,7 +57,7 @@ def flat(text):
 
 
 def test_bake_push_promote_by_digest_refuse_collision_and_latest(ci_stack, catalog_oci_image, catalog_oci_store,
-                                                                 tmp_path):
+                                                                 containerd, bake_postgres, tmp_path):
     result = catalog_oci_image[0]
     image = result["image"]
     version, tag, digest = image["version"], image["oci"]["tag"], image["id"]
@@ -88,6 +90,19 @@ def test_bake_push_promote_by_digest_refuse_collision_and_latest(ci_stack, catal
     layers = json.loads(dev.manifest("catalog", digest=digest)[0])["layers"]
     assert [layer["digest"] for layer in json.loads(prod.manifest("catalog", digest=digest)[0])["layers"]] == \
         [layer["digest"] for layer in layers]
+
+    # the promoted bytes really run: pulled from prod by digest, under containerd + runc
+    containerd.pull(prod_ref, plain_http=True)
+    assert containerd.image_digest(prod_ref) == digest
+    port = free_port()
+    container = containerd.run(prod_ref, dict(bake_postgres.env(), PORT=str(port), BIND="127.0.0.1",
+                                              DRAIN_TIMEOUT="5"))
+    try:
+        wait_http("http://127.0.0.1:%d/healthz" % port, container)
+        status, doc = http("GET", "http://127.0.0.1:%d/version" % port)
+        assert status == 200 and doc["version"] == version and doc["git_hash"] == GIT_HASH, doc
+    finally:
+        container.stop(timeout=20)
 
     latest = play(ci_stack, state, "promote.yml", "-e", "artifact=catalog", "-e", "version=latest",
                   "-e", "target=oci")
