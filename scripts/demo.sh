@@ -42,7 +42,9 @@ python scripts/traffic.py "$LB" --host $ARTIFACT --path /items --seconds 150 --r
 traffic_pid=$!
 ap playbooks/deploy.yml -e artifact=$ARTIFACT -e environment=$ENVIRONMENT -e version=1.1.0+demo.b2 -e strategy=canary
 kill "$traffic_pid" 2>/dev/null || true; wait "$traffic_pid" 2>/dev/null || true
-[[ -s "$TRAFFIC" ]] && python -c "import json,sys; d=json.load(open(sys.argv[1])); print('    traffic during the canary: %(requests)d requests, %(errors)d errors' % d)" "$TRAFFIC" || true
+if [[ -s "$TRAFFIC" ]]; then
+  python -c "import json,sys; d=json.load(open(sys.argv[1])); print('    traffic during the canary: %(requests)d requests, %(errors)d errors' % d)" "$TRAFFIC" || true
+fi
 
 say "4/5 bake a bad 1.2.0 (50 % HTTP 500 baked in) and deploy it as a canary: analysis must roll it back"
 ap playbooks/bake.yml -e artifact=$ARTIFACT -e version=1.2.0+demo.b3 -e '{"fault": {"error_rate": 0.5}}'

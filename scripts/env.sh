@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Environment for every phoenix.deploy command (sourced by the Makefile and
 # the test suite). Offline Pulumi: file backend inside the project state
 # dir, no update checks, no plugin downloads.

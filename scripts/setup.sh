@@ -14,7 +14,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 TOOLS="$ROOT/.tools"
 VENV="$ROOT/.venv"
-APT_PACKAGES=(haproxy postgresql packer ca-certificates)
+APT_PACKAGES=(haproxy postgresql packer ca-certificates shellcheck)
 APT_PACKAGES+=(skopeo docker-registry umoci)  # registries: push, promote by digest (tests make images with umoci)
 APT_PACKAGES+=(mmdebstrap runc containerd)  # OCI bake without a daemon (mmdebstrap base layer, umoci); images run under containerd/runc
 APT_PACKAGES+=(containernetworking-plugins gcc libc6-dev)  # k8s-local: CNI bridge, a static pause image

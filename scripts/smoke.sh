@@ -16,7 +16,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 usage() { echo "usage: scripts/smoke.sh <environment> [--artifact NAME] [--version VERSION] [--requests N] [--url URL]" >&2
-          echo "       environments: $(cd "$ROOT/inventories" && ls -d -- */ | tr -d / | tr '\n' ' ')" >&2
+          echo "       environments: $(find "$ROOT/inventories" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort | tr '\n' ' ')" >&2
           exit 2; }
 
 [[ $# -ge 1 && "$1" != -* ]] || usage
