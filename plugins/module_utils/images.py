@@ -803,6 +803,25 @@ def _rename_exchange(a, b):
     raise OSError(err, os.strerror(err), a)
 
 
+
+def _publish(store, req, staging, doc, existing):
+    """Write ``image.json`` into the finished ``staging`` dir, make it read-only
+    and move it to its final path (an atomic exchange when a forced rebake
+    replaces an image); returns that path."""
+    _write_json(os.path.join(staging, IMAGE_JSON), doc)
+    _make_read_only(staging)
+    final = store.path(req.target, req.artifact, req.name)
+    if existing is not None and os.path.lexists(final):
+        _swap(staging, final)
+    else:
+        try:
+            os.rename(staging, final)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise ImmutabilityError("image %s appeared while baking; run again" % req.name)
+            raise
+    return final
+
 def _swap(staging, final):
     """Put the bundle at ``staging`` in place of the one at ``final`` so that a crash at any point
     leaves the old or the new bundle at ``final`` (after :meth:`ImageStore.clean_debris`).
@@ -866,21 +885,9 @@ def _run_bake(req, runner, existing):
                                     "as %s: the build is not reproducible and the name may not change content; "
                                     "bake a new version instead" % (req.name, doc["content_digest"],
                                                                     existing["content_digest"]), "force")
-        _write_json(os.path.join(staging, IMAGE_JSON), doc)
-        _make_read_only(staging)
-        final = store.path(req.target, req.artifact, req.name)
-        if existing is not None and os.path.lexists(final):
-            _swap(staging, final)
-        else:
-            try:
-                os.rename(staging, final)
-            except OSError as exc:
-                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise ImmutabilityError("image %s appeared while baking; run again" % req.name)
-                raise
+        doc["path"] = _publish(store, req, staging, doc, existing)
         staging = None
-        doc["path"] = final
-        verify_image(final, doc["id"] if req.target == "local" else None)
+        verify_image(doc["path"], doc["id"] if req.target == "local" else None)
         return doc
     except PackerError as exc:
         raise ImageError(exc.msg)
@@ -1019,21 +1026,9 @@ def _run_oci_bake(req, existing):
             raise ImmutabilityError("rebuilding image %s (force) gave manifest digest %s, but the image was baked "
                                     "as %s: the name may not change content; bake a new version instead"
                                     % (req.name, digest, existing["manifest_digest"]), "force")
-        _write_json(os.path.join(staging, IMAGE_JSON), doc)
-        _make_read_only(staging)
-        final = store.path(req.target, req.artifact, req.name)
-        if existing is not None and os.path.lexists(final):
-            _swap(staging, final)
-        else:
-            try:
-                os.rename(staging, final)
-            except OSError as exc:
-                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise ImmutabilityError("image %s appeared while baking; run again" % req.name)
-                raise
+        doc["path"] = _publish(store, req, staging, doc, existing)
         staging = None
-        doc["path"] = final
-        verify_image(final, digest)
+        verify_image(doc["path"], digest)
         return doc
     finally:
         if staging and os.path.lexists(staging):

@@ -15,10 +15,11 @@ import subprocess
 import urllib.error
 import urllib.request
 
-from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 
 from phoenix_infra.k8s_local import pki
 from phoenix_infra.local import procs
+from phoenix_infra.local.providers import _Provider
 
 PAUSE_IMAGE = "localhost/phoenix/pause:v1"
 PAUSE_C = r"""
@@ -32,22 +33,6 @@ int main(void) {
   return 0;
 }
 """
-
-
-class _Provider(ResourceProvider):
-    KEYS = ()
-    REPLACE = ()
-    serialize_as_secret_always = False
-
-    def alive(self, outs):
-        return True
-
-    def diff(self, _id, olds, news):
-        changed = [k for k in self.KEYS if olds.get(k) != news.get(k)]
-        if not self.alive(olds):
-            changed.append("running")
-        replaces = [k for k in changed if k in self.REPLACE]
-        return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=bool(replaces))
 
 
 def _umount_under(path):
@@ -239,10 +224,6 @@ class DaemonProvider(_Provider):
         self._start(news, old=olds)
         return UpdateResult(self._outs(news))
 
-    def read(self, id_, props):
-        if not os.path.isdir(props["dir"]):
-            return ReadResult(None, {})
-        return ReadResult(id_, {**props, "running": self.alive(props)})
 
     def delete(self, _id, props):
         self.stop(props)

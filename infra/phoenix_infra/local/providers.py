@@ -49,6 +49,12 @@ class _Provider(ResourceProvider):
         return DiffResult(changes=bool(changed), replaces=replaces,
                           delete_before_replace=bool(replaces))
 
+    def read(self, id_, props):
+        """A process resource: gone with its dir; ``running`` tells refresh whether it lives."""
+        if not os.path.isdir(props["dir"]):
+            return ReadResult(None, {})
+        return ReadResult(id_, {**props, "running": self.alive(props)})
+
 
 # --------------------------------------------------------------------------- network
 
@@ -504,10 +510,6 @@ class HAProxyProvider(_Provider):
         self._apply(news, old=olds)
         return UpdateResult(self._outs(news))
 
-    def read(self, id_, props):
-        if not os.path.isdir(props["dir"]):
-            return ReadResult(None, {})
-        return ReadResult(id_, {**props, "running": self.alive(props)})
 
     def delete(self, _id, props):
         procs.stop_pid(procs.read_pid(self._paths(props)["pid"]), "haproxy", timeout=15)
@@ -608,10 +610,6 @@ class SupervisordProvider(_Provider):
         self._start(news)
         return UpdateResult(self._outs(news))
 
-    def read(self, id_, props):
-        if not os.path.isdir(props["dir"]):
-            return ReadResult(None, {})
-        return ReadResult(id_, {**props, "running": self.alive(props)})
 
     def delete(self, _id, props):
         # SIGTERM: supervisord stops its programs, then exits; programs a dead

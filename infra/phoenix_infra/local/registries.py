@@ -17,7 +17,7 @@ import subprocess
 import urllib.error
 import urllib.request
 
-from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
+from pulumi.dynamic import CreateResult, UpdateResult
 
 from phoenix_infra.local import procs
 from phoenix_infra.local.providers import _Provider
@@ -131,10 +131,6 @@ class RegistryProvider(_Provider):
             raise
         return UpdateResult(self._outs(news))
 
-    def read(self, id_, props):
-        if not os.path.isdir(props["dir"]):
-            return ReadResult(None, {})
-        return ReadResult(id_, {**props, "running": self.alive(props)})
 
     def delete(self, _id, props):
         self._stop(props)
