@@ -803,7 +803,6 @@ def _rename_exchange(a, b):
     raise OSError(err, os.strerror(err), a)
 
 
-
 def _publish(store, req, staging, doc, existing):
     """Write ``image.json`` into the finished ``staging`` dir, make it read-only
     and move it to its final path (an atomic exchange when a forced rebake
@@ -821,6 +820,7 @@ def _publish(store, req, staging, doc, existing):
                 raise ImmutabilityError("image %s appeared while baking; run again" % req.name)
             raise
     return final
+
 
 def _swap(staging, final):
     """Put the bundle at ``staging`` in place of the one at ``final`` so that a crash at any point

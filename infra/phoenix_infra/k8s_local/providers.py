@@ -224,7 +224,6 @@ class DaemonProvider(_Provider):
         self._start(news, old=olds)
         return UpdateResult(self._outs(news))
 
-
     def delete(self, _id, props):
         self.stop(props)
         self._remove_host_paths(props)

@@ -510,7 +510,6 @@ class HAProxyProvider(_Provider):
         self._apply(news, old=olds)
         return UpdateResult(self._outs(news))
 
-
     def delete(self, _id, props):
         procs.stop_pid(procs.read_pid(self._paths(props)["pid"]), "haproxy", timeout=15)
         procs.remove_tree(props["dir"])
@@ -609,7 +608,6 @@ class SupervisordProvider(_Provider):
     def update(self, _id, olds, news):
         self._start(news)
         return UpdateResult(self._outs(news))
-
 
     def delete(self, _id, props):
         # SIGTERM: supervisord stops its programs, then exits; programs a dead

@@ -131,7 +131,6 @@ class RegistryProvider(_Provider):
             raise
         return UpdateResult(self._outs(news))
 
-
     def delete(self, _id, props):
         self._stop(props)
         procs.remove_tree(props["dir"])
