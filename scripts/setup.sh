@@ -77,34 +77,28 @@ else
   done_ ok
 fi
 
-# --- project virtualenv -------------------------------------------------------
-step "virtualenv .venv (requirements.lock)"
-want="$(cat requirements.txt requirements.lock | sha256sum | cut -c1-16)-$("$PYTHON" -V 2>&1)"
-if [[ -f "$VENV/.phoenix-stamp" && "$(cat "$VENV/.phoenix-stamp")" == "$want" ]]; then
-  done_ ok
-else
-  [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$VENV/bin/python" -m pip install -q -r requirements.txt -c requirements.lock
-  echo "$want" > "$VENV/.phoenix-stamp"
+# --- virtualenvs: the project's, and the Galaxy/lint tools' ---------------------
+# venv DIR REQUIREMENTS LOCK: (re)install when the two files or the Python changed.
+venv() {
+  local dir="$1" req="$2" lock="$3" want
+  want="$(cat "$req" "$lock" | sha256sum | cut -c1-16)-$("$PYTHON" -V 2>&1)"
+  if [[ -f "$dir/.phoenix-stamp" && "$(cat "$dir/.phoenix-stamp")" == "$want" ]]; then
+    done_ ok
+    return
+  fi
+  [[ -x "$dir/bin/python" ]] || "$PYTHON" -m venv "$dir"
+  "$dir/bin/python" -m pip install -q --upgrade pip >/dev/null
+  "$dir/bin/python" -m pip install -q -r "$req" -c "$lock"
+  echo "$want" > "$dir/.phoenix-stamp"
   done_ installed
-fi
+}
+step "virtualenv .venv (requirements.lock)"
+venv "$VENV" requirements.txt requirements.lock
 
-# --- Galaxy and lint tools (own virtualenv) -------------------------------------
 # galaxy-importer, ansible-lint and antsibull-docs for `make test`. A virtualenv
 # of their own: galaxy-importer needs attrs<24, which .venv's lock cannot take.
-GVENV="$TOOLS/galaxy-venv"
 step "galaxy tools .tools/galaxy-venv (requirements-galaxy.lock)"
-gwant="$(cat requirements-galaxy.txt requirements-galaxy.lock | sha256sum | cut -c1-16)-$("$PYTHON" -V 2>&1)"
-if [[ -f "$GVENV/.phoenix-stamp" && "$(cat "$GVENV/.phoenix-stamp")" == "$gwant" ]]; then
-  done_ ok
-else
-  [[ -x "$GVENV/bin/python" ]] || "$PYTHON" -m venv "$GVENV"
-  "$GVENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$GVENV/bin/python" -m pip install -q -r requirements-galaxy.txt -c requirements-galaxy.lock
-  echo "$gwant" > "$GVENV/.phoenix-stamp"
-  done_ installed
-fi
+venv "$TOOLS/galaxy-venv" requirements-galaxy.txt requirements-galaxy.lock
 
 # --- the collection on the collections path ----------------------------------
 step "collection phoenix.deploy -> .tools/collections"

@@ -151,14 +151,6 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def _sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 16), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _walk(root, ignore=True):
     """Sorted (relpath, kind, extra) entries below root: kind d/f/l; extra = exec bit + sha | link target."""
     entries = []
@@ -182,7 +174,7 @@ def _walk(root, ignore=True):
             if stat.S_ISLNK(st.st_mode):
                 entries.append((rel, "l", os.readlink(full)))
             elif stat.S_ISREG(st.st_mode):
-                entries.append((rel, "f", ("x" if st.st_mode & 0o111 else "-") + _sha256_file(full)))
+                entries.append((rel, "f", ("x" if st.st_mode & 0o111 else "-") + oci.sha256_file(full)))
             else:
                 entries.append((rel, "?", "%o" % stat.S_IFMT(st.st_mode)))
     entries.sort()
@@ -213,7 +205,7 @@ def _walk_modes(root):
             elif stat.S_ISDIR(st.st_mode):
                 entries.append((rel, "d", mode))
             elif stat.S_ISREG(st.st_mode):
-                entries.append((rel, "f", mode + " " + _sha256_file(full)))
+                entries.append((rel, "f", mode + " " + oci.sha256_file(full)))
             else:
                 entries.append((rel, "?", "%o" % st.st_mode))
     entries.sort()
@@ -839,15 +831,22 @@ def _swap(staging, final):
     _rmtree(staging)
 
 
+def _new_staging(req):
+    """A fresh 0755 staging dir beside the artifact's images (``.staging-*``:
+    debris the next bake under the artifact lock removes if this one dies)."""
+    adir = req.store.artifact_dir(req.target, req.artifact)
+    os.makedirs(adir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix="%s%s-" % (STAGING_PREFIX, req.name), dir=adir)
+    os.chmod(staging, 0o755)
+    return staging
+
+
 def _run_bake(req, runner, existing):
     if req.target == "oci":
         return _run_oci_bake(req, existing)
     store = req.store
-    adir = store.artifact_dir(req.target, req.artifact)
-    os.makedirs(adir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix="%s%s-" % (STAGING_PREFIX, req.name), dir=adir)
+    staging = _new_staging(req)
     try:
-        os.chmod(staging, 0o755)
         rootfs = os.path.join(staging, "rootfs")
         manifest_path = os.path.join(staging, "manifest.json")
         build = runner.build(req.template, TARGETS[req.target], req.packer_vars(image_root=rootfs), manifest_path)
@@ -984,11 +983,8 @@ def _run_oci_bake(req, existing):
     """Base layer (cached by its inputs) + one app layer built by the roles -> an OCI image layout."""
     t0 = time.monotonic()
     store = req.store
-    adir = store.artifact_dir(req.target, req.artifact)
-    os.makedirs(adir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix="%s%s-" % (STAGING_PREFIX, req.name), dir=adir)
+    staging = _new_staging(req)
     try:
-        os.chmod(staging, 0o755)
         try:
             base = oci.ensure_base(os.path.join(store.root, ".oci-base"), req.oci["base_spec"])
             scratch = os.path.join(staging, "build")

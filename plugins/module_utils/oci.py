@@ -104,7 +104,8 @@ def run(cmd, what, timeout=STEP_TIMEOUT, env=None, cwd=None):
     return proc.stdout
 
 
-def _sha256_file(path):
+def sha256_file(path):
+    """Hex sha256 of a file, read in 1 MiB chunks (blobs, bundle files)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -119,7 +120,7 @@ def _apt_sources():
         paths = sorted(glob.glob(os.path.join(top, "*"))) if os.path.isdir(top) else [top]
         for p in paths:
             if os.path.isfile(p):
-                out.append((p, _sha256_file(p)))
+                out.append((p, sha256_file(p)))
     return out
 
 
@@ -355,7 +356,7 @@ def verify_layout(layout, tag):
         path = _blob(layout, desc["digest"])
         if not os.path.isfile(path):
             raise OciError("OCI layout %s is missing blob %s" % (layout, desc["digest"]))
-        if os.path.getsize(path) != desc.get("size") or "sha256:" + _sha256_file(path) != desc["digest"]:
+        if os.path.getsize(path) != desc.get("size") or "sha256:" + sha256_file(path) != desc["digest"]:
             raise OciError("OCI layout %s: blob %s does not match its digest or size (modified after baking)"
                            % (layout, desc["digest"]))
         if manifest is None:

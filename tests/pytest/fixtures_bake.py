@@ -70,10 +70,11 @@ def bake_store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bake():
-    """bake(store, version, **vars) -> engine result (a real Packer run unless cached)."""
-    def _bake(store, version, force=False, check_mode=False, **variables):
-        req = images.BakeRequest("catalog", version, str(CATALOG_SOURCE), store=str(store), project_dir=str(ROOT),
-                                 variables=variables, force=force)
+    """bake(store, version, **vars) -> engine result (a real Packer run unless cached;
+    ``target="oci"``: an mmdebstrap + umoci bake)."""
+    def _bake(store, version, force=False, check_mode=False, target="local", **variables):
+        req = images.BakeRequest("catalog", version, str(CATALOG_SOURCE), target=target, store=str(store),
+                                 project_dir=str(ROOT), variables=variables, force=force)
         return images.bake(req, check_mode=check_mode)
     return _bake
 

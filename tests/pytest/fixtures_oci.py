@@ -2,14 +2,15 @@
 
 ``catalog_oci_store`` keeps its base layer cache (``<store>/.oci-base``) for the whole session, so only the
 first bake builds the base; ``catalog_oci_image`` is catalog 1.0.0 baked there."""
+import functools
 import os
 import time
 
 import pytest
 
-from fixtures_bake import CATALOG_SOURCE, GIT_HASH, ROOT, make_writable
+from fixtures_bake import GIT_HASH, make_writable
 
-from ansible_collections.phoenix.deploy.plugins.module_utils import oci, images
+from ansible_collections.phoenix.deploy.plugins.module_utils import oci
 
 OCI_TOOLS = ("umoci", "mmdebstrap")
 
@@ -31,13 +32,9 @@ def catalog_oci_store(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def oci_bake():
+def oci_bake(bake):
     """oci_bake(store, version, **vars) -> engine result of a target oci bake of catalog."""
-    def _bake(store, version, force=False, check_mode=False, **variables):
-        req = images.BakeRequest("catalog", version, str(CATALOG_SOURCE), target="oci", store=str(store),
-                                 project_dir=str(ROOT), variables=variables, force=force)
-        return images.bake(req, check_mode=check_mode)
-    return _bake
+    return functools.partial(bake, target="oci")
 
 
 @pytest.fixture(scope="session")
