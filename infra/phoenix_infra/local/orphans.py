@@ -84,6 +84,21 @@ def server_state(sock, backend, name):
     return (srv["op_state"], srv["admin"]) if srv else None
 
 
+def serving(sock, backend, name):
+    """True when HAProxy sends ``backend/name`` traffic and its last check
+    passed: ``show stat`` status exactly UP (not "UP 1/2", a server going
+    down) and check L7OK -- what the rollout driver counts as ready. A
+    server HAProxy does not know (or an unreachable HAProxy) is not waited on."""
+    text = _runtime(sock, f"show stat {backend} 4 -1")
+    if text is None:
+        return True
+    try:
+        row = procs.haproxy.parse_stat(text, backend).get(name)
+    except procs.haproxy.RuntimeAPIError:
+        return True
+    return row is None or (row.get("status") == "UP" and row.get("check_status") == "L7OK")
+
+
 def healthy(meta):
     return procs.healthy(meta["address"], int(meta["port"]))
 
@@ -127,8 +142,7 @@ def _ready(lb_sock, drained, names, timeout=15):
     for name in names:
         backend, server = drained.names[name]
         _runtime(lb_sock, f"set server {backend}/{server} state ready")
-    procs.wait_until(lambda: all((server_state(lb_sock, *drained.names[n]) or (2, 0))[0] == 2
-                                 for n in names), timeout, 0.1)
+    procs.wait_until(lambda: all(serving(lb_sock, *drained.names[n]) for n in names), timeout, 0.1)
     for name in names:
         drained.names.pop(name, None)
     drained.save()
