@@ -13,9 +13,11 @@ documents bundled in google-api-python-client (no network)::
 Every request is checked against the discovery document before anything
 happens: method by HTTP verb + path template, path/query parameters (required,
 typed, enums, patterns; unknown ones refused), and the JSON body against the
-method's request schema, recursively (unknown fields, types, enums, and
-output-only fields — ``readOnly`` or a description starting "[Output Only]" —
-refused).  A refused request answers HTTP 400 (404 for an unknown method) in
+method's request schema, recursively (unknown fields, types and formats,
+enums, ``pattern``s, fields the schema's ``annotations.required`` lists for
+the method missing, and output-only fields — ``readOnly`` or a description
+starting "[Output Only]" / "Output only." — refused; Google ignores those
+silently, the fake is stricter so a driver never relies on sending them).  A refused request answers HTTP 400 (404 for an unknown method) in
 Google's error JSON shape, with a message naming the field, and is appended
 to ``fake.violations``; ``fake.check()`` raises listing them (call it at the
 end of a test).  Responses are checked against the response schema too.

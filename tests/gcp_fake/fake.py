@@ -189,14 +189,20 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
         except Invalid as exc:
             raise ValueError(str(exc)) from None
         with self._lock:
-            return copy.deepcopy(self._create(collection, schema, region or self.region if scope == "region"
-                                              else "global", body))
+            try:
+                return copy.deepcopy(self._create(collection, schema, region or self.region if scope == "region"
+                                                  else "global", body))
+            except ApiError as exc:
+                raise ValueError(str(exc)) from None
 
     def add_image(self, name, project=None, family=None):
         """A READY image ``projects/<project>/global/images/<name>``."""
         body = {"name": name, "family": family} if family else {"name": name}
         with self._lock:
-            res = self._create("images", "Image", "global", body, project=project or self.project)
+            try:
+                res = self._create("images", "Image", "global", body, project=project or self.project)
+            except ApiError as exc:
+                raise ValueError(str(exc)) from None
             res["status"] = "READY"
         return res["selfLink"]
 

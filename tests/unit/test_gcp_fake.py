@@ -111,6 +111,24 @@ def test_bad_enum_refused(fake, compute):
     assert "body.updatePolicy.type is 'SOMETIMES', expected one of OPPORTUNISTIC, PROACTIVE" in message
 
 
+def test_required_field_and_pattern_refused(fake, compute):
+    body = template_body(fake)
+    del body["properties"]["machineType"]
+    status, message, _reason = error_of(lambda: compute.instanceTemplates().insert(
+        project=fake.project, body=body).execute())
+    assert status == 400 and ("body.properties: required field 'machineType' of InstanceProperties is missing "
+                              "(required by compute.instanceTemplates.insert)") in message
+    image = fake.link("global/images/catalog-1-0-0")
+    status, message, _reason = error_of(lambda: compute.instanceTemplates().insert(
+        project=fake.project, body=template_body(fake, "catalog-" + "x" * 60, image=image)).execute())
+    assert status == 400 and "body.name is 'catalog-xxx" in message and "does not match the pattern" in message
+    body = template_body(fake, "t2", image=image)
+    body["properties"]["tags"]["items"] = ["Not_A_Tag"]
+    status, message, _reason = error_of(lambda: compute.instanceTemplates().insert(
+        project=fake.project, body=body).execute())
+    assert "body.properties.tags.items[0] is 'Not_A_Tag', which does not match the pattern" in message
+
+
 def test_missing_required_parameter_refused(fake):
     # googleapiclient refuses it client-side; the fake must refuse a raw request too
     response, content = fake.http.request(
