@@ -66,6 +66,9 @@ Public API (small on purpose):
 - ``fake.crash_loop(mig, errors=True)`` / ``fake.heal(mig)``;
   ``fake.set_healthy_after(polls, mig=None)``
 - ``fake.add_time_series(series_dict)``, ``fake.add_bucket(name)``
+- ``fake.hook = fn(method_id, phase)``: called before ("before") and after
+  ("after": the effect is applied, the answer not yet sent) every valid
+  request; raise in it to kill a controller at any API call
 - ``fake.calls`` (``collections.Counter`` by method id), ``fake.log``
   (``[(method id, HTTP status)]``), ``fake.violations``, ``fake.check()``
 """

@@ -117,6 +117,10 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
         self.calls = collections.Counter()
         self.violations = []
         self.log = []
+        #: ``hook(method_id, phase)`` is called for every valid request with
+        #: phase "before" (no effect yet) and "after" (effect applied, answer
+        #: not sent); raising there simulates a controller killed mid-call
+        self.hook = None
         self._lock = threading.RLock()
         self._rand = random.Random(seed)
         self._ids = iter(range(10 ** 15, 10 ** 16))
@@ -252,6 +256,8 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
                 self.violations.append(str(exc))
                 self.log.append((label, exc.status))
                 return self._answer(exc.status, error_body(exc.status, str(exc), exc.reason))
+            if self.hook is not None:
+                self.hook(method.id, "before")
             injected = self._injected.get(method.id)
             if injected and injected[0][0] == "http":
                 _kind, status, reason, message = injected.pop(0)
@@ -271,6 +277,8 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
             except ApiError as exc:
                 self.log.append((method.id, exc.status))
                 return self._answer(exc.status, error_body(exc.status, str(exc), exc.reason))
+            if self.hook is not None:
+                self.hook(method.id, "after")
             if result is None:
                 self.log.append((method.id, 204))
                 return self._answer(204, b"")

@@ -344,6 +344,24 @@ def test_injected_errors_in_google_shape(fake, compute):
         fake.inject("compute.urlMaps.explode", 503)
 
 
+def test_hook_kills_a_controller_after_the_effect(fake, compute):
+    class Killed(BaseException):
+        pass
+
+    def hook(method_id, phase):
+        if method_id == "compute.healthChecks.insert" and phase == "after":
+            raise Killed()
+    fake.hook = hook
+    with pytest.raises(Killed):
+        compute.healthChecks().insert(project=fake.project, body={"name": "hc", "type": "TCP",
+                                                                  "tcpHealthCheck": {"port": 80}}).execute()
+    fake.hook = None
+    assert fake.names("healthChecks") == ["hc"]  # applied, though the caller never saw the answer
+    status, _message, reason = error_of(lambda: compute.healthChecks().insert(
+        project=fake.project, body={"name": "hc", "type": "TCP", "tcpHealthCheck": {"port": 80}}).execute())
+    assert (status, reason) == (409, "alreadyExists")
+
+
 def test_failed_operation(fake, compute):
     fake.op_polls = 1
     fake.fail_operation("compute.healthChecks.insert", code="QUOTA_EXCEEDED", message="Quota 'HEALTH_CHECKS' exceeded")
