@@ -65,7 +65,10 @@ Public API (small on purpose):
   the operation ends DONE with ``error`` and no effect
 - ``fake.crash_loop(mig, errors=True)`` / ``fake.heal(mig)``;
   ``fake.set_healthy_after(polls, mig=None)``
-- ``fake.add_time_series(series_dict)``, ``fake.add_bucket(name)``
+- ``fake.add_time_series(series_dict)`` (same labels: points added to one
+  series); ``gcp_fake.monitoring`` builds the load balancer's series
+  (``request_count``, ``backend_latencies`` with its exponential buckets);
+  ``fake.add_bucket(name)``, ``fake.object_data(bucket, name)``
 - ``fake.hook = fn(method_id, phase)``: called before ("before") and after
   ("after": the effect is applied, the answer not yet sent) every valid
   request; raise in it to kill a controller at any API call
@@ -74,4 +77,5 @@ Public API (small on purpose):
 """
 
 from .discovery import Invalid, output_only  # noqa: F401
+from . import monitoring  # noqa: F401
 from .fake import ApiError, GoogleFake, error_body  # noqa: F401

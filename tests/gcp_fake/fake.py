@@ -229,7 +229,13 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
         ``metric.type`` and labels and a point lies in the interval."""
         api = self.apis["monitoring.googleapis.com"]
         api.check_value(series, {"$ref": "TimeSeries"}, "add_time_series", request=False)
-        self._series.append(copy.deepcopy(series))
+        key = json.dumps({k: v for k, v in series.items() if k != "points"}, sort_keys=True)
+        with self._lock:
+            for known in self._series:  # the same metric and labels: one series, more points
+                if json.dumps({k: v for k, v in known.items() if k != "points"}, sort_keys=True) == key:
+                    known.setdefault("points", []).extend(copy.deepcopy(series.get("points", [])))
+                    return
+            self._series.append(copy.deepcopy(series))
 
     def check(self):
         """Raise AssertionError listing every request the schema refused."""
@@ -270,9 +276,9 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
                     result = self._failed_op(method, params, status, code, message)
                 else:
                     handler = getattr(self, "_" + method.id.replace(".", "_"), None)
-                    if handler is None:
-                        raise ApiError(501, "the fake does not implement %s (the request was valid)" % method.id,
-                                       "notImplemented")
+                    if handler is None:  # loud, never an HTTP 5xx a driver would retry
+                        raise NotImplementedError("gcp_fake does not implement %s (the request itself was valid)"
+                                                  % method.id)
                     result = handler(params, data, media) if media is not None else handler(params, data)
             except ApiError as exc:
                 self.log.append((method.id, exc.status))
@@ -646,8 +652,8 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
         zones = ((mig.get("distributionPolicy") or {}).get("zones") or [])
         zones = [z["zone"].rsplit("/", 1)[-1] for z in zones if z.get("zone")] or self.zones
         while len(state["instances"]) < want:
-            name = "%s-%s" % (mig["baseInstanceName"], "".join(self._rand.choice("abcdefghijklmnopqrstuvwxyz0123456789")
-                                                                 for _i in range(4)))
+            suffix = "".join(self._rand.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _i in range(4))
+            name = "%s-%s" % (mig["baseInstanceName"], suffix)
             zone = zones[len(state["instances"]) % len(zones)]
             state["instances"].append({
                 "name": name, "id": str(next(self._ids)), "born": state["polls"], "zone": zone,

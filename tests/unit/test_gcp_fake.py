@@ -517,3 +517,24 @@ def test_monitoring_filter_and_interval(fake):
     assert "aggregation.perSeriesAligner='ALIGN_SOMETIMES' is not one of ALIGN_NONE" in content.decode()
     with pytest.raises(Exception, match="expected an object"):
         fake.add_time_series({"metric": "request_count"})
+
+
+def test_monitoring_builders_one_series_per_labels(fake):
+    from gcp_fake import monitoring as lbm
+    api = fake.build("monitoring", "v3")
+    end = 1_800_000_000.0
+    for minute in range(3):
+        fake.add_time_series(lbm.request_count(fake.project, "catalog-ci-v002", end + 60 * minute, 100))
+        fake.add_time_series(lbm.backend_latencies(fake.project, "catalog-ci-v002", end + 60 * minute,
+                                                   [0.5, 10.0, 10.0, 300.0]))
+    got = api.projects().timeSeries().list(
+        name="projects/" + fake.project, interval_startTime=lbm.rfc3339(end - 1), interval_endTime=lbm.rfc3339(end + 600),
+        filter='metric.type = "%s" AND resource.type = "https_lb_rule" AND '
+               'resource.labels.backend_service_name = "catalog-ci-v002"' % lbm.BACKEND_LATENCIES).execute()
+    (series,) = got["timeSeries"]
+    assert len(series["points"]) == 3 and series["valueType"] == "DISTRIBUTION"
+    dist = series["points"][0]["value"]["distributionValue"]
+    assert dist["count"] == "4" and dist["mean"] == pytest.approx(80.125)
+    counts = [int(c) for c in dist["bucketCounts"]]
+    # 0.5 ms underflows; 10 ms is in [1.4**6, 1.4**7) = bucket 7; 300 ms in [1.4**16, 1.4**17) = bucket 17
+    assert counts[0] == 1 and counts[7] == 2 and counts[17] == 1 and sum(counts) == 4
