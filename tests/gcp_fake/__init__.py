@@ -61,6 +61,7 @@ Public API (small on purpose):
 - ``fake.inject(method_id, status, times=1, reason=None, message=None)``: the
   next calls of e.g. ``"compute.urlMaps.patch"`` answer 412/429/503/...
   (``reason="resourceNotReady"`` for GCE's RESOURCE_NOT_READY)
+- ``fake.clear_injections(method_id=None)``: drop unused injections
 - ``fake.fail_operation(method_id, code="QUOTA_EXCEEDED", status=403, times=1)``:
   the operation ends DONE with ``error`` and no effect
 - ``fake.crash_loop(mig, errors=True)`` / ``fake.heal(mig)``;

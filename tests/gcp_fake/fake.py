@@ -156,6 +156,13 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
         for _i in range(times):
             self._injected[method_id].append(("http", status, reason, message))
 
+    def clear_injections(self, method_id=None):
+        """Drop what ``inject`` / ``fail_operation`` left unused (of one method, or all)."""
+        if method_id is None:
+            self._injected.clear()
+        else:
+            self._injected.pop(method_id, None)
+
     def fail_operation(self, method_id, code="QUOTA_EXCEEDED", message=None, status=403, times=1):
         """The next ``times`` calls of ``method_id`` return an operation that
         ends DONE with ``error.errors[0].code == code`` and no effect."""

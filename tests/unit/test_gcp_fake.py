@@ -340,6 +340,9 @@ def test_injected_errors_in_google_shape(fake, compute):
         project=fake.project, body={"name": "x", "loadBalancingScheme": "EXTERNAL_MANAGED"}).execute())
     assert (status, reason, message) == (400, "resourceNotReady", "RESOURCE_NOT_READY")
     assert fake.calls["compute.urlMaps.get"] == 4
+    fake.inject("compute.urlMaps.get", 503, times=5)
+    fake.clear_injections("compute.urlMaps.get")
+    assert compute.urlMaps().get(project=fake.project, urlMap="catalog-ci-lb").execute()["name"] == "catalog-ci-lb"
     with pytest.raises(ValueError, match="unknown method id"):
         fake.inject("compute.urlMaps.explode", 503)
 
