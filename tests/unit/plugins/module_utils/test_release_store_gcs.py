@@ -228,6 +228,13 @@ def test_make_store_picks_gcs_and_refuses_malformed_locations(tmp_path, monkeypa
         targets.make_store({"store": "s3://bucket"}, {})
 
 
+def test_file_store_refuses_a_url_instead_of_making_a_gs_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreError, match="'gs://phoenix-releases/x' is a URL, not a directory"):
+        FileReleaseStore("gs://phoenix-releases/x")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_without_credentials_the_error_names_them(tmp_path, monkeypatch):
     import google.auth.compute_engine._metadata as metadata
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
