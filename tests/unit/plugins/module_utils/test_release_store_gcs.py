@@ -175,6 +175,29 @@ def test_stale_lock_recoverers_racing_one_wins(fake):
     assert lock.recovered_from.release_id == "v003"
 
 
+def test_history_replaced_between_metadata_and_content_is_read_consistently(fake):
+    store = store_on(fake)
+    history = store.load("catalog", "ci")
+    history.add(release("v001"))
+    store.save(history)
+    other = store_on(fake)
+    newer = other.load("catalog", "ci")
+    newer.add(release("v002"))
+    gets = []
+
+    def hook(method_id, phase):
+        if method_id == "storage.objects.get" and phase == "before":
+            gets.append(1)
+            if len(gets) == 2:  # after the metadata read, before the content read
+                fake.hook = None
+                other.save(newer)
+    fake.hook = hook
+    loaded = store_on(fake).load("catalog", "ci")
+    # the content read asked for the generation it had seen (404), so the store read again
+    assert [r.release_id for r in loaded.releases] == ["v001", "v002"] and loaded.revision == 2
+    assert ("storage.objects.get", 404) in fake.log
+
+
 def test_transient_errors_surface_as_transient(fake):
     store = store_on(fake)
     fake.inject("storage.objects.get", 503)
