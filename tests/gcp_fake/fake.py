@@ -167,6 +167,9 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
         """The next ``times`` calls of ``method_id`` return an operation that
         ends DONE with ``error.errors[0].code == code`` and no effect."""
         self._known(method_id)
+        method = self.apis["compute.googleapis.com"].by_id(method_id) if method_id.startswith("compute.") else None
+        if method is None or method.response_schema() != "Operation":
+            raise ValueError("fail_operation: %s does not return a compute operation" % method_id)
         for _i in range(times):
             self._injected[method_id].append(("operation", status, code, message))
 
@@ -423,8 +426,6 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
             op["httpErrorStatusCode"], op["httpErrorMessage"] = status, _STATUS.get(status, "ERROR")
 
     def _failed_op(self, method, params, status, code, message):
-        if not method.id.startswith("compute.") or (method.response_schema() != "Operation"):
-            raise ValueError("fail_operation only for compute methods that return an operation")
         self._scope(params)
         return self._operation(method, params, error=(status, code, message or "injected %s" % code))
 
@@ -455,10 +456,14 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
 
     def _generic_get(self, method, params):
         collection, _schema, _scope = self._resource_of(method)
-        scope = self._scope(params)
         name = params[method.spec["parameterOrder"][-1]]
-        if collection == "images" and params["project"] != self.project:
-            scope = params["project"]
+        if collection == "images" and params["project"] != self.project:  # public images (add_image(project=))
+            res = self._res[("images", params["project"])].get(name)
+            if res is None:
+                raise ApiError(404, "The resource 'projects/%s/global/images/%s' was not found"
+                               % (params["project"], name))
+            return copy.deepcopy(res)
+        scope = self._scope(params)
         res = self._find(collection, scope, name)
         if collection == "instanceGroupManagers":
             return self._mig_view(res)

@@ -431,6 +431,14 @@ def test_other_region_or_project_is_404(fake, compute):
     assert status == 404
     assert compute.images().get(project="phoenix-fake", image=fake.add_image("img")
                                 .rsplit("/", 1)[1]).execute()["status"] == "READY"
+    public = fake.add_image("debian-12", project="debian-cloud", family="debian-12")
+    assert public == "https://www.googleapis.com/compute/v1/projects/debian-cloud/global/images/debian-12"
+    assert compute.images().get(project="debian-cloud", image="debian-12").execute()["family"] == "debian-12"
+    assert error_of(lambda: compute.images().get(project="debian-cloud", image="nope").execute())[0] == 404
+    wait(compute, fake, compute.instanceTemplates().insert(project=fake.project,
+                                                           body=template_body(fake, "t", image=public)).execute())
+    with pytest.raises(ValueError, match="does not return a compute operation"):
+        fake.fail_operation("compute.urlMaps.get")
 
 
 # ------------------------------------------------------------------ storage
