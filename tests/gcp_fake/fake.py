@@ -478,7 +478,10 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
             if not found:
                 raise ApiError(400, "filter %r: the fake understands only 'name eq <regex>' / 'name ne <regex>'" % flt)
             want = found.group(1) == "eq"
-            items = [i for i in items if bool(re.fullmatch(found.group(2), i["name"])) == want]
+            try:
+                items = [i for i in items if bool(re.fullmatch(found.group(2), i["name"])) == want]
+            except re.error as exc:
+                raise ApiError(400, "Invalid value for field 'filter': %r (%s)" % (flt, exc)) from None
         items.sort(key=lambda i: i["name"])
         start = int(params.get("pageToken") or 0)
         size = int(params.get("maxResults") or 500)
@@ -523,9 +526,8 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
         check = getattr(self, "_check_" + collection, None)
         if check:
             check(merged, scope)
-        merged["fingerprint"] = self._fingerprint(merged) if "fingerprint" in res else None
-        if merged["fingerprint"] is None:
-            del merged["fingerprint"]
+        if "fingerprint" in res:
+            merged["fingerprint"] = self._fingerprint(merged)
         self._res[(collection, scope)][name] = merged
         return self._operation(method, params, merged)
 
