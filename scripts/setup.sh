@@ -147,5 +147,13 @@ else
   "$ROOT/scripts/install-kubernetes.sh" --check || { k8s=installed; echo; "$ROOT/scripts/install-kubernetes.sh"; }
   done_ "$k8s ($("$ROOT/scripts/install-kubernetes.sh" --which))"
 fi
+step "gateway API CRDs (k8s-local stack)"
+if [[ $WITH_K8S == 0 ]]; then
+  done_ "left out (--no-kubernetes)"
+else
+  gw=ok
+  "$ROOT/scripts/install-gateway-api.sh" --check || { gw=installed; echo; "$ROOT/scripts/install-gateway-api.sh"; }
+  done_ "$gw ($("$ROOT/scripts/install-gateway-api.sh" --which))"
+fi
 
 printf '==> setup complete in %ss\n' "$(( $(date +%s) - T0 ))"
