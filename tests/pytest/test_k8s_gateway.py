@@ -4,8 +4,8 @@ Gateway ``phoenix``, an HAProxy on a loopback port and the gateway
 controller; HTTPRoute weights then carry real traffic to real pods (two
 "releases" of the hello image), status follows HAProxy, a deleted pod's
 server goes MAINT with 0 failed requests, a missing Service is reported, a
-killed controller is noticed by refresh and restored by up, destroy removes
-it all.
+killed controller (or HAProxy) is noticed by refresh and restored by up,
+destroy removes it all.
 
 One module-scoped stack; tests run in file order. Traffic goes only to the
 stack's loopback address (the gateway) and pod IPs on the stack's bridge."""
@@ -339,6 +339,26 @@ def test_a_killed_controller_is_noticed_by_refresh_restored_by_up_and_status_cat
     assert conds is not None and conds["Accepted"]["status"] == "True"
     weights = {n.split(".")[0]: s["weight"] for n, s in _servers(k8s).items() if not s["admin"] & 1}
     assert weights == {"hello-v1": 50, "hello-v2": 50}
+
+
+def test_a_killed_haproxy_is_restored_by_up_and_the_controller_adds_the_servers_again(k8s):
+    pidfile = k8s.state_dir / "gateway-haproxy" / "haproxy.pid"
+    pid = read_pid(pidfile)
+    before = {n: (s["address"], s["weight"]) for n, s in _servers(k8s).items() if not s["admin"] & 1}
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: not pid_alive(pid), 10)
+    k8s.refresh()
+    assert _resource_outputs(k8s, "gateway-haproxy")["running"] is False
+    result = k8s.up()
+    assert result.summary.resource_changes.get("update") == 1, result.summary.resource_changes
+    t0 = time.monotonic()
+    assert wait_for(lambda: {n: (s["address"], s["weight"]) for n, s in _servers(k8s).items()} == before, 10, 0.05)
+    print(f"\nHAProxy restarted by up: servers back {time.monotonic() - t0:.2f} s after up returned")
+    assert set(_tally(k8s.gw["url"]["catalog"], 40)) == {"hello-v1", "hello-v2"}
+    controller = read_pid(k8s.state_dir / "gateway-controller" / "daemon.pid")
+    with open(f"/proc/{controller}/status") as fh:
+        rss = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+    print(f"gateway controller RSS: {rss / 1024:.0f} MB")
 
 
 # --------------------------------------------------------------------------- destroy
