@@ -344,6 +344,7 @@ def test_a_killed_controller_is_noticed_by_refresh_restored_by_up_and_status_cat
 def test_a_killed_haproxy_is_restored_by_up_and_the_controller_adds_the_servers_again(k8s):
     pidfile = k8s.state_dir / "gateway-haproxy" / "haproxy.pid"
     pid = read_pid(pidfile)
+
     def serving():  # slots are numbered afresh in a new HAProxy (its counters start at 0 anyway)
         return sorted((n.split(".")[0], s["address"], s["weight"]) for n, s in _servers(k8s).items()
                       if not s["admin"] & 1)
