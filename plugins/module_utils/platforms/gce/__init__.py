@@ -1,0 +1,102 @@
+# -*- coding: utf-8 -*-
+# Copyright: phoenix.deploy contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The GCE platform: a regional managed instance group per release behind the
+global external Application Load Balancer, metrics from Cloud Monitoring.
+
+* ``api``: the googleapiclient client (static discovery, ADC credentials or an
+  injected ``http``), error classification, operation waits,
+* ``driver``: what the roles share (config, groups, URL map edits),
+* ``metrics``: the Cloud Monitoring metrics provider.
+
+``GcePlatform(infra, ...)`` is the ``Platform`` of the three GCE roles.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
+    GroupManager, Platform, PlatformError, TrafficRouter)
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.gce.api import (
+    Api, missing_dependencies)
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.gce.driver import (
+    GceConfig, GceDriver, parse_image)
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.gce.metrics import (
+    CANARY_STEPS, GceMetrics)
+
+__all__ = ["GcePlatform", "GceDriver", "GceGroups", "GceTraffic", "GceMetrics", "GceConfig",
+           "Api", "PlatformError", "parse_image", "missing_dependencies", "CANARY_STEPS"]
+
+
+class GceGroups(GroupManager):
+    """Groups are instance template + regional MIG + backend service."""
+
+    name = "gce"
+    poll_interval = GceDriver.poll_interval
+
+    def __init__(self, driver: GceDriver):
+        self.driver = driver
+
+    def resolve_image(self, ref, artifact=None):
+        """``projects/<p>/global/images/<name>`` (or its full URL) -> that path;
+        anything else is refused naming the ``image`` parameter."""
+        return self.driver.resolve_image(ref, artifact)
+
+    def create_group(self, artifact, environment, release_id, image, size, env,
+                     name=None, owner=None):
+        return self.driver.create_group(artifact, environment, release_id, image, size, env,
+                                        name=name, owner=owner)
+
+    def resize(self, group, size):
+        return self.driver.resize(group, size)
+
+    def health(self, group):
+        return self.driver.health(group)
+
+    def config_inputs(self):
+        return self.driver.config_inputs()
+
+    def destroy(self, group):
+        return self.driver.destroy(group)
+
+    def list_groups(self, artifact, environment):
+        return self.driver.list_groups(artifact, environment)
+
+
+class GceTraffic(TrafficRouter):
+    """Weights are ``weightedBackendServices`` of the artifact's route in the
+    URL map; the load balancer applies them eventually, so ``verify_weights``
+    says False (the URL map reads otherwise) or None (cannot tell)."""
+
+    name = "gce"
+
+    def __init__(self, driver: GceDriver):
+        self.driver = driver
+        self.settle_time = driver.config.settle_time
+
+    def set_weights(self, weights):
+        return self.driver.set_weights(weights)
+
+    def verify_weights(self, weights):
+        return self.driver.verify_weights(weights)
+
+    def drain_and_detach(self, group):
+        return self.driver.drain_and_detach(group)
+
+
+class GcePlatform(Platform):
+    """The GCE roles over one ``GceDriver``.  ``http`` (tests) replaces the
+    credentials; without it Application Default Credentials are used at the
+    first API call, never before (a plan needs none)."""
+
+    def __init__(self, infra: dict, http=None, credentials=None, clock=None,
+                 api: Optional[Api] = None):
+        driver = GceDriver(infra, http=http, credentials=credentials, clock=clock, api=api)
+        self.driver = driver
+        Platform.__init__(self, GceGroups(driver), GceTraffic(driver), GceMetrics(driver),
+                          name="gce")
+
+    @property
+    def api(self):
+        return self.driver.api
