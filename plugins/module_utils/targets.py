@@ -9,6 +9,7 @@ store, and the image a version resolves to (verified before anything runs).
 from __future__ import annotations
 
 import os
+import re
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils import images, versioning
@@ -52,8 +53,11 @@ def _check_secrets(infra):
                            "project_path and stack instead of infra", param="infra")
 
 
+#: a GCE image self-link (the gce driver's resolve_image checks it exactly)
+_GCE_IMAGE = re.compile(r"^(https://[a-z.]+/compute/v1/)?projects/[^/@]+/global/images/[^/@]+$")
+
 #: the drivers that exist, by ``infra.platform``
-DRIVERS = ("local",)
+DRIVERS = ("local", "gce")
 
 
 def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0, clock=None):
@@ -66,6 +70,10 @@ def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0, cl
         _check_dependencies(platform, local.missing_dependencies())
         return local.LocalPlatform(infra, image_store=image_store, drain_timeout=drain_timeout,
                                    clock=clock)
+    if platform in ("gce", "gcp"):
+        from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import gce
+        _check_dependencies("gce", gce.missing_dependencies())
+        return gce.GcePlatform(infra, clock=clock)
     raise PhoenixError("infra.platform: %r has no driver yet; allowed: %s"
                        % (platform, ", ".join(DRIVERS)), param="infra")
 
@@ -102,15 +110,17 @@ def resolve_image(artifact: str, version, image, image_store=None) -> dict:
     store = images.ImageStore(image_store or images.default_store())
     digest = None
     if image:
-        if is_oci_ref(str(image)):  # the driver decides whether it can run it (resolve_image)
+        if is_oci_ref(str(image)) or _GCE_IMAGE.match(str(image)):
+            # the driver decides whether it can run it (resolve_image)
             repo, _sep, digest = str(image).partition("@")
             return {"ref": str(image), "version": version, "name": repo, "path": None,
-                    "digest": digest}
+                    "digest": digest or None}
         name, _sep, digest = str(image).partition("@")
         if not name or "/" in name:
             raise PhoenixError("image: %r; give a baked image name (e.g. catalog-v1-4-0--abc1234-b7), "
                                "optionally with @sha256:<content digest>, or an OCI reference "
-                               "registry/repository@sha256:<64 hex digits>" % (image,), param="image")
+                               "registry/repository@sha256:<64 hex digits>, or a GCE image self-link "
+                               "projects/<project>/global/images/<name>" % (image,), param="image")
     else:
         if version is None:
             raise PhoenixError("version or image is required for action deploy", param="version")
