@@ -49,6 +49,16 @@ def parse_time(text: str) -> float:
     return stamp.timestamp() + frac
 
 
+def _inside(point: dict, start: float, end: float) -> bool:
+    """A point counts for the window when its interval ends inside ``(start, end]``
+    (aligned deltas: each request is counted in exactly one of two adjacent windows)."""
+    try:
+        stamp = parse_time(point["interval"]["endTime"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return start < stamp <= end + 1e-6
+
+
 def bucket_bounds(options: dict, count: int) -> list:
     """``[(lower, upper)]`` of each of ``count`` buckets (underflow and overflow included)."""
     if "explicitBuckets" in options:
@@ -121,7 +131,7 @@ class GceMetrics(MetricsProvider):
         if end <= start:
             return Metrics(window=0.0)
         counts = self._series(group, REQUEST_COUNT, start, end, ["metric.labels.response_code_class"])
-        points = [(s, p) for s in counts for p in s.get("points") or []]
+        points = [(s, p) for s in counts for p in s.get("points") or [] if _inside(p, start, end)]
         if not points:
             return Metrics(window=0.0)
         newest = max(parse_time(p["interval"]["endTime"]) for _s, p in points)
@@ -137,7 +147,8 @@ class GceMetrics(MetricsProvider):
                 errors += value
         latency = None
         dists = [p.get("value", {}).get("distributionValue") for s in
-                 self._series(group, BACKEND_LATENCIES, start, end) for p in s.get("points") or []]
+                 self._series(group, BACKEND_LATENCIES, start, end) for p in s.get("points") or []
+                 if _inside(p, start, end)]
         dists = [d for d in dists if d and d.get("bucketCounts")]
         if dists:
             width = max(len(d["bucketCounts"]) for d in dists)
