@@ -106,8 +106,13 @@ class Api:
         if not matches:
             known = (" (this path knows %s)" % ", ".join(sorted(verbs))) if verbs else ""
             raise Invalid("%s API has no method %s %s%s" % (self.name, verb, path, known), status=404, reason="notFound")
-        method, found = max(matches, key=lambda m: (not m[0].media or "/upload/" in path, m[0].literal))
-        values = {name: urllib.parse.unquote(value) for name, value in zip(method.names, found.groups())}
+        candidates = []
+        for method, found in matches:
+            values = {name: urllib.parse.unquote(value) for name, value in zip(method.names, found.groups())}
+            # ``{+name}`` paths of several resources (projects/, folders/...) differ only by the pattern
+            fits = all(re.fullmatch(method.parameters.get(n, {}).get("pattern") or ".*", v) for n, v in values.items())
+            candidates.append(((fits, method.literal), method, values))
+        _key, method, values = max(candidates, key=lambda c: c[0])
         return method, values
 
     # -- parameters ------------------------------------------------------------

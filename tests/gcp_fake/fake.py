@@ -265,13 +265,16 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
             except ApiError as exc:
                 self.log.append((method.id, exc.status))
                 return self._answer(exc.status, error_body(exc.status, str(exc), exc.reason))
+            if result is None:
+                self.log.append((method.id, 204))
+                return self._answer(204, b"")
             self.log.append((method.id, 200))
             if isinstance(result, bytes):  # media download
                 return self._answer(200, result, "application/octet-stream")
             ref = method.response_schema()
-            if ref and result is not None:
+            if ref:
                 api.check_value(result, {"$ref": ref}, "fake response of %s" % method.id, request=False)
-            return self._answer(200, json.dumps(result if result is not None else {}).encode())
+            return self._answer(200, json.dumps(result).encode())
 
     @staticmethod
     def _answer(status, content, ctype="application/json; charset=UTF-8"):
@@ -750,6 +753,146 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
         except ApiError as exc:
             return {"result": {"loadSucceeded": False, "loadErrors": [str(exc)]}}
         return {"result": {"loadSucceeded": True, "testPassed": True}}
+
+    # storage ---------------------------------------------------------------------
+    def _bucket(self, params):
+        bucket = self._buckets.get(params["bucket"])
+        if bucket is None:
+            raise ApiError(404, "The specified bucket does not exist.")
+        return bucket
+
+    @staticmethod
+    def _preconditions(params, current):
+        generation = int(current["generation"]) if current else 0
+        metageneration = int(current["metageneration"]) if current else 0
+        checks = (("ifGenerationMatch", generation, True), ("ifGenerationNotMatch", generation, False),
+                  ("ifMetagenerationMatch", metageneration, True), ("ifMetagenerationNotMatch", metageneration, False))
+        for name, value, equal in checks:
+            if params.get(name) is not None and (int(params[name]) == value) != equal:
+                raise ApiError(412, "At least one of the pre-conditions you specified did not hold.",
+                               "conditionNotMet")
+
+    def _object_view(self, bucket, obj):
+        meta = {k: v for k, v in obj.items() if k != "data"}
+        meta.update(kind="storage#object", bucket=bucket, size=str(len(obj["data"])),
+                    id="%s/%s/%s" % (bucket, obj["name"], obj["generation"]),
+                    md5Hash=base64.b64encode(hashlib.md5(obj["data"]).digest()).decode(),
+                    etag=base64.b64encode(("%s/%s" % (obj["generation"], obj["metageneration"])).encode()).decode(),
+                    selfLink="https://www.googleapis.com/storage/v1/b/%s/o/%s" % (
+                        bucket, urllib.parse.quote(obj["name"], safe="")),
+                    mediaLink="https://storage.googleapis.com/download/storage/v1/b/%s/o/%s?generation=%s&alt=media"
+                    % (bucket, urllib.parse.quote(obj["name"], safe=""), obj["generation"]))
+        return meta
+
+    def _storage_objects_get(self, params, _data):
+        objects = self._bucket(params)
+        obj = objects.get(params["object"])
+        if obj is None or params.get("generation") not in (None, obj["generation"]):
+            raise ApiError(404, "No such object: %s/%s" % (params["bucket"], params["object"]))
+        self._preconditions(params, obj)
+        if params.get("alt") == "media":
+            return bytes(obj["data"])
+        return self._object_view(params["bucket"], obj)
+
+    def _storage_objects_insert(self, params, data, media=None):
+        if media is None:
+            raise ApiError(400, "storage.objects.insert needs the object data (a media or multipart upload)")
+        objects = self._bucket(params)
+        name = params.get("name") or (data or {}).get("name")
+        if not name:
+            raise ApiError(400, "Required object name (the name parameter or metadata.name) is missing", "required")
+        self._preconditions(params, objects.get(name))
+        self._generation += self._rand.randrange(1, 1000)
+        now = _stamp()
+        obj = {"name": name, "generation": str(self._generation), "metageneration": "1", "data": bytes(media),
+               "contentType": (data or {}).get("contentType") or "application/octet-stream",
+               "timeCreated": now, "updated": now, "storageClass": "STANDARD"}
+        if (data or {}).get("metadata"):
+            obj["metadata"] = dict(data["metadata"])
+        objects[name] = obj
+        return self._object_view(params["bucket"], obj)
+
+    def _storage_objects_delete(self, params, _data):
+        objects = self._bucket(params)
+        obj = objects.get(params["object"])
+        if obj is None or params.get("generation") not in (None, obj["generation"]):
+            raise ApiError(404, "No such object: %s/%s" % (params["bucket"], params["object"]))
+        self._preconditions(params, obj)
+        del objects[params["object"]]
+        return None
+
+    def _storage_objects_list(self, params, _data):
+        objects = self._bucket(params)
+        names = sorted(n for n in objects if n.startswith(params.get("prefix") or ""))
+        start = int(params.get("pageToken") or 0)
+        size = int(params.get("maxResults") or 1000)
+        out = {"kind": "storage#objects",
+               "items": [self._object_view(params["bucket"], objects[n]) for n in names[start:start + size]]}
+        if start + size < len(names):
+            out["nextPageToken"] = str(start + size)
+        return out
+
+    def object_data(self, bucket, name):
+        """Content of a stored object (bytes) or None."""
+        obj = self._buckets.get(bucket, {}).get(name)
+        return None if obj is None else bytes(obj["data"])
+
+    # monitoring ------------------------------------------------------------------
+    _CLAUSE = re.compile(r'\s*(metric\.type|resource\.type|(?:metric|resource)\.labels?\.[A-Za-z0-9_]+)\s*=\s*"([^"]*)"\s*')
+
+    def _monitoring_projects_timeSeries_list(self, params, _data):
+        if params["name"] != "projects/%s" % self.project:
+            raise ApiError(404, "Project %r not found (the fake serves projects/%s)" % (params["name"], self.project))
+        flt = params.get("filter")
+        if not flt:
+            raise ApiError(400, "Field filter had an invalid value: a filter is required")
+        if not params.get("interval.endTime"):
+            raise ApiError(400, "Field interval.endTime had an invalid value: an end time is required")
+        wanted = {}
+        for clause in flt.split(" AND "):
+            found = self._CLAUSE.fullmatch(clause)
+            if not found:
+                raise ApiError(400, "filter clause %r: the fake understands only an AND of key = \"value\" clauses "
+                               "on metric.type, resource.type, metric.labels.*, resource.labels.*" % clause)
+            key = re.sub(r"\.label\.", ".labels.", found.group(1))
+            wanted[key] = found.group(2)
+        end = _parse_time(params["interval.endTime"], "interval.endTime")
+        start = _parse_time(params.get("interval.startTime") or params["interval.endTime"], "interval.startTime")
+        if start > end:
+            raise ApiError(400, "Field interval.startTime had an invalid value: after interval.endTime")
+        out = []
+        for series in self._series:
+            values = {"metric.type": series.get("metric", {}).get("type"),
+                      "resource.type": series.get("resource", {}).get("type")}
+            for kind in ("metric", "resource"):
+                for label, value in (series.get(kind, {}).get("labels") or {}).items():
+                    values["%s.labels.%s" % (kind, label)] = value
+            if any(values.get(k) != v for k, v in wanted.items()):
+                continue
+            points = [pt for pt in series.get("points", [])
+                      if start <= _parse_time(pt["interval"]["endTime"], "point") <= end]
+            if not points:
+                continue
+            points.sort(key=lambda pt: _parse_time(pt["interval"]["endTime"], "point"), reverse=True)
+            item = copy.deepcopy(dict(series, points=points))
+            if params.get("view") == "HEADERS":
+                item.pop("points")
+            out.append(item)
+        start_at = int(params.get("pageToken") or 0)
+        size = int(params.get("pageSize") or 100000)
+        result = {"timeSeries": out[start_at:start_at + size]} if out else {}
+        if start_at + size < len(out):
+            result["nextPageToken"] = str(start_at + size)
+        return result
+
+
+def _parse_time(text, field):
+    found = re.fullmatch(r"(.*T[0-9:]{8})(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})", text or "")
+    if not found:
+        raise ApiError(400, "Field %s had an invalid value: %r is not an RFC 3339 time" % (field, text))
+    frac = (found.group(2) or ".0")[:7]
+    zone = "+00:00" if found.group(3) == "Z" else found.group(3)
+    return datetime.datetime.fromisoformat(found.group(1) + frac + zone)
 
 
 def _bind():

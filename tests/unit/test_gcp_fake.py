@@ -392,3 +392,92 @@ def test_other_region_or_project_is_404(fake, compute):
     assert status == 404
     assert compute.images().get(project="phoenix-fake", image=fake.add_image("img")
                                 .rsplit("/", 1)[1]).execute()["status"] == "READY"
+
+
+# ------------------------------------------------------------------ storage
+def _upload(data):
+    import io
+    from googleapiclient.http import MediaIoBaseUpload
+    return MediaIoBaseUpload(io.BytesIO(data), mimetype="application/json")
+
+
+def test_storage_generation_match(fake):
+    fake.add_bucket("releases")
+    gcs = fake.build("storage", "v1")
+    name = "releases/catalog/ci.json"
+    first = gcs.objects().insert(bucket="releases", name=name, media_body=_upload(b"one"),
+                                 ifGenerationMatch=0).execute()
+    status, _message, reason = error_of(lambda: gcs.objects().insert(
+        bucket="releases", name=name, media_body=_upload(b"two"), ifGenerationMatch=0).execute())
+    assert (status, reason) == (412, "conditionNotMet")
+    # multipart (metadata + media) with the current generation wins once
+    second = gcs.objects().insert(bucket="releases", body={"name": name, "contentType": "application/json"},
+                                  media_body=_upload(b"two"), ifGenerationMatch=first["generation"]).execute()
+    assert int(second["generation"]) > int(first["generation"]) and second["size"] == "3"
+    status, _message, _reason = error_of(lambda: gcs.objects().insert(
+        bucket="releases", name=name, media_body=_upload(b"three"), ifGenerationMatch=first["generation"]).execute())
+    assert status == 412
+    assert gcs.objects().get_media(bucket="releases", object=name).execute() == b"two"
+    assert gcs.objects().get(bucket="releases", object=name).execute()["generation"] == second["generation"]
+    status, _message, _reason = error_of(lambda: gcs.objects().delete(
+        bucket="releases", object=name, ifGenerationMatch=first["generation"]).execute())
+    assert status == 412
+    gcs.objects().delete(bucket="releases", object=name, ifGenerationMatch=second["generation"]).execute()
+    status, message, _reason = error_of(lambda: gcs.objects().get(bucket="releases", object=name).execute())
+    assert status == 404 and "No such object: releases/releases/catalog/ci.json" in message
+    status, message, _reason = error_of(lambda: gcs.objects().get(bucket="nope", object=name).execute())
+    assert status == 404 and "bucket does not exist" in message
+    fake.check()
+
+
+def test_storage_body_checked(fake):
+    fake.add_bucket("releases")
+    gcs = fake.build("storage", "v1")
+    status, message, _reason = error_of(lambda: gcs.objects().insert(
+        bucket="releases", body={"name": "x", "colour": "blue"}, media_body=_upload(b"x")).execute())
+    assert status == 400 and "unknown field 'colour' of Object" in message
+
+
+# --------------------------------------------------------------- monitoring
+def _series(service, code_class, points):
+    return {"metric": {"type": "loadbalancing.googleapis.com/https/request_count",
+                       "labels": {"response_code_class": code_class}},
+            "resource": {"type": "https_lb_rule", "labels": {"backend_service_name": service}},
+            "metricKind": "DELTA", "valueType": "INT64",
+            "points": [{"interval": {"startTime": "2026-11-28T10:%02d:00Z" % (minute - 1),
+                                     "endTime": "2026-11-28T10:%02d:00Z" % minute},
+                        "value": {"int64Value": str(count)}} for minute, count in points]}
+
+
+def test_monitoring_filter_and_interval(fake):
+    monitoring = fake.build("monitoring", "v3")
+    fake.add_time_series(_series("catalog-ci-v002", "200", [(1, 100), (2, 90), (3, 80)]))
+    fake.add_time_series(_series("catalog-ci-v002", "500", [(2, 5)]))
+    fake.add_time_series(_series("catalog-ci-v001", "200", [(2, 1000)]))
+
+    def listed(service, start, end):
+        return monitoring.projects().timeSeries().list(
+            name="projects/" + fake.project, interval_startTime=start, interval_endTime=end,
+            filter='metric.type = "loadbalancing.googleapis.com/https/request_count" '
+                   'AND resource.labels.backend_service_name = "%s"' % service,
+            aggregation_alignmentPeriod="60s", aggregation_perSeriesAligner="ALIGN_DELTA").execute()
+
+    got = listed("catalog-ci-v002", "2026-11-28T10:01:30Z", "2026-11-28T10:03:00.000000001Z")["timeSeries"]
+    assert [s["metric"]["labels"]["response_code_class"] for s in got] == ["200", "500"]
+    assert [p["value"]["int64Value"] for p in got[0]["points"]] == ["80", "90"]  # newest first
+    assert listed("catalog-ci-v002", "2026-11-28T11:00:00Z", "2026-11-28T11:05:00Z") == {}  # late data: none
+    status, message, _reason = error_of(lambda: monitoring.projects().timeSeries().list(
+        name="projects/" + fake.project, interval_endTime="2026-11-28T11:05:00Z",
+        filter='metric.type = starts_with("loadbalancing")').execute())
+    assert status == 400 and "the fake understands only an AND" in message
+    status, message, _reason = error_of(lambda: monitoring.projects().timeSeries().list(
+        name="projects/" + fake.project, filter='metric.type = "x"').execute())
+    assert status == 400 and "interval.endTime" in message
+    # googleapiclient checks enums client-side; the fake checks a raw request too
+    response, content = fake.http.request(
+        "https://monitoring.googleapis.com/v3/projects/phoenix-fake/timeSeries?filter=x&"
+        "interval.endTime=2026-11-28T11%3A05%3A00Z&aggregation.perSeriesAligner=ALIGN_SOMETIMES&alt=json")
+    assert response.status == 400
+    assert "aggregation.perSeriesAligner='ALIGN_SOMETIMES' is not one of ALIGN_NONE" in content.decode()
+    with pytest.raises(Exception, match="expected an object"):
+        fake.add_time_series({"metric": "request_count"})
