@@ -60,10 +60,12 @@ _GCE_IMAGE = re.compile(r"^(https://[a-z.]+/compute/v1/)?projects/[^/@]+/global/
 DRIVERS = ("local", "gce")
 
 
-def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0, clock=None):
+def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0, clock=None,
+                  check_mode: bool = False):
     """The ``Platform`` (group manager, traffic router, metrics provider) for
     the infra outputs.  A driver's Python dependencies are checked here, so
-    a module never imports a driver itself."""
+    a module never imports a driver itself.  ``check_mode``: a cloud driver
+    plans without credentials (it cannot observe its groups then)."""
     platform = infra.get("platform")
     if platform == "local":
         from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import local
@@ -73,7 +75,7 @@ def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0, cl
     if platform in ("gce", "gcp"):
         from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import gce
         _check_dependencies("gce", gce.missing_dependencies())
-        return gce.GcePlatform(infra, clock=clock)
+        return gce.GcePlatform(infra, clock=clock, plan_only=check_mode)
     raise PhoenixError("infra.platform: %r has no driver yet; allowed: %s"
                        % (platform, ", ".join(DRIVERS)), param="infra")
 
@@ -102,11 +104,13 @@ def make_store(params, infra) -> FileReleaseStore:
     return FileReleaseStore(params.get("store") or default_store_root(infra))
 
 
-def resolve_image(artifact: str, version, image, image_store=None) -> dict:
+def resolve_image(artifact: str, version, image, image_store=None, infra=None) -> dict:
     """``{"ref": "<name>@<digest>", "version", "name", "path", "digest"}`` of a
     baked local image, verified (content digest recomputed) before use.  An
     OCI reference ``registry/repo@sha256:<64 hex>`` is checked for shape only
     (``path`` None): the platform's ``resolve_image`` says whether it runs it."""
+    if (infra or {}).get("platform") in ("gce", "gcp"):
+        return _gce_image(artifact, version, image, infra)
     store = images.ImageStore(image_store or images.default_store())
     digest = None
     if image:
@@ -147,3 +151,24 @@ def resolve_image(artifact: str, version, image, image_store=None) -> dict:
                            % (name, doc.get("version"), version), param="version")
     return {"ref": "%s@%s" % (name, doc["content_digest"]), "version": doc["version"],
             "name": name, "path": path, "digest": doc["content_digest"]}
+
+
+def _gce_image(artifact, version, image, infra) -> dict:
+    """On GCE an image is a self-link (the driver's ``resolve_image`` checks it
+    exactly); a version alone names the image its bake made in the stack's project."""
+    if image:
+        if not _GCE_IMAGE.match(str(image)):
+            raise PhoenixError("image: %r; the gce platform runs a GCE image self-link "
+                               "projects/<project>/global/images/<name>" % (image,), param="image")
+        return {"ref": str(image), "version": version, "name": str(image).rsplit("/", 1)[-1],
+                "path": None, "digest": None}
+    if version is None:
+        raise PhoenixError("version or image is required for action deploy", param="version")
+    try:
+        versioning.parse(version, "version")
+        name = versioning.image_name(version, artifact)
+    except versioning.VersionError as exc:
+        raise PhoenixError(str(exc), param="version")
+    project = ((infra or {}).get("gce") or {}).get("project")
+    ref = "projects/%s/global/images/%s" % (project, name)
+    return {"ref": ref, "version": version, "name": name, "path": None, "digest": None}

@@ -21,7 +21,7 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base impo
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.gce.api import (
     Api, missing_dependencies)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.gce.driver import (
-    GceConfig, GceDriver, parse_image)
+    GceConfig, GceDriver, api_calls, parse_image)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.gce.metrics import (
     CANARY_STEPS, GceMetrics)
 
@@ -91,8 +91,9 @@ class GcePlatform(Platform):
     first API call, never before (a plan needs none)."""
 
     def __init__(self, infra: dict, http=None, credentials=None, clock=None,
-                 api: Optional[Api] = None):
-        driver = GceDriver(infra, http=http, credentials=credentials, clock=clock, api=api)
+                 api: Optional[Api] = None, plan_only: bool = False):
+        driver = GceDriver(infra, http=http, credentials=credentials, clock=clock, api=api,
+                           plan_only=plan_only)
         self.driver = driver
         Platform.__init__(self, GceGroups(driver), GceTraffic(driver), GceMetrics(driver),
                           name="gce")
@@ -100,3 +101,14 @@ class GcePlatform(Platform):
     @property
     def api(self):
         return self.driver.api
+
+    def api_plan(self, plan: list) -> list:
+        """``plan`` (``Rollout.plan`` steps) with the ordered Google API calls
+        of each step (``api_calls``); needs no credentials."""
+        return [dict(step, api_calls=api_calls(step, self.driver.poll_interval,
+                                               self.driver.config.settle_time)) for step in plan]
+
+    @property
+    def unobserved(self):
+        """Why the groups could not be read (check mode without credentials), or None."""
+        return self.driver.unobserved

@@ -146,8 +146,11 @@ class GceDriver:
     poll_interval = 10.0
 
     def __init__(self, infra: dict, http=None, credentials=None, clock: Optional[Clock] = None,
-                 api: Optional[Api] = None):
+                 api: Optional[Api] = None, plan_only: bool = False):
         self.config = GceConfig(infra)
+        #: check mode: without credentials ``list_groups`` answers [] (``unobserved`` says why)
+        self.plan_only = plan_only
+        self.unobserved = None
         self.clock = clock or Clock()
         self.api = api or Api(self.config.project, self.config.region, http=http,
                               credentials=credentials, clock=self.clock)
@@ -631,6 +634,15 @@ class GceDriver:
             del self._recreations[key]
 
     def list_groups(self, artifact: str, environment: str) -> list:
+        try:
+            return self._list_groups(artifact, environment)
+        except PlatformError as exc:
+            if not (self.plan_only and exc.param == "credentials"):
+                raise
+            self.unobserved = exc.msg
+            return []
+
+    def _list_groups(self, artifact: str, environment: str) -> list:
         prefix = _group_name(artifact, environment, "x")[:-1]
         if len(prefix) > 40:
             prefix = prefix[:40]
@@ -667,3 +679,54 @@ class GceDriver:
 def _group_name(artifact, environment, release_id):
     from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import group_name
     return group_name(artifact, environment, release_id)
+
+
+#: the API calls of each engine step, in order (``GcePlatform.api_plan``; check mode)
+_WAIT_G, _WAIT_R = "compute.globalOperations.wait (until DONE)", "compute.regionOperations.wait (until DONE)"
+_EDIT = ["compute.urlMaps.get", "compute.urlMaps.validate", "compute.urlMaps.patch (fingerprint; 412: get again)", _WAIT_G]
+_HEALTH = ["compute.regionInstanceGroupManagers.get", "compute.regionInstanceGroupManagers.listManagedInstances",
+           "compute.backendServices.getHealth"]
+_METRICS = ["monitoring.projects.timeSeries.list (https/request_count by response_code_class)",
+            "monitoring.projects.timeSeries.list (https/backend_latencies)"]
+
+
+def api_calls(step: dict, poll_interval: float, settle_time: float) -> list:
+    """The ordered Google API calls the engine makes for one plan step."""
+    kind = step.get("kind")
+    if kind == "create":
+        return (["compute.backendServices.get (the artifact's: EXTERNAL_MANAGED?)",
+                 "compute.instanceTemplates.get", "compute.regionInstanceGroupManagers.get",
+                 "compute.backendServices.get (owner check)", "compute.urlMaps.get (route exists)",
+                 "compute.instanceTemplates.insert (image, labels, tags, subnetwork, service account, "
+                 "env in metadata)", _WAIT_G,
+                 "compute.regionInstanceGroupManagers.insert (%s instance(s), autohealing, OPPORTUNISTIC)"
+                 % step.get("size"), _WAIT_R, "compute.regionInstanceGroupManagers.get",
+                 "compute.regionInstanceGroups.get", "compute.regionInstanceGroups.setNamedPorts", _WAIT_R,
+                 "compute.backendServices.insert (copy of the artifact's)", _WAIT_G] + _EDIT[:2] +
+                ["compute.urlMaps.patch (attach at weight 0)", _WAIT_G])
+    if kind == "resize":
+        return ["compute.regionInstanceGroupManagers.resize (to %s)" % step.get("size"), _WAIT_R]
+    if kind in ("wait_healthy", "verify"):
+        return ["every %gs: %s" % (poll_interval, ", ".join(_HEALTH))]
+    if kind == "set_weights":
+        return _EDIT + ["compute.urlMaps.get (read back), then wait %gs: the load balancer applies it "
+                        "eventually" % settle_time]
+    if kind == "pause":
+        if step.get("duration") is None:
+            return ["none until action: promote"]
+        calls = ["every %gs: %s" % (poll_interval, ", ".join(_HEALTH))]
+        return calls + (["per analysis window: " + ", ".join(_METRICS)] if step.get("analyze") else [])
+    if kind == "analyze":
+        return _METRICS
+    if kind == "drain":
+        return (["compute.urlMaps.get"] + _EDIT + ["compute.backendServices.get (connectionDraining), wait "
+                                                   "%gs + the draining timeout" % settle_time] + _EDIT)
+    if kind == "destroy":
+        return _EDIT[:2] + ["compute.urlMaps.patch (detach)", _WAIT_G, "compute.backendServices.delete", _WAIT_G,
+                            "compute.regionInstanceGroupManagers.delete", _WAIT_R,
+                            "compute.instanceTemplates.delete", _WAIT_G]
+    if kind == "keep_warm":
+        return ["none now (warm: the MIG keeps running); destroy after %gs" % (step.get("duration") or 0)]
+    if kind == "cancel_drain":
+        return []
+    return ["none (release store)"]
