@@ -55,8 +55,8 @@ def err(status, reason, message="boom", location=None):
     error = {"reason": reason, "message": message}
     if location:
         error["location"] = location
-    return ({"status": str(status)}, json.dumps({"error": {"code": status, "message": message,
-                                                            "errors": [error]}}))
+    body = {"error": {"code": status, "message": message, "errors": [error]}}
+    return ({"status": str(status)}, json.dumps(body))
 
 
 def op(name="op-1", status="DONE", region=False, error=None):
