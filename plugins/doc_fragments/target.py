@@ -34,6 +34,8 @@ options:
   store:
     description: Release store directory (history and locks). Defaults to C($PHOENIX_STATE_DIR/releases)
       (the playbooks' C(phoenix_release_store)), else C(<infra state_dir>/releases).
+      V(gs://<bucket>[/<prefix>]) keeps them in a Cloud Storage bucket instead (one object per artifact and
+      environment, written with generation preconditions; Application Default Credentials).
     type: path
   image_store:
     description: Image store of the bakes. Defaults to C($PHOENIX_STATE_DIR/images).

@@ -479,6 +479,10 @@ class FileReleaseStore(ReleaseStore):
     STORE_ID = "store-id"
 
     def __init__(self, root: str, keep: int = 100):
+        if isinstance(root, str) and re.match(r"^[a-z][a-z0-9+.-]*:/", root):
+            raise StoreError("release store %r is a URL, not a directory: gs://<bucket>[/<prefix>] is "
+                             "understood by the store option of rollout and release_info only; give "
+                             "a directory here" % root)
         self.root = os.path.abspath(root)
         self.keep = keep
         self._store_id = None

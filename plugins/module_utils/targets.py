@@ -100,8 +100,22 @@ def default_store_root(infra: dict) -> str:
     return os.path.join(state, "releases")
 
 
-def make_store(params, infra) -> FileReleaseStore:
-    return FileReleaseStore(params.get("store") or default_store_root(infra))
+def make_store(params, infra):
+    """``store``: a directory (``FileReleaseStore``) or ``gs://<bucket>[/<prefix>]``
+    (``GCSReleaseStore``, reports then stay under the default store directory)."""
+    from ansible_collections.phoenix.deploy.plugins.module_utils.release_stores import gcs
+    store = params.get("store")
+    if gcs.is_gcs_location(store):
+        bucket, prefix = gcs.parse_location(store, "store")
+        try:
+            local = default_store_root(infra)
+        except PhoenixError:
+            local = None
+        return gcs.GCSReleaseStore(bucket, prefix, local_root=local)
+    if gcs.is_url(store):
+        raise PhoenixError("store: %r is not supported; allowed: a directory, or gs://<bucket>[/<prefix>] "
+                           "for a Cloud Storage bucket" % store, param="store")
+    return FileReleaseStore(store or default_store_root(infra))
 
 
 def resolve_image(artifact: str, version, image, image_store=None, infra=None) -> dict:

@@ -13,9 +13,11 @@ documents bundled in google-api-python-client (no network)::
 Every request is checked against the discovery document before anything
 happens: method by HTTP verb + path template, path/query parameters (required,
 typed, enums, patterns; unknown ones refused), and the JSON body against the
-method's request schema, recursively (unknown fields, types, enums, and
-output-only fields — ``readOnly`` or a description starting "[Output Only]" —
-refused).  A refused request answers HTTP 400 (404 for an unknown method) in
+method's request schema, recursively (unknown fields, types and formats,
+enums, ``pattern``s, fields the schema's ``annotations.required`` lists for
+the method missing, and output-only fields — ``readOnly`` or a description
+starting "[Output Only]" / "Output only." — refused; Google ignores those
+silently, the fake is stricter so a driver never relies on sending them).  A refused request answers HTTP 400 (404 for an unknown method) in
 Google's error JSON shape, with a message naming the field, and is appended
 to ``fake.violations``; ``fake.check()`` raises listing them (call it at the
 end of a test).  Responses are checked against the response schema too.
@@ -59,14 +61,22 @@ Public API (small on purpose):
 - ``fake.inject(method_id, status, times=1, reason=None, message=None)``: the
   next calls of e.g. ``"compute.urlMaps.patch"`` answer 412/429/503/...
   (``reason="resourceNotReady"`` for GCE's RESOURCE_NOT_READY)
+- ``fake.clear_injections(method_id=None)``: drop unused injections
 - ``fake.fail_operation(method_id, code="QUOTA_EXCEEDED", status=403, times=1)``:
   the operation ends DONE with ``error`` and no effect
 - ``fake.crash_loop(mig, errors=True)`` / ``fake.heal(mig)``;
   ``fake.set_healthy_after(polls, mig=None)``
-- ``fake.add_time_series(series_dict)``, ``fake.add_bucket(name)``
+- ``fake.add_time_series(series_dict)`` (same labels: points added to one
+  series); ``gcp_fake.monitoring`` builds the load balancer's series
+  (``request_count``, ``backend_latencies`` with its exponential buckets);
+  ``fake.add_bucket(name)``, ``fake.object_data(bucket, name)``
+- ``fake.hook = fn(method_id, phase)``: called before ("before") and after
+  ("after": the effect is applied, the answer not yet sent) every valid
+  request; raise in it to kill a controller at any API call
 - ``fake.calls`` (``collections.Counter`` by method id), ``fake.log``
   (``[(method id, HTTP status)]``), ``fake.violations``, ``fake.check()``
 """
 
 from .discovery import Invalid, output_only  # noqa: F401
+from . import monitoring  # noqa: F401
 from .fake import ApiError, GoogleFake, error_body  # noqa: F401

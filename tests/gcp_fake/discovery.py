@@ -177,11 +177,12 @@ class Api:
             data = json.loads(body)
         except ValueError as exc:
             raise Invalid("%s: request body is not JSON (%s)" % (method.id, exc))
-        self.check_value(data, {"$ref": ref}, "%s: body" % method.id, request=True)
+        self.check_value(data, {"$ref": ref}, "%s: body" % method.id, request=True, method_id=method.id)
         return data
 
-    def check_value(self, value, schema, where, request):
-        """``value`` against ``schema``; ``request`` refuses output-only fields."""
+    def check_value(self, value, schema, where, request, method_id=None):  # pylint: disable=too-many-branches
+        """``value`` against ``schema``; ``request`` refuses output-only fields;
+        fields annotated as required for ``method_id`` must be there."""
         seen = set()
         while "$ref" in schema:
             ref = schema["$ref"]
@@ -197,14 +198,18 @@ class Api:
                 raise Invalid("%s is %s, expected an object (%s)" % (where, _typename(value), schema.get("id", "object")))
             props = schema.get("properties")
             extra = schema.get("additionalProperties")
+            for key, prop in (props or {}).items():
+                if method_id in (prop.get("annotations") or {}).get("required", ()) and key not in value:
+                    raise Invalid("%s: required field %r of %s is missing (required by %s)"
+                                  % (where, key, schema.get("id", "this object"), method_id))
             for key, item in value.items():
                 sub = "%s.%s" % (where, key)
                 if props is not None and key in props:
                     if request and output_only(props[key]):
                         raise Invalid("%s is output only (set by the server); do not send it" % sub)
-                    self.check_value(item, props[key], sub, request)
+                    self.check_value(item, props[key], sub, request, method_id)
                 elif extra is not None:
-                    self.check_value(item, extra, "%s[%r]" % (where, key), request)
+                    self.check_value(item, extra, "%s[%r]" % (where, key), request, method_id)
                 elif props is not None:
                     raise Invalid("%s: unknown field %r of %s; known fields: %s"
                                   % (where, key, schema.get("id", "this object"), ", ".join(sorted(props))))
@@ -212,8 +217,11 @@ class Api:
         if kind == "array":
             if not isinstance(value, list):
                 raise Invalid("%s is %s, expected an array" % (where, _typename(value)))
+            items = schema.get("items", {})
+            if schema.get("pattern") and "pattern" not in items:  # e.g. Tags.items: the pattern of each item
+                items = dict(items, pattern=schema["pattern"])
             for index, item in enumerate(value):
-                self.check_value(item, schema.get("items", {}), "%s[%d]" % (where, index), request)
+                self.check_value(item, items, "%s[%d]" % (where, index), request, method_id)
             return
         if kind == "string":
             if not isinstance(value, str):
@@ -234,6 +242,8 @@ class Api:
                 raise Invalid("%s is %r, expected a duration like '60s'" % (where, value))
             if "enum" in schema and value not in schema["enum"]:
                 raise Invalid("%s is %r, expected one of %s" % (where, value, ", ".join(schema["enum"])))
+            if request and schema.get("pattern") and not _matches(schema["pattern"], value):
+                raise Invalid("%s is %r, which does not match the pattern %s" % (where, value, schema["pattern"]))
             return
         if kind == "integer":
             if not isinstance(value, int) or isinstance(value, bool):
@@ -252,6 +262,13 @@ class Api:
                 raise Invalid("%s is %s %r, expected true or false" % (where, _typename(value), value))
             return
         raise Invalid("%s: schema type %r not understood by the fake" % (where, kind))
+
+
+def _matches(pattern, value):
+    try:
+        return re.fullmatch(pattern, value) is not None
+    except re.error:  # a few documented patterns are not Python regexes: not checked
+        return True
 
 
 def _typename(value):

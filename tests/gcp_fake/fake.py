@@ -117,6 +117,10 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
         self.calls = collections.Counter()
         self.violations = []
         self.log = []
+        #: ``hook(method_id, phase)`` is called for every valid request with
+        #: phase "before" (no effect yet) and "after" (effect applied, answer
+        #: not sent); raising there simulates a controller killed mid-call
+        self.hook = None
         self._lock = threading.RLock()
         self._rand = random.Random(seed)
         self._ids = iter(range(10 ** 15, 10 ** 16))
@@ -152,10 +156,20 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
         for _i in range(times):
             self._injected[method_id].append(("http", status, reason, message))
 
+    def clear_injections(self, method_id=None):
+        """Drop what ``inject`` / ``fail_operation`` left unused (of one method, or all)."""
+        if method_id is None:
+            self._injected.clear()
+        else:
+            self._injected.pop(method_id, None)
+
     def fail_operation(self, method_id, code="QUOTA_EXCEEDED", message=None, status=403, times=1):
         """The next ``times`` calls of ``method_id`` return an operation that
         ends DONE with ``error.errors[0].code == code`` and no effect."""
         self._known(method_id)
+        method = self.apis["compute.googleapis.com"].by_id(method_id) if method_id.startswith("compute.") else None
+        if method is None or method.response_schema() != "Operation":
+            raise ValueError("fail_operation: %s does not return a compute operation" % method_id)
         for _i in range(times):
             self._injected[method_id].append(("operation", status, code, message))
 
@@ -189,14 +203,20 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
         except Invalid as exc:
             raise ValueError(str(exc)) from None
         with self._lock:
-            return copy.deepcopy(self._create(collection, schema, region or self.region if scope == "region"
-                                              else "global", body))
+            try:
+                return copy.deepcopy(self._create(collection, schema, region or self.region if scope == "region"
+                                                  else "global", body))
+            except ApiError as exc:
+                raise ValueError(str(exc)) from None
 
     def add_image(self, name, project=None, family=None):
         """A READY image ``projects/<project>/global/images/<name>``."""
         body = {"name": name, "family": family} if family else {"name": name}
         with self._lock:
-            res = self._create("images", "Image", "global", body, project=project or self.project)
+            try:
+                res = self._create("images", "Image", "global", body, project=project or self.project)
+            except ApiError as exc:
+                raise ValueError(str(exc)) from None
             res["status"] = "READY"
         return res["selfLink"]
 
@@ -219,7 +239,13 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
         ``metric.type`` and labels and a point lies in the interval."""
         api = self.apis["monitoring.googleapis.com"]
         api.check_value(series, {"$ref": "TimeSeries"}, "add_time_series", request=False)
-        self._series.append(copy.deepcopy(series))
+        key = json.dumps({k: v for k, v in series.items() if k != "points"}, sort_keys=True)
+        with self._lock:
+            for known in self._series:  # the same metric and labels: one series, more points
+                if json.dumps({k: v for k, v in known.items() if k != "points"}, sort_keys=True) == key:
+                    known.setdefault("points", []).extend(copy.deepcopy(series.get("points", [])))
+                    return
+            self._series.append(copy.deepcopy(series))
 
     def check(self):
         """Raise AssertionError listing every request the schema refused."""
@@ -246,6 +272,8 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
                 self.violations.append(str(exc))
                 self.log.append((label, exc.status))
                 return self._answer(exc.status, error_body(exc.status, str(exc), exc.reason))
+            if self.hook is not None:
+                self.hook(method.id, "before")
             injected = self._injected.get(method.id)
             if injected and injected[0][0] == "http":
                 _kind, status, reason, message = injected.pop(0)
@@ -258,13 +286,15 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
                     result = self._failed_op(method, params, status, code, message)
                 else:
                     handler = getattr(self, "_" + method.id.replace(".", "_"), None)
-                    if handler is None:
-                        raise ApiError(501, "the fake does not implement %s (the request was valid)" % method.id,
-                                       "notImplemented")
+                    if handler is None:  # loud, never an HTTP 5xx a driver would retry
+                        raise NotImplementedError("gcp_fake does not implement %s (the request itself was valid)"
+                                                  % method.id)
                     result = handler(params, data, media) if media is not None else handler(params, data)
             except ApiError as exc:
                 self.log.append((method.id, exc.status))
                 return self._answer(exc.status, error_body(exc.status, str(exc), exc.reason))
+            if self.hook is not None:
+                self.hook(method.id, "after")
             if result is None:
                 self.log.append((method.id, 204))
                 return self._answer(204, b"")
@@ -396,8 +426,6 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
             op["httpErrorStatusCode"], op["httpErrorMessage"] = status, _STATUS.get(status, "ERROR")
 
     def _failed_op(self, method, params, status, code, message):
-        if not method.id.startswith("compute.") or (method.response_schema() != "Operation"):
-            raise ValueError("fail_operation only for compute methods that return an operation")
         self._scope(params)
         return self._operation(method, params, error=(status, code, message or "injected %s" % code))
 
@@ -428,10 +456,14 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
 
     def _generic_get(self, method, params):
         collection, _schema, _scope = self._resource_of(method)
-        scope = self._scope(params)
         name = params[method.spec["parameterOrder"][-1]]
-        if collection == "images" and params["project"] != self.project:
-            scope = params["project"]
+        if collection == "images" and params["project"] != self.project:  # public images (add_image(project=))
+            res = self._res[("images", params["project"])].get(name)
+            if res is None:
+                raise ApiError(404, "The resource 'projects/%s/global/images/%s' was not found"
+                               % (params["project"], name))
+            return copy.deepcopy(res)
+        scope = self._scope(params)
         res = self._find(collection, scope, name)
         if collection == "instanceGroupManagers":
             return self._mig_view(res)
@@ -446,7 +478,10 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
             if not found:
                 raise ApiError(400, "filter %r: the fake understands only 'name eq <regex>' / 'name ne <regex>'" % flt)
             want = found.group(1) == "eq"
-            items = [i for i in items if bool(re.fullmatch(found.group(2), i["name"])) == want]
+            try:
+                items = [i for i in items if bool(re.fullmatch(found.group(2), i["name"])) == want]
+            except re.error as exc:
+                raise ApiError(400, "Invalid value for field 'filter': %r (%s)" % (flt, exc)) from None
         items.sort(key=lambda i: i["name"])
         start = int(params.get("pageToken") or 0)
         size = int(params.get("maxResults") or 500)
@@ -491,9 +526,8 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
         check = getattr(self, "_check_" + collection, None)
         if check:
             check(merged, scope)
-        merged["fingerprint"] = self._fingerprint(merged) if "fingerprint" in res else None
-        if merged["fingerprint"] is None:
-            del merged["fingerprint"]
+        if "fingerprint" in res:
+            merged["fingerprint"] = self._fingerprint(merged)
         self._res[(collection, scope)][name] = merged
         return self._operation(method, params, merged)
 
@@ -632,8 +666,8 @@ class GoogleFake:  # pylint: disable=too-many-instance-attributes,too-many-publi
         zones = ((mig.get("distributionPolicy") or {}).get("zones") or [])
         zones = [z["zone"].rsplit("/", 1)[-1] for z in zones if z.get("zone")] or self.zones
         while len(state["instances"]) < want:
-            name = "%s-%s" % (mig["baseInstanceName"], "".join(self._rand.choice("abcdefghijklmnopqrstuvwxyz0123456789")
-                                                                 for _i in range(4)))
+            suffix = "".join(self._rand.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _i in range(4))
+            name = "%s-%s" % (mig["baseInstanceName"], suffix)
             zone = zones[len(state["instances"]) % len(zones)]
             state["instances"].append({
                 "name": name, "id": str(next(self._ids)), "born": state["polls"], "zone": zone,

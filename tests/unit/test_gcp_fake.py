@@ -111,6 +111,24 @@ def test_bad_enum_refused(fake, compute):
     assert "body.updatePolicy.type is 'SOMETIMES', expected one of OPPORTUNISTIC, PROACTIVE" in message
 
 
+def test_required_field_and_pattern_refused(fake, compute):
+    body = template_body(fake)
+    del body["properties"]["machineType"]
+    status, message, _reason = error_of(lambda: compute.instanceTemplates().insert(
+        project=fake.project, body=body).execute())
+    assert status == 400 and ("body.properties: required field 'machineType' of InstanceProperties is missing "
+                              "(required by compute.instanceTemplates.insert)") in message
+    image = fake.link("global/images/catalog-1-0-0")
+    status, message, _reason = error_of(lambda: compute.instanceTemplates().insert(
+        project=fake.project, body=template_body(fake, "catalog-" + "x" * 60, image=image)).execute())
+    assert status == 400 and "body.name is 'catalog-xxx" in message and "does not match the pattern" in message
+    body = template_body(fake, "t2", image=image)
+    body["properties"]["tags"]["items"] = ["Not_A_Tag"]
+    status, message, _reason = error_of(lambda: compute.instanceTemplates().insert(
+        project=fake.project, body=body).execute())
+    assert "body.properties.tags.items[0] is 'Not_A_Tag', which does not match the pattern" in message
+
+
 def test_missing_required_parameter_refused(fake):
     # googleapiclient refuses it client-side; the fake must refuse a raw request too
     response, content = fake.http.request(
@@ -322,8 +340,29 @@ def test_injected_errors_in_google_shape(fake, compute):
         project=fake.project, body={"name": "x", "loadBalancingScheme": "EXTERNAL_MANAGED"}).execute())
     assert (status, reason, message) == (400, "resourceNotReady", "RESOURCE_NOT_READY")
     assert fake.calls["compute.urlMaps.get"] == 4
+    fake.inject("compute.urlMaps.get", 503, times=5)
+    fake.clear_injections("compute.urlMaps.get")
+    assert compute.urlMaps().get(project=fake.project, urlMap="catalog-ci-lb").execute()["name"] == "catalog-ci-lb"
     with pytest.raises(ValueError, match="unknown method id"):
         fake.inject("compute.urlMaps.explode", 503)
+
+
+def test_hook_kills_a_controller_after_the_effect(fake, compute):
+    class Killed(BaseException):
+        pass
+
+    def hook(method_id, phase):
+        if method_id == "compute.healthChecks.insert" and phase == "after":
+            raise Killed()
+    fake.hook = hook
+    with pytest.raises(Killed):
+        compute.healthChecks().insert(project=fake.project, body={"name": "hc", "type": "TCP",
+                                                                  "tcpHealthCheck": {"port": 80}}).execute()
+    fake.hook = None
+    assert fake.names("healthChecks") == ["hc"]  # applied, though the caller never saw the answer
+    status, _message, reason = error_of(lambda: compute.healthChecks().insert(
+        project=fake.project, body={"name": "hc", "type": "TCP", "tcpHealthCheck": {"port": 80}}).execute())
+    assert (status, reason) == (409, "alreadyExists")
 
 
 def test_failed_operation(fake, compute):
@@ -392,6 +431,14 @@ def test_other_region_or_project_is_404(fake, compute):
     assert status == 404
     assert compute.images().get(project="phoenix-fake", image=fake.add_image("img")
                                 .rsplit("/", 1)[1]).execute()["status"] == "READY"
+    public = fake.add_image("debian-12", project="debian-cloud", family="debian-12")
+    assert public == "https://www.googleapis.com/compute/v1/projects/debian-cloud/global/images/debian-12"
+    assert compute.images().get(project="debian-cloud", image="debian-12").execute()["family"] == "debian-12"
+    assert error_of(lambda: compute.images().get(project="debian-cloud", image="nope").execute())[0] == 404
+    wait(compute, fake, compute.instanceTemplates().insert(project=fake.project,
+                                                           body=template_body(fake, "t", image=public)).execute())
+    with pytest.raises(ValueError, match="does not return a compute operation"):
+        fake.fail_operation("compute.urlMaps.get")
 
 
 # ------------------------------------------------------------------ storage
@@ -481,3 +528,24 @@ def test_monitoring_filter_and_interval(fake):
     assert "aggregation.perSeriesAligner='ALIGN_SOMETIMES' is not one of ALIGN_NONE" in content.decode()
     with pytest.raises(Exception, match="expected an object"):
         fake.add_time_series({"metric": "request_count"})
+
+
+def test_monitoring_builders_one_series_per_labels(fake):
+    from gcp_fake import monitoring as lbm
+    api = fake.build("monitoring", "v3")
+    end = 1_800_000_000.0
+    for minute in range(3):
+        fake.add_time_series(lbm.request_count(fake.project, "catalog-ci-v002", end + 60 * minute, 100))
+        fake.add_time_series(lbm.backend_latencies(fake.project, "catalog-ci-v002", end + 60 * minute,
+                                                   [0.5, 10.0, 10.0, 300.0]))
+    got = api.projects().timeSeries().list(
+        name="projects/" + fake.project, interval_startTime=lbm.rfc3339(end - 1), interval_endTime=lbm.rfc3339(end + 600),
+        filter='metric.type = "%s" AND resource.type = "https_lb_rule" AND '
+               'resource.labels.backend_service_name = "catalog-ci-v002"' % lbm.BACKEND_LATENCIES).execute()
+    (series,) = got["timeSeries"]
+    assert len(series["points"]) == 3 and series["valueType"] == "DISTRIBUTION"
+    dist = series["points"][0]["value"]["distributionValue"]
+    assert dist["count"] == "4" and dist["mean"] == pytest.approx(80.125)
+    counts = [int(c) for c in dist["bucketCounts"]]
+    # 0.5 ms underflows; 10 ms is in [1.4**6, 1.4**7) = bucket 7; 300 ms in [1.4**16, 1.4**17) = bucket 17
+    assert counts[0] == 1 and counts[7] == 2 and counts[17] == 1 and sum(counts) == 4
