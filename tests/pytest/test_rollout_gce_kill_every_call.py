@@ -13,7 +13,7 @@ from test_rollout_gce import Env, Kill, live_at_100  # noqa: E402  pylint: disab
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import LIVE  # noqa: E402
 
 #: a short pause: each health poll of a pause is 3 more calls to kill at
-CANARY = {"steps": [{"set_weight": 10}, {"pause": {"duration": 30}}]}
+CANARY = {"steps": [{"set_weight": 10}, {"pause": {"duration": 10}}]}
 
 
 @pytest.mark.slow
