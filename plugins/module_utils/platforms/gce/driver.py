@@ -47,6 +47,8 @@ IMAGE_LINK = re.compile(r"^(https://(www|compute)\.googleapis\.com/compute/v1/)?
 _LABEL = re.compile(r"[^a-z0-9_-]+")
 #: how often an instance may be recreated by autohealing before it counts as a crash loop
 MAX_RECREATIONS = 2
+#: seconds an instance may stay in RECREATING before it counts as a crash loop
+MAX_RECREATING = 300
 #: seconds the load balancer needs until a URL map change is served (Google documents
 #: "a few minutes" worst case; the engine waits this when it cannot verify)
 SETTLE_TIME = 60.0
@@ -156,7 +158,6 @@ class GceDriver:
                               credentials=credentials, clock=self.clock)
         self._artifact_of = {}
         self._recreations = {}
-        self._scheme_checked = set()
 
     # ------------------------------------------------------------------ links
     @property
@@ -197,6 +198,8 @@ class GceDriver:
         found = self._meta(resource)
         mine = found is not None and all(found.get(k) == meta[k]
                                          for k in ("artifact", "environment", "release"))
+        if mine and meta.get("owner") and found.get("owner") not in (None, meta["owner"]):
+            mine = False  # the same release id of another release store
         if not mine:
             owner = found and found.get("owner") or (resource.get("description") or "no description")
             raise PlatformError(
@@ -572,10 +575,17 @@ class GceDriver:
                                instanceGroupManager=group))
         if mig is None:
             raise PlatformError("no server group %r" % group)
-        managed = self.api.call("regionInstanceGroupManagers.listManagedInstances",
-                                self.compute.regionInstanceGroupManagers().listManagedInstances(
-                                    project=self.config.project, region=self.config.region,
-                                    instanceGroupManager=group)).get("managedInstances") or []
+        managed, token = [], None
+        for _page in range(10):  # 500 a page; a group has at most 1000 instances
+            kwargs = {"pageToken": token} if token else {}
+            page = self.api.call("regionInstanceGroupManagers.listManagedInstances",
+                                 self.compute.regionInstanceGroupManagers().listManagedInstances(
+                                     project=self.config.project, region=self.config.region,
+                                     instanceGroupManager=group, **kwargs))
+            managed.extend(page.get("managedInstances") or [])
+            token = page.get("nextPageToken")
+            if not token:
+                break
         lb = {}
         if managed:
             try:
@@ -595,9 +605,12 @@ class GceDriver:
         action = item.get("currentAction") or "NONE"
         status = item.get("instanceStatus") or "PROVISIONING"
         key = (group, name)
-        seen = self._recreations.setdefault(key, {"count": 0, "last": None})
+        seen = self._recreations.setdefault(key, {"count": 0, "last": None, "since": None})
         if action == "RECREATING" and seen["last"] != "RECREATING":
             seen["count"] += 1
+            seen["since"] = self.clock.now()
+        elif action != "RECREATING":
+            seen["since"] = None
         seen["last"] = action
         errors = ((item.get("lastAttempt") or {}).get("errors") or {}).get("errors") or []
         if errors:
@@ -606,6 +619,10 @@ class GceDriver:
         if seen["count"] >= MAX_RECREATIONS:
             return InstanceHealth(name, FAILED, "recreated %d times by autohealing (health check %s "
                                   "failing)" % (seen["count"], self.config.health_check), seen["count"])
+        if seen["since"] is not None and self.clock.now() - seen["since"] >= MAX_RECREATING:
+            return InstanceHealth(name, FAILED, "being recreated by autohealing for %ds (health check %s "
+                                  "failing)" % (self.clock.now() - seen["since"], self.config.health_check),
+                                  seen["count"])
         check = ",".join(h.get("detailedHealthState", "") for h in item.get("instanceHealth") or [])
         lb_state = lb.get(_path(item.get("instance")))
         detail = "%s/%s, autohealing %s, load balancer %s" % (status, action, check or "-", lb_state or "-")

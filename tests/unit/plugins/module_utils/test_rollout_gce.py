@@ -172,7 +172,8 @@ def test_canary_judged_on_monitoring(env, case):
         assert "inconclusive" in reason and "no data" in reason, reason
 
 
-def test_a_crash_loop_fails_fast_and_rolls_back(env):
+@pytest.mark.parametrize("errors", [True, False])
+def test_a_crash_loop_fails_fast_and_rolls_back(env, errors):
     env.deploy("1.0.0")
     started = env.clock.now()
     real = env.fake.http.request
@@ -181,13 +182,16 @@ def test_a_crash_loop_fails_fast_and_rolls_back(env):
         answer = real(uri, method=method, body=body, headers=headers, **kw)
         if "catalog-ci-v002" in env.fake.names("instanceGroupManagers", region="europe-west1") and \
                 not getattr(crashing, "done", False):
-            env.fake.crash_loop("catalog-ci-v002")
+            env.fake.crash_loop("catalog-ci-v002", errors=errors)
             crashing.done = True
         return answer
     env.fake.http.request = crashing
     result = env.deploy("1.1.0", strategy="rolling")
     assert result.state == ROLLED_BACK
     reason = env.store.load("catalog", "ci").get("v002").reason
-    assert "CONDITION_NOT_MET" in reason or "recreated" in reason, reason
-    assert env.clock.now() - started < 300  # not the progress deadline
+    if errors:  # lastAttempt.errors: at the first health poll
+        assert "CONDITION_NOT_MET" in reason and env.clock.now() - started < 120, reason
+    else:  # recreated over and over: after MAX_RECREATING, well before the progress deadline
+        assert "being recreated by autohealing" in reason, reason
+        assert env.clock.now() - started < 600
     live_at_100(env, "1.0.0")
