@@ -35,10 +35,14 @@ def make_stack(fake: GoogleFake, artifacts=("catalog",), scheme="EXTERNAL_MANAGE
     def weighted(artifact):
         return {"weightedBackendServices": [
             {"backendService": fake.link("global/backendServices/phoenix-%s" % artifact), "weight": 100}]}
-    matcher = {"name": "artifacts", "defaultRouteAction": weighted(default)}
-    if others:
-        matcher["pathRules"] = [{"paths": ["/%s" % a, "/%s/*" % a], "routeAction": weighted(a)}
-                                for a in others]
+    if scheme == "EXTERNAL_MANAGED":
+        matcher = {"name": "artifacts", "defaultRouteAction": weighted(default)}
+        if others:
+            matcher["pathRules"] = [{"paths": ["/%s" % a, "/%s/*" % a], "routeAction": weighted(a)}
+                                    for a in others]
+    else:  # a classic load balancer: no weighted routes
+        matcher = {"name": "artifacts",
+                   "defaultService": fake.link("global/backendServices/phoenix-%s" % default)}
     fake.add("urlMaps", {"name": "phoenix-urls",
                          "defaultService": fake.link("global/backendServices/phoenix-%s" % default),
                          "hostRules": [{"hosts": ["*"], "pathMatcher": "artifacts"}],

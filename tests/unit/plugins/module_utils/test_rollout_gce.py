@@ -7,6 +7,7 @@ tests/pytest/test_rollout_gce_kill_every_call.py).  Every request of every test 
 discovery documents (``fake.check()``)."""
 import pytest
 
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import PlatformError
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.gce import GcePlatform
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.gce.metrics import (
     BACKEND_LATENCIES, REQUEST_COUNT, rfc3339)
@@ -46,9 +47,9 @@ class KillingHttp:
 
 
 class Env:
-    def __init__(self, tmp_path, name="releases"):
+    def __init__(self, tmp_path, name="releases", scheme="EXTERNAL_MANAGED"):
         self.fake = GoogleFake(project="phoenix-fake", region="europe-west1")
-        self.infra = make_stack(self.fake)
+        self.infra = make_stack(self.fake, scheme=scheme)
         self.images = {"v1": image(self.fake, V1), "v2": image(self.fake, V2)}
         self.clock = FakeClock()
         self.http = KillingHttp(self.fake)
@@ -170,6 +171,36 @@ def test_canary_judged_on_monitoring(env, case):
         assert "latency_p99" in reason and "> max 500ms" in reason
     else:  # no data is never a pass
         assert "inconclusive" in reason and "no data" in reason, reason
+
+
+READS = (".get", ".list", ".wait", ".validate", ".getHealth", ".listManagedInstances")
+
+
+@pytest.mark.parametrize("case, param", [
+    ("classic load balancer", "infra.gce.url_map"), ("foreign backend service", "environment"),
+    ("image family", "image"), ("name over 63", "name")])
+def test_bad_input_is_refused_before_any_change(tmp_path, case, param):
+    env = Env(tmp_path, scheme="EXTERNAL" if case == "classic load balancer" else "EXTERNAL_MANAGED")
+    image, name = env.images["v1"], None
+    if case == "foreign backend service":
+        env.fake.add("backendServices", {"name": "catalog-ci-v001", "description": "made by hand",
+                                         "loadBalancingScheme": "EXTERNAL_MANAGED"})
+    elif case == "image family":
+        image = "projects/phoenix-fake/global/images/family/catalog"
+    elif case == "name over 63":
+        name = "catalog-" + "x" * 60
+    mark = len(env.fake.log)
+    with pytest.raises(PlatformError) as err:
+        env.platform().groups.create_group("catalog", "ci", "v001", image, 2, {}, name=name, owner="o")
+    assert err.value.param == param and not err.value.transient, err.value.msg
+    changes = [m for m, _status in env.fake.log[mark:] if not m.endswith(READS)]
+    assert changes == [], changes
+    if name is not None:  # the engine names its groups itself (base.group_name, <= 63)
+        return
+    result = env.engine().deploy("1.0.0", image, 2)  # through the engine: failed, nothing made
+    assert result.failed and result.state != LIVE, result.msg
+    assert [m for m, _status in env.fake.log[mark:] if not m.endswith(READS)] == []
+    env.fake.check()
 
 
 @pytest.mark.parametrize("errors", [True, False])
