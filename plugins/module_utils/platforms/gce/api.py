@@ -24,6 +24,7 @@ from typing import Optional
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
     Clock, PlatformError)
+from ansible_collections.phoenix.deploy.plugins.module_utils.retries import RetryDeadline, retry_transient
 
 try:
     from googleapiclient import discovery as _discovery
@@ -182,6 +183,8 @@ class Api:
 
     #: bound on ``*.wait`` calls for one operation (each waits up to ~2 min on Google's side)
     max_waits = 30
+    #: seconds a read is retried on transient errors before the error goes to the engine
+    read_retry = 30.0
 
     def __init__(self, project: str, region: str, http=None, credentials=None,
                  clock: Optional[Clock] = None, operation_timeout: float = 900.0):
@@ -236,6 +239,17 @@ class Api:
             return request.execute(num_retries=0)
         except HttpError as exc:
             raise classify(what, exc)
+
+    def retried(self, fn):
+        """``fn()`` (reads only), its transient errors retried here for up to
+        ``read_retry`` seconds with jittered backoff: for the reads the engine
+        makes outside a step (``list_groups`` before and after a rollout),
+        which it does not retry itself.  The last error is raised as is
+        (still transient) when the time is up."""
+        try:
+            return retry_transient(fn, self.clock.now() + self.read_retry, self.clock, base=0.5, cap=5.0)
+        except RetryDeadline as exc:
+            raise exc.last
 
     def wait(self, what: str, operation: dict) -> dict:
         """Wait until the Compute ``operation`` is DONE; raise its errors."""

@@ -652,7 +652,7 @@ class GceDriver:
 
     def list_groups(self, artifact: str, environment: str) -> list:
         try:
-            return self._list_groups(artifact, environment)
+            return self.api.retried(lambda: self._list_groups(artifact, environment))
         except PlatformError as exc:
             if not (self.plan_only and exc.param == "credentials"):
                 raise

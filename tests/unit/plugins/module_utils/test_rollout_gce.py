@@ -226,3 +226,20 @@ def test_a_crash_loop_fails_fast_and_rolls_back(env, errors):
         assert "being recreated by autohealing" in reason, reason
         assert env.clock.now() - started < 600
     live_at_100(env, "1.0.0")
+
+
+def test_transient_google_errors_during_a_deploy_are_retried(env):
+    """412 on the URL-map patch (re-read inside the driver), 429 / 503 on reads
+    and inserts and RESOURCE_NOT_READY in an operation (retried by the engine
+    with backoff): the deploy still goes live, each retry in the events."""
+    env.deploy("1.0.0")
+    env.fake.inject("compute.urlMaps.patch", 412, times=2, reason="conditionNotMet")
+    env.fake.inject("compute.regionInstanceGroupManagers.list", 429, reason="rateLimitExceeded")
+    env.fake.inject("compute.backendServices.insert", 503, reason="backendError")
+    env.fake.fail_operation("compute.instanceTemplates.insert", code="RESOURCE_NOT_READY", status=503)
+    result = env.deploy("1.1.0", strategy="blue_green", settings={"scale_down_delay": 60})
+    assert result.state == LIVE, result.msg
+    live_at_100(env, "1.1.0")
+    retries = [e["message"] for e in result.events if "transient error" in e["message"]]
+    assert any("HTTP 503" in m for m in retries) and any("RESOURCE_NOT_READY" in m for m in retries), retries
+    assert sum(1 for m, status in env.fake.log if m == "compute.urlMaps.patch" and status == 412) == 2
