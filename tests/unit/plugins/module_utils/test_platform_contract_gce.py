@@ -67,7 +67,7 @@ class GceSubject(Subject):
         try:
             yield
         finally:
-            self.fake._injected.pop("compute.regionInstanceGroupManagers.get", None)  # pylint: disable=protected-access
+            self.fake.clear_injections("compute.regionInstanceGroupManagers.get")
 
 
 @pytest.fixture
