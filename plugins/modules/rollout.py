@@ -99,6 +99,9 @@ options:
         instance exactly like O(env); the values are masked in all module output and are never written
         to events, reports or the release history.
       - A key may not be in both O(env) and O(secret_env).
+      - On the gce platform each value is a Secret Manager secret version,
+        C(projects/<project>/secrets/<name>/versions/<number or latest>), which the instances resolve;
+        a secret value never enters instance metadata.
     type: dict
     default: {}
   wait:
@@ -313,6 +316,9 @@ class RolloutManager:
         check_env(p["secret_env"], "secret_env")  # names keys only, never a value
         self.platform = targets.make_platform(self.infra, p["image_store"], p["drain_timeout"],
                                               check_mode=module.check_mode)
+        check_secrets = getattr(self.platform, "check_secret_env", None)  # gce: references only
+        if check_secrets is not None:
+            check_secrets(p["secret_env"])
         self.store = targets.make_store(p, self.infra)
         self.engine = Rollout(self.platform, self.store, p["artifact"], p["environment"],
                               env=dict(list(p["env"].items()) + list(p["secret_env"].items())),

@@ -14,6 +14,7 @@ global external Application Load Balancer, metrics from Cloud Monitoring.
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
@@ -24,6 +25,9 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.gce.drive
     GceConfig, GceDriver, api_calls, parse_image)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.gce.metrics import (
     CANARY_STEPS, GceMetrics)
+
+#: a Secret Manager secret version
+SECRET_REF = re.compile(r"^projects/[^/]+/secrets/[A-Za-z0-9_-]{1,255}/versions/([0-9]+|latest)$")
 
 __all__ = ["GcePlatform", "GceDriver", "GceGroups", "GceTraffic", "GceMetrics", "GceConfig",
            "Api", "PlatformError", "parse_image", "missing_dependencies", "CANARY_STEPS"]
@@ -101,6 +105,18 @@ class GcePlatform(Platform):
     @property
     def api(self):
         return self.driver.api
+
+    @staticmethod
+    def check_secret_env(secret_env: dict) -> None:
+        """Every secret is a Secret Manager version reference, never a value
+        (instance metadata is readable on the instance and by project viewers);
+        the refusal names the key, never the value."""
+        for key in sorted(secret_env or {}):
+            if not SECRET_REF.match(str(secret_env[key])):
+                raise PlatformError("secret_env.%s: on the gce platform a secret is a Secret Manager "
+                                    "version projects/<project>/secrets/<name>/versions/<number or "
+                                    "latest>, not a value (it would land in instance metadata)" % key,
+                                    param="secret_env")
 
     def api_plan(self, plan: list) -> list:
         """``plan`` (``Rollout.plan`` steps) with the ordered Google API calls

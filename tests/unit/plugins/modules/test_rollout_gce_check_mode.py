@@ -76,3 +76,12 @@ def test_bad_gce_input_is_refused_naming_the_option(tmp_path):
     assert "projects/<project>/global/images/<name>" in result["msg"]
     result = run(tmp_path, check=True, infra=gce_infra(project="Bad_Project"))
     assert result.get("failed") is True and result.get("param") == "infra.gce.project", result
+
+
+def test_a_secret_value_is_refused_a_secret_manager_reference_is_not(tmp_path):
+    result = run(tmp_path, check=True, secret_env={"API_KEY": "hunter2-never-shown"})
+    assert result.get("failed") is True and result.get("param") == "secret_env", result
+    assert "secret_env.API_KEY" in result["msg"] and "hunter2-never-shown" not in json.dumps(result)
+    ref = "projects/phoenix-dev/secrets/catalog-api-key/versions/3"
+    result = run(tmp_path, check=True, secret_env={"API_KEY": ref})
+    assert not result.get("failed"), result
