@@ -9,6 +9,7 @@ store, and the image a version resolves to (verified before anything runs).
 from __future__ import annotations
 
 import os
+import re
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils import images, versioning
@@ -52,20 +53,29 @@ def _check_secrets(infra):
                            "project_path and stack instead of infra", param="infra")
 
 
+#: a GCE image self-link (the gce driver's resolve_image checks it exactly)
+_GCE_IMAGE = re.compile(r"^(https://[a-z.]+/compute/v1/)?projects/[^/@]+/global/images/[^/@]+$")
+
 #: the drivers that exist, by ``infra.platform``
-DRIVERS = ("local",)
+DRIVERS = ("local", "gce")
 
 
-def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0, clock=None):
+def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0, clock=None,
+                  check_mode: bool = False):
     """The ``Platform`` (group manager, traffic router, metrics provider) for
     the infra outputs.  A driver's Python dependencies are checked here, so
-    a module never imports a driver itself."""
+    a module never imports a driver itself.  ``check_mode``: a cloud driver
+    plans without credentials (it cannot observe its groups then)."""
     platform = infra.get("platform")
     if platform == "local":
         from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import local
         _check_dependencies(platform, local.missing_dependencies())
         return local.LocalPlatform(infra, image_store=image_store, drain_timeout=drain_timeout,
                                    clock=clock)
+    if platform in ("gce", "gcp"):
+        from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import gce
+        _check_dependencies("gce", gce.missing_dependencies())
+        return gce.GcePlatform(infra, clock=clock, plan_only=check_mode)
     raise PhoenixError("infra.platform: %r has no driver yet; allowed: %s"
                        % (platform, ", ".join(DRIVERS)), param="infra")
 
@@ -108,23 +118,27 @@ def make_store(params, infra):
     return FileReleaseStore(store or default_store_root(infra))
 
 
-def resolve_image(artifact: str, version, image, image_store=None) -> dict:
+def resolve_image(artifact: str, version, image, image_store=None, infra=None) -> dict:
     """``{"ref": "<name>@<digest>", "version", "name", "path", "digest"}`` of a
     baked local image, verified (content digest recomputed) before use.  An
     OCI reference ``registry/repo@sha256:<64 hex>`` is checked for shape only
     (``path`` None): the platform's ``resolve_image`` says whether it runs it."""
+    if (infra or {}).get("platform") in ("gce", "gcp"):
+        return _gce_image(artifact, version, image, infra)
     store = images.ImageStore(image_store or images.default_store())
     digest = None
     if image:
-        if is_oci_ref(str(image)):  # the driver decides whether it can run it (resolve_image)
+        if is_oci_ref(str(image)) or _GCE_IMAGE.match(str(image)):
+            # the driver decides whether it can run it (resolve_image)
             repo, _sep, digest = str(image).partition("@")
             return {"ref": str(image), "version": version, "name": repo, "path": None,
-                    "digest": digest}
+                    "digest": digest or None}
         name, _sep, digest = str(image).partition("@")
         if not name or "/" in name:
             raise PhoenixError("image: %r; give a baked image name (e.g. catalog-v1-4-0--abc1234-b7), "
                                "optionally with @sha256:<content digest>, or an OCI reference "
-                               "registry/repository@sha256:<64 hex digits>" % (image,), param="image")
+                               "registry/repository@sha256:<64 hex digits>, or a GCE image self-link "
+                               "projects/<project>/global/images/<name>" % (image,), param="image")
     else:
         if version is None:
             raise PhoenixError("version or image is required for action deploy", param="version")
@@ -151,3 +165,24 @@ def resolve_image(artifact: str, version, image, image_store=None) -> dict:
                            % (name, doc.get("version"), version), param="version")
     return {"ref": "%s@%s" % (name, doc["content_digest"]), "version": doc["version"],
             "name": name, "path": path, "digest": doc["content_digest"]}
+
+
+def _gce_image(artifact, version, image, infra) -> dict:
+    """On GCE an image is a self-link (the driver's ``resolve_image`` checks it
+    exactly); a version alone names the image its bake made in the stack's project."""
+    if image:
+        if not _GCE_IMAGE.match(str(image)):
+            raise PhoenixError("image: %r; the gce platform runs a GCE image self-link "
+                               "projects/<project>/global/images/<name>" % (image,), param="image")
+        return {"ref": str(image), "version": version, "name": str(image).rsplit("/", 1)[-1],
+                "path": None, "digest": None}
+    if version is None:
+        raise PhoenixError("version or image is required for action deploy", param="version")
+    try:
+        versioning.parse(version, "version")
+        name = versioning.image_name(version, artifact)
+    except versioning.VersionError as exc:
+        raise PhoenixError(str(exc), param="version")
+    project = ((infra or {}).get("gce") or {}).get("project")
+    ref = "projects/%s/global/images/%s" % (project, name)
+    return {"ref": ref, "version": version, "name": name, "path": None, "digest": None}

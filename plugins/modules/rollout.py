@@ -99,6 +99,9 @@ options:
         instance exactly like O(env); the values are masked in all module output and are never written
         to events, reports or the release history.
       - A key may not be in both O(env) and O(secret_env).
+      - On the gce platform each value is a Secret Manager secret version,
+        C(projects/<project>/secrets/<name>/versions/<number or latest>), which the instances resolve;
+        a secret value never enters instance metadata.
     type: dict
     default: {}
   wait:
@@ -311,7 +314,11 @@ class RolloutManager:
             raise PhoenixError("secret_env: %s also in env; give each key once (secret values in secret_env)"
                                % ", ".join(both), param="secret_env")
         check_env(p["secret_env"], "secret_env")  # names keys only, never a value
-        self.platform = targets.make_platform(self.infra, p["image_store"], p["drain_timeout"])
+        self.platform = targets.make_platform(self.infra, p["image_store"], p["drain_timeout"],
+                                              check_mode=module.check_mode)
+        check_secrets = getattr(self.platform, "check_secret_env", None)  # gce: references only
+        if check_secrets is not None:
+            check_secrets(p["secret_env"])
         self.store = targets.make_store(p, self.infra)
         self.engine = Rollout(self.platform, self.store, p["artifact"], p["environment"],
                               env=dict(list(p["env"].items()) + list(p["secret_env"].items())),
@@ -352,7 +359,7 @@ class RolloutManager:
         if p["action"] == "deploy":
             Rollout.validate(p["size"], p["strategy"], p["strategy_settings"], p["analysis"])
             self.image = targets.resolve_image(p["artifact"], p["version"], p["image"],
-                                               p["image_store"])
+                                               p["image_store"], infra=self.infra)
             if self.image["path"] is None:  # not a baked local image: can the platform run it?
                 self.platform.groups.resolve_image(self.image["ref"], p["artifact"])
             if p["version"] is None:
@@ -384,6 +391,12 @@ class RolloutManager:
             except RolloutError as exc:  # nothing to roll back to: a real run would fail
                 return dict(changed=False, state="planned", msg=exc.msg, events=[], plan=[])
         out = self._engine_result(res)
+        api_plan = getattr(self.platform, "api_plan", None)  # a cloud driver lists its API calls
+        if api_plan is not None and out.get("plan"):
+            out["plan"] = api_plan(out["plan"])
+        if getattr(self.platform, "unobserved", None):
+            self.module.warn("the %s groups were not observed (%s); the plan follows the release "
+                             "store" % (self.platform.name, self.platform.unobserved))
         if p["action"] != "deploy":
             out["state"] = "planned"
         if p["action"] == "deploy" and res.changed:

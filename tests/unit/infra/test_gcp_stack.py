@@ -117,8 +117,16 @@ def test_load_balancer_has_one_empty_backend_service_per_artifact():
         assert service["healthChecks"] == "phoenix-gcp-dev-health-id"
     url_map = run.one("gcp:compute/uRLMap:URLMap").inputs
     assert url_map["defaultService"] == "phoenix-gcp-dev-catalog-id"
-    assert url_map["pathMatchers"][0]["pathRules"] == [
-        {"paths": ["/orders", "/orders/*"], "service": "phoenix-gcp-dev-orders-id"}]
+    assert url_map["hostRules"] == [{"hosts": ["*"], "pathMatcher": "artifacts"}]
+    matcher = url_map["pathMatchers"][0]
+    assert matcher["name"] == run.outputs["gce"]["path_matcher"] == "artifacts"
+    assert matcher["defaultRouteAction"]["weightedBackendServices"] == [
+        {"backendService": "phoenix-gcp-dev-catalog-id", "weight": 100}]
+    assert matcher["pathRules"] == [{"paths": ["/orders", "/orders/*"], "routeAction": {
+        "weightedBackendServices": [{"backendService": "phoenix-gcp-dev-orders-id", "weight": 100}]}}]
+    assert run.outputs["gce"]["routes"] == {
+        "catalog": {"path_matcher": "artifacts", "paths": None},
+        "orders": {"path_matcher": "artifacts", "paths": ["/orders", "/orders/*"]}}
     rule = run.one("gcp:compute/globalForwardingRule:GlobalForwardingRule").inputs
     assert (rule["portRange"], rule["loadBalancingScheme"]) == ("80", "EXTERNAL_MANAGED")
     assert set(run.outputs["load_balancer"]["backends"]) == {"catalog", "orders"}
@@ -130,8 +138,12 @@ def test_outputs_follow_the_contract(run):
     assert tuple(out) == contract.KEYS
     assert out["platform"] == "gce"
     assert set(out["gce"]) == {"project", "region", "network", "subnetwork", "service_account",
-                               "network_tags", "backend_services", "health_check"}
+                               "network_tags", "backend_services", "health_check", "url_map",
+                               "path_matcher", "routes", "named_port", "port", "backend_template",
+                               "db_password_secret"}
     assert all(value not in (None, "", [], {}) for value in out["gce"].values())
+    assert out["gce"]["backend_template"]["load_balancing_scheme"] == "EXTERNAL_MANAGED"
+    assert out["gce"]["backend_template"]["draining_timeout_sec"] == 30
     assert set(out["database"]) == {"host", "port", "name", "user", "password"}
     assert set(out["load_balancer"]) == {"address", "url", "backends"}
     assert out["load_balancer"]["url"] == f"http://{out['load_balancer']['address']}/"
@@ -179,3 +191,37 @@ def test_two_artifact_registry_repositories_are_the_registries_outputs(runs, sta
     assert sorted(m.inputs["repository"] for m in readers) == sorted(repos)
     assert {(m.inputs["role"], m.inputs["member"]) for m in readers} == \
         {("roles/artifactregistry.reader", f"serviceAccount:{email}")}
+
+
+def test_the_engine_owned_url_map_parts_are_ignored_by_pulumi_up(monkeypatch):
+    """``pulumi up`` must not undo a rollout: the route weights and the per-release
+    backend services of the URL map are ``ignore_changes``, and each ignored path
+    names a property the program really sets."""
+    from phoenix_infra.gcp import load_balancer
+    seen = []
+    real = load_balancer.gcp.compute.URLMap
+
+    def recording(name, opts=None, **kwargs):
+        seen.append(list(opts.ignore_changes or []))
+        return real(name, opts=opts, **kwargs)
+    monkeypatch.setattr(load_balancer.gcp.compute, "URLMap", recording)
+    run = run_stack("gcp-dev", set={"phoenix-infra:artifacts": ["catalog", "orders"]})
+    assert seen == [load_balancer.ENGINE_OWNED]
+    inputs = run.one("gcp:compute/uRLMap:URLMap").inputs
+    for path in load_balancer.ENGINE_OWNED:
+        value = inputs
+        for part in path.split("."):
+            key = part.replace("[*]", "")
+            value = value[key]
+            if part.endswith("[*]"):
+                value = value[0]
+        assert isinstance(value, list) and value, path
+
+
+def test_the_database_password_reaches_instances_only_through_secret_manager(run):
+    version = run.one("gcp:secretmanager/secretVersion:SecretVersion").inputs
+    assert version["secretData"] == {SIG: version["secretData"][SIG], "value": DB_PASSWORD}
+    reader = run.one("gcp:secretmanager/secretIamMember:SecretIamMember").inputs
+    assert reader["role"] == "roles/secretmanager.secretAccessor"
+    assert reader["member"] == "serviceAccount:" + run.outputs["gce"]["service_account"]
+    assert DB_PASSWORD not in str(run.outputs["gce"])

@@ -29,8 +29,25 @@ def test_the_factory_builds_the_local_roles(tmp_path):
 
 def test_the_factory_names_the_drivers_that_exist():
     with pytest.raises(PhoenixError) as err:
+        targets.make_platform({"platform": "azure"})
+    assert err.value.param == "infra" and "allowed: local" in err.value.msg and "gce" in err.value.msg
+
+
+def test_the_factory_builds_the_gce_roles_without_credentials():
+    gce = {"project": "phoenix-test", "region": "europe-west1", "subnetwork": "sub",
+           "service_account": "sa@phoenix-test.iam.gserviceaccount.com", "health_check": "hc",
+           "url_map": "urls", "backend_services": {"catalog": "phoenix-catalog"}}
+    platform = targets.make_platform({"platform": "gce", "gce": gce})
+    assert isinstance(platform, Platform) and platform.name == "gce"
+    assert platform.groups.driver is platform.traffic.driver is platform.metrics.driver
+    with pytest.raises(PhoenixError) as err:
         targets.make_platform({"platform": "gce"})
-    assert err.value.param == "infra" and "allowed: local" in err.value.msg
+    assert err.value.param == "infra.gce"
+
+
+def test_a_gce_image_self_link_is_left_to_the_driver():
+    link = "projects/phoenix-test/global/images/catalog-v1-4-0-abc1234-b7"
+    assert targets.resolve_image("catalog", "1.4.0", link)["ref"] == link
 
 
 def test_a_missing_driver_dependency_is_a_clear_error():
