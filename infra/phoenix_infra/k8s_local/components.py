@@ -195,6 +195,8 @@ DEPLOYER_RULES = (
     {"apiGroups": [""], "resources": ["services"],
      "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
+     "verbs": ["get", "list", "watch", "create", "update", "patch"]},
 )
 
 
