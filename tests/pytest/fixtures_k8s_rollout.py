@@ -11,6 +11,7 @@ import os
 import pathlib
 import subprocess
 import time
+import urllib.parse
 
 import pytest
 import yaml
@@ -123,3 +124,21 @@ def k8s_platform(stack, **kw):
     kw.setdefault("prestop_seconds", 1)
     kw.setdefault("verify_timeout", 30)
     return KubernetesPlatform(stack.infra, **kw)
+
+
+def gateway_url(infra, artifact="catalog"):
+    """``http://<address>:<port>/`` of the gateway listener of ``artifact`` (loopback)."""
+    gateway = (infra.get("kubernetes") or {}).get("gateway") or {}
+    url = (gateway.get("url") or {}).get(artifact)
+    if not url:
+        pytest.fail("the stack exports no gateway url for %s (kubernetes.gateway: %r)" % (artifact, gateway))
+    assert urllib.parse.urlparse(url).hostname.startswith("127."), url
+    return url
+
+
+def served_environment(infra, artifact="catalog"):
+    """The environment whose route ``<artifact>-<environment>`` the stack's gateway serves."""
+    route = ((infra["kubernetes"].get("gateway") or {}).get("routes") or {}).get(artifact)
+    if not route or not route.startswith(artifact + "-"):
+        pytest.fail("the stack exports no gateway route for %s: %r" % (artifact, infra["kubernetes"].get("gateway")))
+    return route[len(artifact) + 1:]

@@ -11,24 +11,13 @@ import urllib.parse
 
 import pytest
 
-from fixtures_k8s_rollout import k8s_platform
+from fixtures_k8s_rollout import gateway_url, k8s_platform, served_environment
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import Clock
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.kubernetes.api import Kube
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "unit" / "plugins" / "module_utils"))
 from platform_contract import PlatformContract, Subject  # noqa: E402  pylint: disable=wrong-import-position
-
-
-def gateway_url(infra):
-    """``http://<address>:<port>`` of the stack's gateway (loopback)."""
-    gateway = (infra.get("kubernetes") or {}).get("gateway") or {}
-    url = gateway.get("url") or ("http://%s:%s" % (gateway["address"], gateway["port"])
-                                 if gateway.get("address") and gateway.get("port") else None)
-    if not url:
-        pytest.fail("the stack exports no gateway address (kubernetes.gateway: %r)" % (gateway,))
-    assert urllib.parse.urlparse(url).hostname.startswith("127."), url
-    return url
 
 
 class _Flaky:
@@ -82,19 +71,11 @@ class K8sSubject(Subject):
         finally:
             driver.kube = real
 
-    def cleanup(self):
-        super().cleanup()
-        driver = self.platform.driver
-        with contextlib.suppress(Exception):  # the route of this test's environment
-            driver.kube.custom.delete_namespaced_custom_object(
-                "gateway.networking.k8s.io", "v1", driver.namespace, "httproutes",
-                "catalog-" + self.environment)
-
 
 @pytest.fixture
-def subject(k8s_rollout_stack, request):
+def subject(k8s_rollout_stack):
     platform = k8s_platform(k8s_rollout_stack)
-    environment = "k%d" % (abs(hash(request.node.name)) % 10 ** 6)
+    environment = served_environment(k8s_rollout_stack.infra)  # the one the gateway serves
     subj = K8sSubject(platform, environment, k8s_rollout_stack.images["hello"], k8s_rollout_stack.infra)
     yield subj
     subj.cleanup()

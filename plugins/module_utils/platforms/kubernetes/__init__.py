@@ -97,7 +97,9 @@ class KubernetesTraffic(TrafficRouter):
 class KubernetesMetrics(MetricsProvider):
     """Traffic of a group from the gateway's HAProxy counters: the rows of
     the route's backend ``be_<namespace>_<route>`` whose server name starts
-    with ``<group>~`` (one per endpoint of the group's Service), over the
+    with ``<group>~`` or ``<group>.`` (one per endpoint of the group's Service;
+    the gateway keeps a gone endpoint's server in maintenance, so its counters
+    stay readable), over the
     window rule of ``platforms.counters``.  Without a gateway socket in the
     infra outputs every answer is "no data" (inconclusive), never a pass."""
 

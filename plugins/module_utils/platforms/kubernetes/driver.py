@@ -369,7 +369,8 @@ class KubernetesDriver:
         return "be_%s_%s" % (self.namespace, o.route_name(artifact, environment))
 
     def stats(self, group) -> Optional[dict]:
-        """The gateway's ``show stat`` rows of ``group`` (``<group>~<n>``); None without a gateway socket."""
+        """The gateway's ``show stat`` rows of ``group`` (one server per endpoint of the
+        group's Service, named ``<group>~<n>`` or ``<group>.<n>``); None without a gateway socket."""
         if self.haproxy is None:
             return None
         try:
@@ -380,7 +381,7 @@ class KubernetesDriver:
             else:
                 raise PlatformError("gateway HAProxy show stat: %s" % exc,
                                     transient=isinstance(exc.__context__, ConnectionError))
-        return {k: v for k, v in rows.items() if k.startswith(group + "~")}
+        return {k: v for k, v in rows.items() if k.startswith((group + "~", group + "."))}
 
     def snapshot(self, group) -> Optional[dict]:
         stats = self.stats(group)
