@@ -196,7 +196,8 @@ DEPLOYER_RULES = (
      "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
-     "verbs": ["get", "list", "watch", "create", "update", "patch"]},
+     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways"], "verbs": ["get", "list", "watch"]},
 )
 
 
@@ -233,6 +234,7 @@ class AppPlatform(pulumi.ComponentResource):
             "path": kubeconfig_path,
         }, pulumi.ResourceOptions(parent=self, depends_on=[binding, cluster.controller_manager],
                                   additional_secret_outputs=["token"]))
+        self.namespace = ns
         self.outputs = {
             "api_server": cluster.server,
             "namespace": namespace,

@@ -117,6 +117,14 @@ class AppPlatform(pulumi.ComponentResource):
             subjects=[{"kind": "ServiceAccount", "name": self.deployer.metadata["name"], "namespace": namespace}],
             opts=in_ns)
 
+        self.gateway_outputs = {
+            "name": self.gateway.metadata["name"], "class": gateway_class,
+            "url": {artifact: self.address.address.apply(
+                lambda ip, i=i, a=artifact: f"http://{ip}/" if i == 0 else f"http://{ip}/{a}")
+                for i, artifact in enumerate(artifacts)},
+            "routes": {a: r.metadata["name"] for a, r in self.routes.items()},
+            "haproxy_socket": None,  # the local cluster's gateway only
+        }
         self.outputs = {
             "namespace": self.namespace.metadata["name"],
             "service_names": {a: s.metadata["name"] for a, s in self.services.items()},
