@@ -95,6 +95,10 @@ def test_crash_looping_image_fails_fast_with_the_reason(env):
     assert res.state in ("failed", "rolled_back"), res.msg
     assert "CrashLoopBackOff" in reason and "exit code 3" in reason, reason
     assert seconds < 60, "a crash loop must fail fast, not wait for the deadline (%.1f s)" % seconds
+    deadline = time.monotonic() + 60  # nothing left half-made: the engine removed the failed group
+    while env.groups() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert env.groups() == {}
 
 
 def test_bad_credentials_and_rbac_denials_name_cause_and_fix(env):
