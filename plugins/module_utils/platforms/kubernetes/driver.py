@@ -229,6 +229,12 @@ class KubernetesDriver:
         pods = self.call("list pods of %s" % group, self.kube.core.list_namespaced_pod, self.namespace,
                          label_selector=match).items
         out = [self._pod_health(pod) for pod in sorted(pods, key=lambda p: p.metadata.name)]
+        for cond in (dep.status.conditions or []) if dep.status else []:
+            # pods that cannot even be made (quota, admission) or a rollout past its deadline
+            if (cond.type == "ReplicaFailure" and cond.status == "True") or \
+                    (cond.type == "Progressing" and cond.status == "False"):
+                out.append(InstanceHealth(group, FAILED, "Deployment %s: %s: %s" % (
+                    cond.type, cond.reason, cond.message)))
         self._snapshot_quietly(group)
         return Health(sum(1 for i in out if i.state == READY), len(out), out)
 
