@@ -57,7 +57,7 @@ def _check_secrets(infra):
 _GCE_IMAGE = re.compile(r"^(https://[a-z.]+/compute/v1/)?projects/[^/@]+/global/images/[^/@]+$")
 
 #: the drivers that exist, by ``infra.platform``
-DRIVERS = ("local", "gce")
+DRIVERS = ("local", "kubernetes", "gce")
 
 
 def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0, clock=None,
@@ -76,6 +76,10 @@ def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0, cl
         from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import gce
         _check_dependencies("gce", gce.missing_dependencies())
         return gce.GcePlatform(infra, clock=clock, plan_only=check_mode)
+    if platform == "kubernetes":
+        from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import kubernetes
+        _check_dependencies(platform, kubernetes.missing_dependencies())
+        return kubernetes.KubernetesPlatform(infra, drain_timeout=drain_timeout, clock=clock)
     raise PhoenixError("infra.platform: %r has no driver yet; allowed: %s"
                        % (platform, ", ".join(DRIVERS)), param="infra")
 

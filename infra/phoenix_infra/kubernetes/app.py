@@ -21,8 +21,9 @@ DEPLOYER_RULES = (
      "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"api_groups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]},
     {"api_groups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-    {"api_groups": [""], "resources": ["services"], "verbs": ["get", "list", "patch"]},
-    {"api_groups": ["gateway.networking.k8s.io"], "resources": ["httproutes"], "verbs": ["get", "patch"]},
+    {"api_groups": [""], "resources": ["services"], "verbs": ["get", "list", "create", "patch", "delete"]},
+    {"api_groups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
+     "verbs": ["get", "list", "create", "update", "patch"]},
 )
 
 

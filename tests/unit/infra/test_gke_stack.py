@@ -17,8 +17,8 @@ EXPECTED_RULES = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
     ("apps", "replicasets"): {"get", "list", "watch"},
     ("", "pods"): {"get", "list", "watch"},
-    ("", "services"): {"get", "list", "patch"},
-    ("gateway.networking.k8s.io", "httproutes"): {"get", "patch"},
+    ("", "services"): {"get", "list", "create", "patch", "delete"},
+    ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "create", "update", "patch"},
 }
 
 
