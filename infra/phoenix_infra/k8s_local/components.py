@@ -195,6 +195,10 @@ DEPLOYER_RULES = (
     {"apiGroups": [""], "resources": ["services"],
      "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+    # the release store (history ConfigMap written with resourceVersion CAS, lock Lease) and chaos.yml
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]},
 )
 
 
