@@ -349,3 +349,30 @@ def test_an_unreachable_api_server_is_a_clear_transient_error(k8s):
         assert f"API server https://{host}:1" in err.value.msg
         assert "check that the cluster runs (pulumi up of its stack) and infra.kubernetes.api_server" in err.value.msg
         assert "still failing after" in err.value.msg
+
+
+def test_save_and_lock_round_trips_are_fast(k8s):
+    """Figures for the README: one save (a PUT with resourceVersion), one
+    acquire + release (create + delete of the Lease), one load."""
+    env = fresh_env()
+    store = make_store(k8s)
+    history = store.load("catalog", env)
+    history.add(release(env))
+    store.save(history)
+    timings = {}
+    t0 = time.monotonic()
+    for _i in range(50):
+        history.releases[0].event(time.time(), "tick")
+        store.save(history)
+    timings["save"] = (time.monotonic() - t0) / 50
+    t0 = time.monotonic()
+    for _i in range(20):
+        store.release(store.acquire("catalog", env, LockHolder.current("deploy")))
+    timings["acquire+release"] = (time.monotonic() - t0) / 20
+    t0 = time.monotonic()
+    for _i in range(50):
+        make_store(k8s).load("catalog", env)
+    timings["load (new client)"] = (time.monotonic() - t0) / 50
+    print("\n" + ", ".join("%s %.1f ms" % (k, v * 1000) for k, v in timings.items()))
+    assert history.revision == 51
+    assert all(v < 0.5 for v in timings.values()), timings
