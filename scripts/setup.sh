@@ -138,14 +138,15 @@ else
   done_ "installed ($("$ROOT/scripts/install-pulumi.sh" --which))"
 fi
 
-# --- Kubernetes binaries (k8s-local stack; built once per user) -------------------
-step "kubernetes binaries (k8s-local stack)"
+# --- Kubernetes binaries + Gateway API CRDs (k8s-local stack; once per user) -------
+step "kubernetes binaries, gateway API CRDs (k8s-local stack)"
 if [[ $WITH_K8S == 0 ]]; then
   done_ "left out (--no-kubernetes)"
 else
   k8s=ok
   "$ROOT/scripts/install-kubernetes.sh" --check || { k8s=installed; echo; "$ROOT/scripts/install-kubernetes.sh"; }
-  done_ "$k8s ($("$ROOT/scripts/install-kubernetes.sh" --which))"
+  "$ROOT/scripts/install-gateway-api.sh" --check || { k8s=installed; echo; "$ROOT/scripts/install-gateway-api.sh"; }
+  done_ "$k8s ($("$ROOT/scripts/install-kubernetes.sh" --which), $("$ROOT/scripts/install-gateway-api.sh" --which))"
 fi
 
 printf '==> setup complete in %ss\n' "$(( $(date +%s) - T0 ))"

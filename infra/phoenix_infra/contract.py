@@ -17,8 +17,11 @@ platform does not have are exported as ``None``.
                       ca_cert (PEM, not secret), token (secret; None on GKE: credentials
                       come from gke-gcloud-auth-plugin), kubeconfig (secret: path of a
                       0600 kubeconfig of the deployer; None on GKE),
-                      service_names: {artifact: name}, labels}: KUBERNETES_KEYS, the
-                      same on GKE and on the local cluster (cluster: local)
+                      service_names: {artifact: name}, labels,
+                      gateway: {name, class, url: {artifact: url}, routes: {artifact: HTTPRoute
+                      name}, haproxy_socket (local: the gateway HAProxy's runtime API; None on
+                      GKE)}}: KUBERNETES_KEYS, the same on GKE and on the local cluster
+                      (cluster: local)
 - registries:        {dev: url, prod: url}: container registries; bakes push to dev,
                       promotion copies by digest to prod. local: http://<address>:<port>
                       (docker-registry, storage.delete off in prod); gce / kubernetes:
@@ -28,7 +31,8 @@ platform does not have are exported as ``None``.
 KEYS = ("platform", "network", "database", "load_balancer", "instance_manager",
         "gce", "kubernetes", "registries", "state_dir")
 KUBERNETES_KEYS = ("api_server", "namespace", "deployer_service_account", "ca_cert", "token", "kubeconfig",
-                   "service_names", "labels")
+                   "service_names", "labels", "gateway")
+GATEWAY_KEYS = ("name", "class", "url", "routes", "haproxy_socket")
 
 
 def complete(outputs: dict) -> dict:

@@ -54,7 +54,7 @@ def _check_secrets(infra):
 
 
 #: the drivers that exist, by ``infra.platform``
-DRIVERS = ("local",)
+DRIVERS = ("local", "kubernetes")
 
 
 def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0, clock=None):
@@ -67,6 +67,10 @@ def make_platform(infra: dict, image_store=None, drain_timeout: float = 10.0, cl
         _check_dependencies(platform, local.missing_dependencies())
         return local.LocalPlatform(infra, image_store=image_store, drain_timeout=drain_timeout,
                                    clock=clock)
+    if platform == "kubernetes":
+        from ansible_collections.phoenix.deploy.plugins.module_utils.platforms import kubernetes
+        _check_dependencies(platform, kubernetes.missing_dependencies())
+        return kubernetes.KubernetesPlatform(infra, drain_timeout=drain_timeout, clock=clock)
     raise PhoenixError("infra.platform: %r has no driver yet; allowed: %s"
                        % (platform, ", ".join(DRIVERS)), param="infra")
 

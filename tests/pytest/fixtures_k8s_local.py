@@ -34,6 +34,12 @@ class TempK8sStack(TempLocalStack):
                 self.destroy()
             except Exception:  # noqa: BLE001 - teardown must go on
                 pass
+        for rel, hint in (("gateway-controller/daemon.pid", "gateway_controller"),
+                          ("gateway-haproxy/haproxy.pid", "haproxy")):  # the gateway's processes
+            pid = read_pid(self.state_dir / rel)
+            if pid_alive(pid, hint):
+                os.kill(pid, 9)
+                wait_for(lambda: not pid_alive(pid), 10)
         for component in reversed(COMPONENTS):
             pid = self.pid(component)
             if pid_alive(pid, component):

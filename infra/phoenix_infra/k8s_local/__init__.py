@@ -13,20 +13,29 @@ Optional stack config (namespace ``phoenix-infra``):
 - ``pod_cidr``       the CNI bridge's subnet (default ``10.213.0.0/24``)
 - ``service_cidr``   (default ``10.214.0.0/24``; no kube-proxy runs)
 - ``namespace``      default ``phoenix``; ``port`` the artifacts' port (8080)
+- ``environment``    the environment this cluster's namespace serves; the
+                     gateway serves HTTPRoute ``<artifact>-<environment>`` on
+                     the listener of each artifact (default: the stack name)
 - ``port_range``     ports on that address for the dev and prod registries
                      (as for platform local; default 24000-24999)
 
 The dev and prod registries are the local platform's (``docker-registry`` on
 the same address); containerd pulls from them over plain HTTP (loopback).
+
+The gateway (``gateway.py``): the Gateway API CRDs, GatewayClass
+``phoenix-haproxy``, Gateway ``phoenix`` with one HTTP listener per artifact
+on a port of the block, HAProxy serving them and the controller feeding it.
 """
 import ipaddress
 import os
+import re
 import pathlib
 import zlib
 
 import pulumi
 
 from phoenix_infra.k8s_local.components import AppPlatform, Cluster
+from phoenix_infra.k8s_local.gateway import Gateway
 from phoenix_infra.local import _port_range
 from phoenix_infra.local.components import Network, Registries
 
@@ -78,19 +87,31 @@ def settings(cfg):
     }
 
 
+def environment(cfg):
+    value = cfg.get("environment", re.sub(r"[^a-z0-9-]+", "-", cfg.stack.lower()).strip("-"))
+    if not re.fullmatch(r"[a-z]([a-z0-9-]{0,30}[a-z0-9])?", value):
+        raise pulumi.RunError(f"config 'phoenix-infra:environment' is {value!r}; use lowercase letters, digits "
+                              "and '-' (a DNS label of at most 32 characters, e.g. dev)")
+    return value
+
+
 def build(cfg) -> dict:
     s = settings(cfg)
     namespace = cfg.get("namespace", "phoenix")
+    env = environment(cfg)
     labels = {"app.kubernetes.io/part-of": "phoenix-deploy", "phoenix.deploy/stack": cfg.stack}
-    net = Network("network", state_dir=s["dir"], cidr=s["cidr"], address=s["address"], port_range=s["port_range"])
+    net = Network("network", state_dir=s["dir"], cidr=s["cidr"], address=s["address"], port_range=s["port_range"],
+                  extra_ports=[*(f"gateway_{a}" for a in cfg.artifacts), "gateway_stats"])
     regs = Registries("registries", network=net)
     cluster = Cluster("cluster", s, network=net, registries=regs.urls)
     app = AppPlatform("app", cluster=cluster, namespace=namespace, artifacts=cfg.artifacts, labels=labels,
                       port=cfg.get_int("port", 8080), kubeconfig_path=os.path.join(s["dir"], "deployer.kubeconfig"))
+    gateway = Gateway("gateway", cluster=cluster, network=net, namespace=namespace, namespace_obj=app.namespace,
+                      artifacts=cfg.artifacts, environment=env, labels=labels, state_dir=s["dir"])
     return {
         "platform": "kubernetes",
         "network": {"name": s["network"], "cidr": s["pod_cidr"], "address": s["address"]},
-        "kubernetes": app.outputs,
+        "kubernetes": {**app.outputs, "gateway": gateway.outputs},
         "registries": regs.urls,
         "state_dir": s["dir"],
     }

@@ -195,6 +195,9 @@ DEPLOYER_RULES = (
     {"apiGroups": [""], "resources": ["services"],
      "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
+     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways"], "verbs": ["get", "list", "watch"]},
     # the release store (history ConfigMap written with resourceVersion CAS, lock Lease) and chaos.yml
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]},
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "delete"]},
@@ -235,6 +238,7 @@ class AppPlatform(pulumi.ComponentResource):
             "path": kubeconfig_path,
         }, pulumi.ResourceOptions(parent=self, depends_on=[binding, cluster.controller_manager],
                                   additional_secret_outputs=["token"]))
+        self.namespace = ns
         self.outputs = {
             "api_server": cluster.server,
             "namespace": namespace,

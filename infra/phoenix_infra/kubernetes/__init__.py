@@ -61,5 +61,6 @@ def build(cfg) -> dict:
                 lambda ca: base64.b64decode(ca).decode() if ca else None),
             "token": None, "kubeconfig": None,  # gke-gcloud-auth-plugin gives the credentials
             **app.outputs,
+            "gateway": app.gateway_outputs,
         },
     }

@@ -21,8 +21,9 @@ DEPLOYER_RULES = (
      "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"api_groups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]},
     {"api_groups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-    {"api_groups": [""], "resources": ["services"], "verbs": ["get", "list", "patch"]},
-    {"api_groups": ["gateway.networking.k8s.io"], "resources": ["httproutes"], "verbs": ["get", "patch"]},
+    {"api_groups": [""], "resources": ["services"], "verbs": ["get", "list", "create", "patch", "delete"]},
+    {"api_groups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
+     "verbs": ["get", "list", "create", "update", "patch"]},
     # the release store (history ConfigMap written with resourceVersion CAS, lock Lease) and chaos.yml
     {"api_groups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]},
     {"api_groups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "delete"]},
@@ -120,6 +121,14 @@ class AppPlatform(pulumi.ComponentResource):
             subjects=[{"kind": "ServiceAccount", "name": self.deployer.metadata["name"], "namespace": namespace}],
             opts=in_ns)
 
+        self.gateway_outputs = {
+            "name": self.gateway.metadata["name"], "class": gateway_class,
+            "url": {artifact: self.address.address.apply(
+                lambda ip, i=i, a=artifact: f"http://{ip}/" if i == 0 else f"http://{ip}/{a}")
+                for i, artifact in enumerate(artifacts)},
+            "routes": {a: r.metadata["name"] for a, r in self.routes.items()},
+            "haproxy_socket": None,  # the local cluster's gateway only
+        }
         self.outputs = {
             "namespace": self.namespace.metadata["name"],
             "service_names": {a: s.metadata["name"] for a, s in self.services.items()},

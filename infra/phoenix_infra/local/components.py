@@ -50,11 +50,11 @@ class Network(pulumi.ComponentResource):
 
     PORT_NAMES = ("postgres", "frontend", "stats", "registry_dev", "registry_prod")
 
-    def __init__(self, name, *, state_dir, cidr, address, port_range, pinned_ports=None, opts=None):
+    def __init__(self, name, *, state_dir, cidr, address, port_range, pinned_ports=None, extra_ports=(), opts=None):
         super().__init__("phoenix:local:Network", name, None, opts)
         ports = _Ports(f"{name}-ports", {
             "state_dir": state_dir, "cidr": cidr, "address": address,
-            "port_range": list(port_range), "names": list(self.PORT_NAMES),
+            "port_range": list(port_range), "names": [*self.PORT_NAMES, *extra_ports],
             "pinned": {k: int(v) for k, v in (pinned_ports or {}).items() if v},
         }, pulumi.ResourceOptions(parent=self))
         self.cidr = cidr

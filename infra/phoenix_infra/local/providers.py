@@ -343,8 +343,26 @@ class HAProxyProvider(_Provider):
     def config(props, sock):
         addr, inter = props["address"], props["check_inter"]
         backends = props["backends"]
-        lines = [
-            "# written by phoenix.deploy (local platform); servers are added at run time",
+        lines = ["# written by phoenix.deploy (local platform); servers are added at run time",
+                 *HAProxyProvider.common(sock),
+                 "frontend fe_phoenix",
+                 f"    bind {addr}:{int(props['frontend_port'])}"]
+        for artifact, backend in sorted(backends.items()):
+            lines.append(f"    use_backend {backend} if {{ req.hdr(host),field(1,:),field(1,.) -m str {artifact} }}")
+        lines.append(f"    default_backend {backends[sorted(backends)[0]]}")
+        for _artifact, backend in sorted(backends.items()):
+            lines += ["", f"backend {backend}", "    balance roundrobin",
+                      "    http-request disable-l7-retry if !METH_GET !METH_HEAD !METH_OPTIONS",
+                      "    option httpchk GET /healthz", "    http-check expect status 200",
+                      f"    default-server check inter {inter} fastinter {inter} downinter {inter} rise 1 fall 2"]
+        lines += ["", "listen stats", f"    bind {addr}:{int(props['stats_port'])}",
+                  "    stats enable", "    stats uri /stats", "    stats refresh 5s", ""]
+        return "\n".join(lines)
+
+    @staticmethod
+    def common(sock):
+        """The global and defaults sections (also the k8s-local gateway's)."""
+        return [
             "global",
             f"    stats socket {sock} mode 600 level admin",
             "    stats timeout 30s",
@@ -370,20 +388,17 @@ class HAProxyProvider(_Provider):
             "    timeout server 30s",
             "    timeout http-request 10s",
             "",
-            "frontend fe_phoenix",
-            f"    bind {addr}:{int(props['frontend_port'])}",
         ]
-        for artifact, backend in sorted(backends.items()):
-            lines.append(f"    use_backend {backend} if {{ req.hdr(host),field(1,:),field(1,.) -m str {artifact} }}")
-        lines.append(f"    default_backend {backends[sorted(backends)[0]]}")
-        for _artifact, backend in sorted(backends.items()):
-            lines += ["", f"backend {backend}", "    balance roundrobin",
-                      "    http-request disable-l7-retry if !METH_GET !METH_HEAD !METH_OPTIONS",
-                      "    option httpchk GET /healthz", "    http-check expect status 200",
-                      f"    default-server check inter {inter} fastinter {inter} downinter {inter} rise 1 fall 2"]
-        lines += ["", "listen stats", f"    bind {addr}:{int(props['stats_port'])}",
-                  "    stats enable", "    stats uri /stats", "    stats refresh 5s", ""]
-        return "\n".join(lines)
+
+    @staticmethod
+    def ports(props):
+        """(port, what) of every port this HAProxy binds."""
+        return [(int(props["frontend_port"]), "haproxy frontend"), (int(props["stats_port"]), "haproxy stats")]
+
+    @staticmethod
+    def server_options(props):
+        """``add server`` options of a restored run-time server."""
+        return f"check inter {props['check_inter']}"
 
     def _apply(self, props, old=None):
         """Write + validate the config, then start (or soft-reload) HAProxy."""
@@ -394,9 +409,10 @@ class HAProxyProvider(_Provider):
         procs.write_private(new, text)
         procs.run([HAPROXY, "-c", "-q", "-f", new], "haproxy config check")
         running = old is not None and self.alive(old)
-        for key, what in (("frontend_port", "haproxy frontend"), ("stats_port", "haproxy stats")):
-            if not (running and old.get(key) == props[key] and old.get("address") == props["address"]):
-                procs.require_free(props["address"], int(props[key]), what)
+        bound = {p for p, _w in self.ports(old)} if running and old.get("address") == props["address"] else set()
+        for port, what in self.ports(props):
+            if port not in bound:
+                procs.require_free(props["address"], port, what)
         old_pid = procs.read_pid(self._paths(old)["pid"]) if running else None
         previous = procs.read_text(paths["cfg"])
         if running and old.get("dir") == props["dir"] and previous == text:
@@ -481,7 +497,7 @@ class HAProxyProvider(_Provider):
             if backend not in props["backends"].values():
                 continue
             srv = f"{backend}/{name}"
-            commands = [f"add server {srv} {addr}:{port} check inter {props['check_inter']} weight {weight}"]
+            commands = [f"add server {srv} {addr}:{port} {self.server_options(props)} weight {weight}"]
             if not admin & 0x01:  # SRV_ADMF_FMAINT: it was in maintenance, leave it there
                 commands += [f"enable health {srv}", f"enable server {srv}"]
                 if admin & 0x08:  # SRV_ADMF_FDRAIN

@@ -311,7 +311,14 @@ def group_name(artifact: str, environment: str, release_id: str) -> str:
     (DNS-1123 label, GCE resource name): lowercase ``[a-z0-9-]``, starting
     with a letter, at most 63 characters, derived deterministically
     (``integrated_qa`` -> ``integrated-qa``; too long -> cut + 8-hex hash)."""
-    raw = "%s-%s-%s" % (artifact, environment, release_id)
+    return dns_label(artifact, environment, release_id)
+
+
+def dns_label(*parts) -> str:
+    """``parts`` joined with ``-`` as a DNS-1123 label that starts with a
+    letter (the rule of ``group_name``), e.g. a per-(artifact, environment)
+    resource such as a Kubernetes HTTPRoute: ``dns_label("catalog", "integrated_qa")``."""
+    raw = "-".join(str(p) for p in parts)
     name = _NOT_DNS.sub("-", raw.lower()).strip("-")
     if not name[:1].isalpha():
         name = "g-" + name

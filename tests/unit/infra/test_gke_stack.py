@@ -17,8 +17,8 @@ EXPECTED_RULES = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
     ("apps", "replicasets"): {"get", "list", "watch"},
     ("", "pods"): {"get", "list", "watch", "delete"},  # delete: chaos.yml
-    ("", "services"): {"get", "list", "patch"},
-    ("gateway.networking.k8s.io", "httproutes"): {"get", "patch"},
+    ("", "services"): {"get", "list", "create", "patch", "delete"},
+    ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "create", "update", "patch"},
     ("", "configmaps"): {"get", "create", "update"},  # the release store: history (resourceVersion CAS)
     ("coordination.k8s.io", "leases"): {"get", "create", "update", "delete"},  # and its lock
 }
@@ -118,6 +118,7 @@ def test_services_and_routes_per_artifact(run):
 
 def test_outputs_follow_the_contract(run):
     out = run.outputs
+    ip = out["load_balancer"]["address"]
     assert tuple(out) == contract.KEYS
     assert out["platform"] == "kubernetes" and out["gce"] is None
     assert tuple(sorted(out["kubernetes"])) == tuple(sorted(contract.KUBERNETES_KEYS))
@@ -129,7 +130,11 @@ def test_outputs_follow_the_contract(run):
         "service_names": {"catalog": "catalog", "orders": "orders"},
         "deployer_service_account": "phoenix-deployer",
         "labels": {"app.kubernetes.io/part-of": "phoenix-deploy", "phoenix.deploy/stack": "gke-dev"},
+        "gateway": {"name": "phoenix", "class": "gke-l7-global-external-managed",
+                    "url": {"catalog": f"http://{ip}/", "orders": f"http://{ip}/orders"},
+                    "routes": {"catalog": "catalog", "orders": "orders"}, "haproxy_socket": None},
     }
+    assert tuple(sorted(out["kubernetes"]["gateway"])) == tuple(sorted(contract.GATEWAY_KEYS))
     assert set(out["database"]) == {"host", "port", "name", "user", "password"}
     assert out["load_balancer"]["backends"] == out["kubernetes"]["service_names"]
 

@@ -41,6 +41,10 @@ def _build(monkeypatch, tmp_path, **overrides):
         (tmp_path / name).write_text("#!/bin/sh\n")
         (tmp_path / name).chmod(0o755)
     monkeypatch.setattr(k8s_local, "BIN", tmp_path)
+    crds = tmp_path / "crd"
+    crds.mkdir(exist_ok=True)
+    (crds / "gateway.networking.k8s.io_httproutes.yaml").write_text("kind: CustomResourceDefinition\n")
+    monkeypatch.setattr(importlib.import_module("phoenix_infra.k8s_local.gateway"), "crd_dir", lambda: str(crds))
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     mocks = use_stack("k8s-local", mocks=DynamicMocks(), set={"phoenix-infra:state_dir": str(tmp_path / "st"), **overrides}, secrets={})
     box = {}
@@ -62,7 +66,13 @@ def test_outputs_follow_the_contract_with_the_same_kubernetes_keys_as_gke(monkey
     assert out["kubernetes"]["api_server"] == "https://127.30.0.1:6443"
     assert out["kubernetes"]["namespace"] == "phoenix-dev"
     assert set(out["registries"]) == {"dev", "prod"}
+    gateway = out["kubernetes"]["gateway"]
+    assert tuple(sorted(gateway)) == tuple(sorted(contract.GATEWAY_KEYS))
+    assert gateway["name"] == "phoenix" and gateway["class"] == "phoenix-haproxy"
+    assert gateway["routes"] == {"catalog": "catalog-k8s-local"}  # <artifact>-<environment (the stack name)>
+    assert gateway["url"] == {"catalog": "http://127.30.0.1:24005/"}  # the port after the local stack's five
     names = {r.name for r in mocks.resources if r.custom}
+    assert {"gateway-crds", "gateway-class", "gateway-gateway", "gateway-haproxy", "gateway-controller"} <= names
     assert {"cluster-etcd", "cluster-kube-apiserver", "cluster-kube-controller-manager", "cluster-kube-scheduler",
             "cluster-containerd", "cluster-kubelet", "app-deployer-role", "app-deployer-binding"} <= names
 
@@ -80,3 +90,10 @@ def test_bad_network_config_names_the_key(monkeypatch, tmp_path, key, value, mes
 def test_an_unknown_cluster_kind_is_refused(monkeypatch, tmp_path):
     with pytest.raises(Exception, match="phoenix-infra:cluster.*allowed: gke"):
         _build(monkeypatch, tmp_path, **{"phoenix-infra:cluster": "kind"})
+
+
+def test_the_environment_names_the_routes_and_bad_ones_are_refused(monkeypatch, tmp_path):
+    _mocks, out = _build(monkeypatch, tmp_path, **{"phoenix-infra:environment": "dev"})
+    assert out["kubernetes"]["gateway"]["routes"] == {"catalog": "catalog-dev"}
+    with pytest.raises(Exception, match="phoenix-infra:environment.*DNS label"):
+        _build(monkeypatch, tmp_path, **{"phoenix-infra:environment": "Bad_Env"})

@@ -23,6 +23,19 @@ import socket
 _SAFE = re.compile(r"^[A-Za-z0-9_.:/@-]+$")
 
 
+def gateway_backend(namespace: str, route: str) -> str:
+    """The backend of HTTPRoute ``route`` in ``namespace`` in the local
+    cluster's gateway (``phoenix_infra.k8s_local.gateway``)."""
+    return "be_%s_%s" % (namespace, route)
+
+
+def gateway_server(service: str, slot: int) -> str:
+    """Gateway server ``<service>.<slot>``: one per endpoint of a backendRef
+    Service (HAProxy refuses ``~`` in server names; a Service name, a
+    DNS-1035 label, never holds a dot, so the last dot splits the name)."""
+    return "%s.%d" % (service, slot)
+
+
 class RuntimeAPIError(Exception):
     """HAProxy refused a command or the socket is unreachable."""
 
