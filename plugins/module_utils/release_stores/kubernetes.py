@@ -33,13 +33,11 @@ servers, HTTP 429 and 5xx are ``transient`` and retried for ``retry_seconds``.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import os
 import re
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -114,26 +112,10 @@ def _epoch(value) -> Optional[float]:
         tzinfo=timezone.utc).timestamp()
 
 
-_CA_FILES = {}
-
-
-def _ca_file(pem: str) -> str:
-    """A private (0600) file with ``pem`` (the client wants a path), one per
-    process and CA, removed at exit."""
-    key = hashlib.sha256(pem.encode("utf-8")).hexdigest()
-    path = _CA_FILES.get(key)
-    if path is None or not os.path.exists(path):
-        fd, path = tempfile.mkstemp(prefix="phoenix-k8s-ca-", suffix=".pem")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(pem)
-        atexit.register(lambda p=path: os.path.exists(p) and os.unlink(p))
-        _CA_FILES[key] = path
-    return path
-
-
 def api_client(kube: dict):
-    """An official-client ``ApiClient`` for the infra outputs' ``kubernetes``
-    entry (``api_server``, ``ca_cert`` PEM, ``token``)."""
+    """The official client's ``ApiClient`` for the infra outputs' ``kubernetes``
+    entry, made as the Kubernetes driver makes its own (``platforms.kubernetes.api.Kube``:
+    ``api_server`` + ``ca_cert`` + ``token``, else the ``kubeconfig``, as on GKE)."""
     if not HAS_KUBERNETES:
         raise StoreError("the kubernetes release store needs the Python package kubernetes on the "
                          "host that runs the module (pip install kubernetes): %s"
@@ -142,17 +124,18 @@ def api_client(kube: dict):
         raise StoreError("infra.kubernetes is missing: the kubernetes release store needs the "
                          "outputs of a platform kubernetes stack (api_server, ca_cert, token, "
                          "namespace)", param="infra")
-    missing = [k for k in ("api_server", "ca_cert", "token", "namespace") if not kube.get(k)]
+    missing = [k for k in ("namespace",) if not kube.get(k)]
+    if not kube.get("token") and not kube.get("kubeconfig"):
+        missing.insert(0, "token (or kubeconfig)")
     if missing:
         raise StoreError("infra.kubernetes lacks %s: give the outputs of a platform kubernetes stack "
                          "(phoenix.deploy.pulumi_stack with show_secrets: true)"
                          % ", ".join(missing), param="infra")
-    cfg = k8s_client.Configuration()
-    cfg.host = kube["api_server"]
-    cfg.ssl_ca_cert = _ca_file(kube["ca_cert"])
-    cfg.api_key = {"authorization": "Bearer " + kube["token"]}
-    cfg.retries = 0  # the store retries transient errors itself (with backoff, until a deadline)
-    return k8s_client.ApiClient(cfg)
+    from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.kubernetes import api
+    try:
+        return api.Kube(kube).api_client
+    except PhoenixError as exc:
+        raise StoreError(exc.msg, param="infra")
 
 
 @dataclass
@@ -200,18 +183,18 @@ class ConfigMapReleaseStore(ReleaseStore):
         self.request_timeout = request_timeout
         self.clock = clock or Clock()
         self.root = "configmaps and leases in namespace %s at %s" % (self.namespace, self.api_server)
-        self._pid = None
-        self._client = None
+        self._client = api_client(kube)  # validates the outputs and the client library now
+        self._pid = os.getpid()
         self._core = self._coord = None
         self._seen = {}   # (artifact, environment) -> (history revision, resourceVersion)
         self._held = {}   # (artifact, environment) -> _Held
         self._store_id = None
-        api_client(kube)  # validates the outputs and the client library now
 
     # -- API access ----------------------------------------------------------
     def _apis(self):
-        if self._client is None or self._pid != os.getpid():  # no pooled sockets across fork
-            self._client = api_client(self.kube)
+        if self._core is None or self._pid != os.getpid():  # no pooled sockets across fork
+            if self._pid != os.getpid():
+                self._client = api_client(self.kube)
             self._core = k8s_client.CoreV1Api(self._client)
             self._coord = k8s_client.CoordinationV1Api(self._client)
             self._pid = os.getpid()

@@ -51,7 +51,7 @@ def test_kubernetes_backend_without_a_cluster_names_the_option(tmp_path):
 def test_incomplete_kubernetes_outputs_are_named(tmp_path):
     with pytest.raises(PhoenixError) as err:
         targets.make_store({}, kube_infra(tmp_path, token="", namespace=None))
-    assert err.value.param == "infra" and "infra.kubernetes lacks token, namespace" in err.value.msg
+    assert err.value.param == "infra" and "infra.kubernetes lacks token (or kubeconfig), namespace" in err.value.msg
 
 
 @pytest.mark.parametrize("artifact,environment", [
