@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Delete one pod (playbooks/chaos.yml on the kubernetes platform), through the
 official `kubernetes` client with the deployer's kubeconfig (the stack output
 kubernetes.kubeconfig, a 0600 file: no token on the command line).

@@ -345,7 +345,7 @@ def test_an_unreachable_api_server_is_a_clear_transient_error(k8s):
             call()
         assert time.monotonic() - t0 < 10
         assert err.value.transient
-        assert f"cannot reach the Kubernetes API server (" in err.value.msg
+        assert "cannot reach the Kubernetes API server (" in err.value.msg
         assert f"API server https://{host}:1" in err.value.msg
         assert "check that the cluster runs (pulumi up of its stack) and infra.kubernetes.api_server" in err.value.msg
         assert "still failing after" in err.value.msg

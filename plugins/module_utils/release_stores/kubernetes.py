@@ -80,6 +80,10 @@ VERBS = {"configmaps": ("get", "create", "update"),
          "leases.coordination.k8s.io": ("get", "create", "update", "delete")}
 
 
+def _verbs() -> str:
+    return "; ".join("%s on %s" % (", ".join(v), r) for r, v in VERBS.items())
+
+
 def missing_dependencies() -> list:
     """``[(python package, import error)]`` this store lacks."""
     return [] if HAS_KUBERNETES else [("kubernetes", KUBERNETES_IMPORT_ERROR)]
@@ -209,7 +213,11 @@ class ConfigMapReleaseStore(ReleaseStore):
 
     def _error(self, exc, what: str) -> StoreError:
         where = "%s (namespace %s, API server %s)" % (what, self.namespace, self.api_server)
-        if isinstance(exc, ApiException):
+        if isinstance(exc, ApiException) and not exc.status and "SSL" in str(exc.reason):
+            return StoreError("%s: TLS verification of the API server failed (%s): "
+                              "infra.kubernetes.ca_cert is not the cluster's CA"
+                              % (where, str(exc.reason).replace("\n", " ")), param="infra")
+        if isinstance(exc, ApiException) and exc.status:
             status, message = exc.status, self._api_message(exc)
             if status == 401:
                 return StoreError("%s: the API server refused the credentials (HTTP 401: %s): "
@@ -221,9 +229,7 @@ class ConfigMapReleaseStore(ReleaseStore):
                                   "needs %s in namespace %s (the deployer Role of the infra stack "
                                   "grants them: run pulumi up of that stack, or use its deployer "
                                   "token and namespace)"
-                                  % (where, message, "; ".join("%s on %s" % (", ".join(v), r)
-                                                              for r, v in VERBS.items()),
-                                     self.namespace), param="infra")
+                                  % (where, message, _verbs(), self.namespace), param="infra")
             if status == 404:
                 return StoreError("%s: HTTP 404: %s; check that namespace %s exists "
                                   "(infra.kubernetes.namespace)" % (where, message, self.namespace),

@@ -13,7 +13,7 @@ import pytest
 
 from ansible_collections.phoenix.deploy.plugins.module_utils import releases
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
-    ConflictError, FileReleaseStore, History, LockHeld, LockHolder, Release,
+    FileReleaseStore, History, LockHeld, LockHolder, Release,
     StoreError, atomic_write, pid_alive)
 from release_store_contract import ReleaseStoreContract, StoreSubject
 
