@@ -1,12 +1,11 @@
 """Fixtures for the Kubernetes driver tests: one real ``k8s-local`` cluster
 per test module (``k8s_rollout_stack``), the hello image pushed by digest into
-the stack's dev registry, a crash-looping image, the Gateway API CRDs, and a
+the stack's dev registry, a crash-looping image, and a
 ``KubernetesPlatform`` on the deployer's credentials.
 
 Run these modules under ``flock /tmp/phoenix-k8s.lock`` (one cluster at a time
 on this machine).  Traffic goes only to the stack's loopback address and to pod
 IPs on the stack's own bridge."""
-import glob
 import os
 import pathlib
 import subprocess
@@ -14,13 +13,10 @@ import time
 import urllib.parse
 
 import pytest
-import yaml
 
 from fixtures_k8s_local import TempK8sStack, build_hello_image, push
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.kubernetes import KubernetesPlatform
-
-GATEWAY_API = "sigs.k8s.io/gateway-api@v1.7.0"
 
 CRASH_C = r"""
 #include <stdio.h>
@@ -56,46 +52,6 @@ def admin_client(stack):
     return client.ApiClient(cfg)
 
 
-def gateway_crd_files():
-    """The standard-channel CRD files of the gateway-api Go module (downloaded once into the module cache)."""
-    modcache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True).stdout.strip()
-    found = sorted(glob.glob(os.path.join(modcache, GATEWAY_API, "config", "crd", "standard", "*.yaml")))
-    if not found:
-        subprocess.run(["go", "mod", "download", GATEWAY_API], capture_output=True, text=True, check=False,
-                       timeout=300, env=dict(os.environ, GOFLAGS="-mod=mod"))
-        found = sorted(glob.glob(os.path.join(modcache, GATEWAY_API, "config", "crd", "standard", "*.yaml")))
-    if not found:
-        pytest.fail("no Gateway API CRDs: `go mod download %s` gave no config/crd/standard/*.yaml" % GATEWAY_API)
-    return found
-
-
-def install_gateway_crds(stack):
-    """HTTPRoute and Gateway CRDs, unless the stack installed them already."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-    ext = client.ApiextensionsV1Api(admin_client(stack))
-    names = {c.metadata.name for c in ext.list_custom_resource_definition().items}
-    for path in gateway_crd_files():
-        with open(path) as handle:
-            for doc in yaml.safe_load_all(handle):
-                if not doc or doc.get("kind") != "CustomResourceDefinition" or doc["metadata"]["name"] in names:
-                    continue
-                if doc["metadata"]["name"].split(".")[0] not in ("httproutes", "gateways", "gatewayclasses"):
-                    continue
-                try:
-                    ext.create_custom_resource_definition(doc)
-                except ApiException as exc:
-                    if exc.status != 409:
-                        raise
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        crd = ext.read_custom_resource_definition("httproutes.gateway.networking.k8s.io")
-        if any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])):
-            return
-        time.sleep(0.5)
-    pytest.fail("the HTTPRoute CRD was not Established within 60 s")
-
-
 @pytest.fixture(scope="module")
 def k8s_rollout_stack():
     """A real k8s-local cluster for one test module, with the hello image and a
@@ -108,7 +64,6 @@ def k8s_rollout_stack():
         stack.up()
         stack.infra = stack.outputs()
         print("\nk8s-local cluster up in %.1f s" % (time.monotonic() - t0))
-        install_gateway_crds(stack)
         dev = stack.infra["registries"]["dev"]
         stack.images = {
             "hello": push(build_hello_image(stack.tmp / "img-hello"), dev, "phoenix-it/hello"),

@@ -5,6 +5,8 @@ fed from EndpointSlices, HTTPRoute weights); a crash-looping image fails fast
 with the reason; bad credentials and RBAC denials fail with cause and fix.
 
 One cluster per module; run under ``flock /tmp/phoenix-k8s.lock``."""
+import shutil
+import subprocess
 import time
 
 import pytest
@@ -28,6 +30,11 @@ def images(k8s_rollout_stack):
     out["hello2"] = push(build_hello_image(k8s_rollout_stack.tmp / "img-hello2"),
                          k8s_rollout_stack.infra["registries"]["dev"], "phoenix-it/hello")
     assert out["hello2"] != out["hello"]  # a second build: another digest
+    work = k8s_rollout_stack.tmp / "img-labelled"
+    shutil.copytree(k8s_rollout_stack.tmp / "img-hello" / "oci", work / "oci")
+    subprocess.run(["umoci", "config", "--image", "%s/oci:v1" % work, "--config.label",
+                    "io.phoenix.deploy.health.http-path=/ready"], check=True, capture_output=True, timeout=60)
+    out["labelled"] = push("oci:%s/oci:v1" % work, k8s_rollout_stack.infra["registries"]["dev"], "phoenix-it/hello")
     return out
 
 
@@ -95,6 +102,10 @@ def test_crash_looping_image_fails_fast_with_the_reason(env):
     assert res.state in ("failed", "rolled_back"), res.msg
     assert "CrashLoopBackOff" in reason and "exit code 3" in reason, reason
     assert seconds < 60, "a crash loop must fail fast, not wait for the deadline (%.1f s)" % seconds
+    deadline = time.monotonic() + 60  # nothing left half-made: the engine removed the failed group
+    while env.groups() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert env.groups() == {}
 
 
 def test_bad_credentials_and_rbac_denials_name_cause_and_fix(env):
@@ -148,6 +159,26 @@ def test_create_is_get_or_create_and_foreign_objects_are_never_touched(env):
             groups.destroy("foreign")
     finally:
         apps.delete_namespaced_deployment("foreign", ns)
+
+
+def test_health_path_from_the_image_label_and_a_missing_image_is_refused_before_anything_is_made(env):
+    from kubernetes import client
+    groups = env.platform.groups
+    assert groups.resolve_image(env.images["labelled"], "catalog") == env.images["labelled"]
+    name = groups.group_name("catalog", env.environment, "v001")
+    groups.create_group("catalog", env.environment, "v001", env.images["labelled"], 1, {}, name=name)
+    apps = client.AppsV1Api(admin_client(env.stack))
+    dep = apps.read_namespaced_deployment(name, env.infra["kubernetes"]["namespace"])
+    assert dep.spec.template.spec.containers[0].readiness_probe.http_get.path == "/ready"
+    assert groups.health(name).total == 1
+    missing = env.images["hello"].split("@")[0] + "@sha256:" + "0" * 64
+    with pytest.raises(PlatformError) as err:
+        groups.resolve_image(missing, "catalog")
+    assert err.value.param == "image" and "no image" in err.value.msg and not err.value.transient
+    with pytest.raises(PlatformError):
+        groups.create_group("catalog", env.environment, "v002", missing, 1, {},
+                            name=groups.group_name("catalog", env.environment, "v002"))
+    assert sorted(env.groups()) == [name]
 
 
 # --------------------------------------------------------------------------- under load

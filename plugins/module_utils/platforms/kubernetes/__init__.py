@@ -50,8 +50,12 @@ class KubernetesGroups(GroupManager):
 
     def resolve_image(self, ref, artifact=None):
         """``registry/repo@sha256:<64 hex>`` as is; a tag or a local image is
-        refused naming the ``image`` parameter."""
-        return objects.check_image(ref)
+        refused naming the ``image`` parameter, and so is an image missing
+        from the stack's registries (its health path is read on the way)."""
+        objects.check_image(ref)
+        if self.driver is not None:
+            self.driver.image_health_path(ref)
+        return ref
 
     def create_group(self, artifact, environment, release_id, image, size, env, name=None, owner=None):
         name = name or self.group_name(artifact, environment, release_id)

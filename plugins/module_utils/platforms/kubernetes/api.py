@@ -133,14 +133,14 @@ class Kube:
                 % (what, message, self.namespace), param="infra")
         if status == 404:
             if details.get("kind") == "namespaces":
+                namespace = details.get("name") or self.namespace
                 return PlatformError(
                     "%s: namespace %s does not exist on %s; create it with the stack (pulumi up) or fix "
-                    "kubernetes.namespace in the infra outputs" % (what, details.get("name") or self.namespace,
-                                                                    self.server), param="infra")
+                    "kubernetes.namespace in the infra outputs" % (what, namespace, self.server), param="infra")
             return NotFound("%s: %s" % (what, message))
         if status == 429 or status >= 500 or status == 0:
-            return PlatformError("%s: Kubernetes API answered %s %s; retrying" % (what, status or "no status",
-                                                                                 message), transient=True)
+            return PlatformError("%s: Kubernetes API answered %s %s; retrying"
+                                 % (what, status or "no status", message), transient=True)
         return PlatformError("%s: Kubernetes API answered %d: %s" % (what, status, message))
 
 

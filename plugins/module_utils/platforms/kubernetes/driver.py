@@ -14,7 +14,9 @@ traffic shares.  The driver keeps nothing but caches and counter snapshots.
 
 from __future__ import annotations
 
+import json
 import threading
+import urllib.parse
 from typing import Optional
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
@@ -26,9 +28,12 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.kubernete
     GATEWAY_GROUP, GATEWAY_VERSION, Conflict, Kube, NotFound)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.haproxy import (
     RuntimeAPI, RuntimeAPIError)
+from ansible_collections.phoenix.deploy.plugins.module_utils import registry as _registry
 
 DEFAULT_GATEWAY = "phoenix"
 DEFAULT_HEALTH_PATH = "/healthz"
+#: the OCI image label the bake writes with the service's health path (images._oci_config)
+HEALTH_LABEL = "io.phoenix.deploy.health.http-path"
 
 
 class KubernetesDriver:
@@ -67,6 +72,7 @@ class KubernetesDriver:
         self.history = _counters.CounterHistory()
         self._where = {}  # group -> (artifact, environment)
         self._ports = {}  # artifact -> (service port, target port)
+        self._health = {}  # image ref -> health path
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ helpers
@@ -93,6 +99,43 @@ class KubernetesDriver:
             target = port.target_port if isinstance(port.target_port, int) else port.port
             self._ports[artifact] = (int(port.port), int(target))
         return self._ports[artifact]
+
+    def image_health_path(self, ref) -> str:
+        """The health path of image ``ref``: its ``HEALTH_LABEL`` when the image
+        is in one of the stack's registries (read from its config; a missing
+        image is refused naming ``image``), else ``health_path``."""
+        if ref in self._health:
+            return self._health[ref]
+        host, _sep, rest = ref.partition("/")
+        repo, _sep, digest = rest.partition("@")
+        url = next((u for u in (self.infra.get("registries") or {}).values()
+                    if u and urllib.parse.urlsplit(u if "://" in u else "https://" + u).netloc == host), None)
+        path = self.health_path
+        if url is not None:
+            reg = _registry.Registry(url, param="image")
+            try:
+                prefix = reg.prefix + "/" if reg.prefix else ""
+                repo = repo[len(prefix):] if prefix and repo.startswith(prefix) else repo
+                raw = reg.manifest(repo, digest=digest, param="image")[0]
+                config = json.loads(raw).get("config") or {}
+                if config.get("digest"):
+                    status, _headers, body = reg._http(  # pylint: disable=protected-access
+                        "GET", "/v2/%s/blobs/%s" % (reg.path(repo), config["digest"]), param="image")
+                    if status == 200:
+                        labels = (json.loads(body).get("config") or {}).get("Labels") or {}
+                        path = labels.get(HEALTH_LABEL) or path
+            except _registry.RegistryDown as exc:
+                raise PlatformError(exc.msg, param="image", transient=True)
+            except _registry.RegistryError as exc:
+                raise PlatformError(exc.msg, param="image")
+            except ValueError as exc:
+                raise PlatformError("image %s: unreadable manifest or config: %s" % (ref, exc), param="image")
+            finally:
+                reg.close()
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise PlatformError("image %s: health path %r is not an absolute HTTP path" % (ref, path), param="image")
+        self._health[ref] = path
+        return path
 
     def base_env(self, artifact) -> dict:
         env = {"BIND": "0.0.0.0", "PORT": str(self.ports(artifact)[1]),
@@ -152,7 +195,7 @@ class KubernetesDriver:
         full_env["PORT"] = str(target)
         svc = o.service(self.namespace, artifact, environment, release_id, name, port, target, image, owner)
         dep = o.deployment(self.namespace, artifact, environment, release_id, name, image, size, full_env,
-                           target, self.health_path, owner, self.prestop_seconds, self.drain_timeout,
+                           target, self.image_health_path(image), owner, self.prestop_seconds, self.drain_timeout,
                            secret_env=self.secret_env())
         self._get_or_create("Service", name, svc, self.kube.core.create_namespaced_service, self._read_service)
         self._get_or_create("Deployment", name, dep, self.kube.apps.create_namespaced_deployment,
@@ -192,6 +235,12 @@ class KubernetesDriver:
         pods = self.call("list pods of %s" % group, self.kube.core.list_namespaced_pod, self.namespace,
                          label_selector=match).items
         out = [self._pod_health(pod) for pod in sorted(pods, key=lambda p: p.metadata.name)]
+        for cond in (dep.status.conditions or []) if dep.status else []:
+            # pods that cannot even be made (quota, admission) or a rollout past its deadline
+            if (cond.type == "ReplicaFailure" and cond.status == "True") or \
+                    (cond.type == "Progressing" and cond.status == "False"):
+                out.append(InstanceHealth(group, FAILED, "Deployment %s: %s: %s" % (
+                    cond.type, cond.reason, cond.message)))
         self._snapshot_quietly(group)
         return Health(sum(1 for i in out if i.state == READY), len(out), out)
 
