@@ -20,7 +20,9 @@ PLATFORM="${PLATFORM:-local}"
 ARTIFACT=catalog
 case "$PLATFORM" in
   local) ENVIRONMENT=local; STACK=local; BAKE=() ;;
-  kubernetes) ENVIRONMENT=k8s; STACK=k8s-local; BAKE=(-e target=oci -e environment=k8s) ;;
+  kubernetes) ENVIRONMENT=k8s; STACK=k8s-local; BAKE=(-e target=oci -e environment=k8s)
+    # the demo cluster's stack secrets (only the `local` stack has a built-in default)
+    export PULUMI_CONFIG_PASSPHRASE="${PULUMI_CONFIG_PASSPHRASE:-phoenix-demo-k8s}" ;;
   *) echo "PLATFORM=$PLATFORM: give PLATFORM=local (default) or PLATFORM=kubernetes" >&2; exit 2 ;;
 esac
 INFRA_DIR="${PHOENIX_INFRA_DIR:-$ROOT/infra}"  # the Pulumi project (tests point it at a private copy)
