@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from test_playbooks import Env, failed_task  # pylint: disable=import-error
+from test_playbooks import Env, failed_task, task_status  # pylint: disable=import-error
 
 V1 = "1.0.0+k.b1"
 V2 = "1.1.0+k.b2"
@@ -105,9 +105,14 @@ def test_chaos_deletes_a_pod_and_the_deployment_heals_it_with_zero_errors(kpb):
     assert victim.group(1) not in after and len(after) == len(before)
 
 
-def test_a_second_release_rolls_out_through_the_gateway(kpb):
+def test_a_version_baked_by_bake_yml_rolls_out_through_the_gateway(kpb):
+    """bake.yml -e target=oci pushes (here with a baked-in setting, as the demo's
+    faulty version); deploy.yml then deploys that image by digest, baking nothing."""
+    kpb.play("bake.yml", "-e", "artifact=catalog", "-e", f"version={V2}", "-e", "target=oci",
+             "-e", "environment=k8s", "-e", '{"fault": {"latency_ms": 1}}')
     out = kpb.play("deploy.yml", "-e", "artifact=catalog", "-e", "environment=k8s", "-e", f"version={V2}",
-                   "-e", "bake=true", "-e", "strategy=rolling", "-e", "analysis=none").stdout
+                   "-e", "strategy=rolling", "-e", "analysis=none").stdout
+    assert task_status(out, "Bake catalog") == "skipping"
     assert re.search(r"catalog in k8s: live: ", out), out[-3000:]
     url = kpb.outputs("k8s-local")["kubernetes"]["gateway"]["url"]["catalog"]
     assert get(url, "/version")[1]["version"] == V2
