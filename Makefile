@@ -5,7 +5,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test sanity unit integration bench build destroy clean help
+.PHONY: setup demo demo-kubernetes test sanity unit integration bench build destroy destroy-kubernetes clean help
 
 help:
 	@echo "make demo   - set up, provision the local stack, run the main job, print where things are"
@@ -13,6 +13,8 @@ help:
 	@echo "make bench  - benchmarks (table on stdout, results in bench/results/)"
 	@echo "make setup  - install what is missing (Debian packages, .venv, Galaxy tools, Pulumi CLI, Kubernetes)"
 	@echo "make destroy - tear the local demo down"
+	@echo "make demo-kubernetes - the same story on the k8s-local cluster (root; builds Kubernetes once per user)"
+	@echo "make destroy-kubernetes - tear the Kubernetes demo down"
 
 setup:
 	@scripts/setup.sh
@@ -25,6 +27,13 @@ demo:
 destroy:
 	@scripts/setup.sh --no-kubernetes
 	@$(ENV) scripts/demo.sh --destroy
+
+# the Kubernetes demo needs the cluster's binaries: full setup (built once per user, cached)
+demo-kubernetes: setup
+	@$(ENV) PLATFORM=kubernetes scripts/demo.sh
+
+destroy-kubernetes: setup
+	@$(ENV) PLATFORM=kubernetes scripts/demo.sh --destroy
 
 test: setup
 	@$(ENV) scripts/test.sh $(PYTEST_ARGS)

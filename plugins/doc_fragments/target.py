@@ -32,11 +32,26 @@ options:
     description: Stack of O(project_path), for example V(local).
     type: str
   store:
-    description: Release store directory (history and locks). Defaults to C($PHOENIX_STATE_DIR/releases)
-      (the playbooks' C(phoenix_release_store)), else C(<infra state_dir>/releases).
-      V(gs://<bucket>[/<prefix>]) keeps them in a Cloud Storage bucket instead (one object per artifact and
-      environment, written with generation preconditions; Application Default Credentials).
+    description:
+      - Release store directory (history and locks of the V(file) backend; rollout reports of every backend).
+        Defaults to C($PHOENIX_STATE_DIR/releases) (the playbooks' C(phoenix_release_store)), else
+        C(<infra state_dir>/releases).
+      - V(gs://<bucket>[/<prefix>]) keeps history and locks in a Cloud Storage bucket instead (one object per
+        artifact and environment, written with generation preconditions; Application Default Credentials);
+        leave O(store_backend) at V(auto) then.
     type: path
+  store_backend:
+    description:
+      - Where the release history and the lock live.
+      - V(file) - files in O(store) (atomic writes, a lock file); for one controller host.
+      - V(kubernetes) - a ConfigMap (history, written with C(resourceVersion) compare-and-swap) and a
+        C(coordination.k8s.io/v1) Lease (the lock, renewed while held, taken over once expired) per
+        artifact and environment in the namespace of O(infra) C(kubernetes), so controllers on different
+        machines share them. Needs the Python package C(kubernetes).
+      - V(auto) - V(kubernetes) when the infra platform is C(kubernetes), else V(file).
+    type: str
+    default: auto
+    choices: [auto, file, kubernetes]
   image_store:
     description: Image store of the bakes. Defaults to C($PHOENIX_STATE_DIR/images).
     type: path

@@ -23,6 +23,7 @@ COMMON_SPEC = dict(
     project_path=dict(type="path"),
     stack=dict(type="str"),
     store=dict(type="path"),
+    store_backend=dict(type="str", default="auto", choices=["auto", "file", "kubernetes"]),
     image_store=dict(type="path"),
 )
 
@@ -104,12 +105,28 @@ def default_store_root(infra: dict) -> str:
     return os.path.join(state, "releases")
 
 
+#: where history and locks live, by ``store_backend``
+STORE_BACKENDS = ("auto", "file", "kubernetes")
+
+
 def make_store(params, infra):
-    """``store``: a directory (``FileReleaseStore``) or ``gs://<bucket>[/<prefix>]``
-    (``GCSReleaseStore``, reports then stay under the default store directory)."""
+    """The release store: ``store`` ``gs://<bucket>[/<prefix>]``
+    (``GCSReleaseStore``; reports stay under the default store directory),
+    else by ``store_backend``: ``file`` (``store`` directory), ``kubernetes``
+    (ConfigMap + Lease in the namespace of ``infra.kubernetes``, shared by
+    every controller of the cluster; ``store`` keeps only local files such as
+    reports), or ``auto`` (the default): ``kubernetes`` when
+    ``infra.platform`` is kubernetes, else ``file``."""
     from ansible_collections.phoenix.deploy.plugins.module_utils.release_stores import gcs
+    backend = params.get("store_backend") or "auto"
+    if backend not in STORE_BACKENDS:
+        raise PhoenixError("store_backend: %r; allowed: %s" % (backend, ", ".join(STORE_BACKENDS)),
+                           param="store_backend")
     store = params.get("store")
     if gcs.is_gcs_location(store):
+        if backend not in ("auto",):
+            raise PhoenixError("store_backend: %s does not go with store %r (a Cloud Storage bucket); "
+                               "leave store_backend at auto" % (backend, store), param="store_backend")
         bucket, prefix = gcs.parse_location(store, "store")
         try:
             local = default_store_root(infra)
@@ -119,7 +136,23 @@ def make_store(params, infra):
     if gcs.is_url(store):
         raise PhoenixError("store: %r is not supported; allowed: a directory, or gs://<bucket>[/<prefix>] "
                            "for a Cloud Storage bucket" % store, param="store")
-    return FileReleaseStore(store or default_store_root(infra))
+    root = store or default_store_root(infra)
+    if backend == "auto":
+        backend = "kubernetes" if infra.get("platform") == "kubernetes" else "file"
+    if backend == "file":
+        return FileReleaseStore(root)
+    from ansible_collections.phoenix.deploy.plugins.module_utils.release_stores import kubernetes
+    missing = kubernetes.missing_dependencies()
+    if missing:
+        raise PhoenixError("store_backend: kubernetes needs the Python package kubernetes on the host "
+                           "that runs the module (pip install kubernetes): %s" % missing[0][1],
+                           param="store_backend")
+    if not isinstance(infra.get("kubernetes"), dict):
+        raise PhoenixError("store_backend: kubernetes needs the outputs of a platform kubernetes "
+                           "stack (infra.kubernetes with api_server, ca_cert, token, namespace); "
+                           "infra.platform is %r: use store_backend file" % (infra.get("platform"),),
+                           param="store_backend")
+    return kubernetes.ConfigMapReleaseStore(infra["kubernetes"], root)
 
 
 def resolve_image(artifact: str, version, image, image_store=None, infra=None) -> dict:

@@ -24,6 +24,13 @@ pytest_plugins = sorted(
 # the demo's): they must never run concurrently, in one run or across runs
 FIXED_BLOCK_FILES = ("test_demo.py", "test_jenkins.py", "test_playbooks.py")
 FIXED_BLOCK_UNIT = "fixed loopback blocks"
+# files that start a k8s-local cluster: kubelet and CNI use fixed host paths
+# (/var/lib/kubelet, /var/lib/cni), so one cluster at a time, on one worker
+K8S_CLUSTER_UNIT = "one k8s-local cluster at a time"
+
+
+def _k8s_cluster_file(name):
+    return name.startswith("test_k8s_") or (name.startswith("test_") and "kubernetes" in name)
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
@@ -37,7 +44,10 @@ def pytest_xdist_make_scheduler(config, log):
     class FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid):
             path = nodeid.split("::", 1)[0]
-            return FIXED_BLOCK_UNIT if os.path.basename(path) in FIXED_BLOCK_FILES else path
+            name = os.path.basename(path)
+            if name in FIXED_BLOCK_FILES:
+                return FIXED_BLOCK_UNIT
+            return K8S_CLUSTER_UNIT if "unit" not in path.split("/") and _k8s_cluster_file(name) else path
 
     return FileScheduling(config, log)
 

@@ -328,7 +328,7 @@ def inventory(environment):
 
 
 def test_environments_exist():
-    assert ENVIRONMENTS == ["ci", "integrated_qa", "local", "prod"]
+    assert ENVIRONMENTS == ["ci", "integrated_qa", "k8s", "local", "prod"]
 
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
@@ -360,7 +360,7 @@ def test_environments_side_by_side():
     # only prod requires a promoted image, and deploys from the prod store
     assert {n for n, e in envs.items() if e["phoenix_require_promoted_image"]} == {"prod"}
     assert {n: e["phoenix_image_store_kind"] for n, e in envs.items()} == \
-        {"ci": "test", "integrated_qa": "test", "local": "test", "prod": "prod"}
+        {"ci": "test", "integrated_qa": "test", "k8s": "test", "local": "test", "prod": "prod"}
     assert set(envs["prod"]["phoenix_promotion_sources"]) <= {"ci", "integrated_qa"}
     # prod judges, and at least as strictly as every other environment that analyses
     assert envs["prod"]["phoenix_analysis"] != "none"

@@ -34,7 +34,7 @@ import zlib
 
 import pulumi
 
-from phoenix_infra.k8s_local.components import AppPlatform, Cluster
+from phoenix_infra.k8s_local.components import AppPlatform, Cluster, PodDatabase
 from phoenix_infra.k8s_local.gateway import Gateway
 from phoenix_infra.local import _port_range
 from phoenix_infra.local.components import Network, Registries
@@ -106,12 +106,16 @@ def build(cfg) -> dict:
     cluster = Cluster("cluster", s, network=net, registries=regs.urls)
     app = AppPlatform("app", cluster=cluster, namespace=namespace, artifacts=cfg.artifacts, labels=labels,
                       port=cfg.get_int("port", 8080), kubeconfig_path=os.path.join(s["dir"], "deployer.kubeconfig"))
+    db = PodDatabase("database", cluster=cluster, network=net, settings=s, namespace=namespace,
+                     namespace_obj=app.namespace, database=cfg.get("db_name", "phoenix"),
+                     user=cfg.get("db_user", "phoenix"))
     gateway = Gateway("gateway", cluster=cluster, network=net, namespace=namespace, namespace_obj=app.namespace,
                       artifacts=cfg.artifacts, environment=env, labels=labels, state_dir=s["dir"])
     return {
         "platform": "kubernetes",
         "network": {"name": s["network"], "cidr": s["pod_cidr"], "address": s["address"]},
         "kubernetes": {**app.outputs, "gateway": gateway.outputs},
+        "database": db.outputs,
         "registries": regs.urls,
         "state_dir": s["dir"],
     }

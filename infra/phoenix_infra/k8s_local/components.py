@@ -1,6 +1,7 @@
 """Components of the local Kubernetes cluster: dynamic resources whose
 providers (``providers.py``) run the real processes under the stack's state
 dir, and the in-cluster objects made through the official client."""
+import ipaddress
 import json
 import os
 
@@ -178,6 +179,7 @@ class Cluster(pulumi.ComponentResource):
             files={"config.json": kubelet_config(s, pki_dir)}, provider=providers.KubeletProvider(),
             timeout=120, host_paths=["/var/lib/kubelet"], node_name=s["node_name"],
             admin_kubeconfig=pk.admin_kubeconfig)
+        self.containerd = containerd
         self.components = [etcd, apiserver, self.controller_manager, self.scheduler, containerd, self.kubelet]
         self.register_outputs({"server": server})
 
@@ -185,6 +187,37 @@ class Cluster(pulumi.ComponentResource):
         """An object in the cluster (deleted before the node goes away)."""
         return _Object(name, {"kubeconfig": self.admin_kubeconfig, "manifest": manifest},
                        pulumi.ResourceOptions(parent=parent or self, depends_on=[self.kubelet, *deps]))
+
+
+class _PodPostgres(dynamic.Resource, module="phoenix-k8s-local", name="PodPostgres"):
+    def __init__(self, name, props, opts):
+        super().__init__(providers.PodPostgresProvider(), name, _with_outputs(props, "password", "running"), opts)
+
+
+class PodDatabase(pulumi.ComponentResource):
+    """PostgreSQL for the artifacts' pods (the local platform's, run by the
+    stack): on the CNI bridge's gateway address, pods of the pod subnet only,
+    its password also in the Secret ``phoenix-database`` of the namespace,
+    which pods reference (the deployer never reads it)."""
+
+    SECRET = "phoenix-database"
+
+    def __init__(self, name, *, cluster, network, settings, namespace, namespace_obj, database, user, opts=None):
+        super().__init__("phoenix:k8s-local:PodDatabase", name, None, opts)
+        host = str(next(ipaddress.ip_network(settings["pod_cidr"]).hosts()))
+        pg = _PodPostgres(f"{name}-postgres", {
+            "dir": network.subdir("postgres"), "address": host, "port": network.port("postgres"),
+            "database": database, "user": user, "bridge": settings["bridge"], "clients": settings["pod_cidr"],
+        }, pulumi.ResourceOptions(parent=self, depends_on=[cluster.containerd],
+                                  additional_secret_outputs=["password"]))
+        self.password = pulumi.Output.secret(pg.password)
+        cluster.obj(f"{name}-secret", {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": self.SECRET, "namespace": namespace},
+            "stringData": {"password": self.password}}, [namespace_obj], parent=self)
+        self.outputs = {"host": host, "port": pg.port, "name": database, "user": user,
+                        "password": self.password, "secret": self.SECRET}
+        self.register_outputs({"host": host, "port": pg.port, "name": database, "user": user})
 
 
 DEPLOYER_RULES = (
@@ -198,6 +231,10 @@ DEPLOYER_RULES = (
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
      "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways"], "verbs": ["get", "list", "watch"]},
+    # the release store (history ConfigMap written with resourceVersion CAS, lock Lease) and chaos.yml
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]},
 )
 
 

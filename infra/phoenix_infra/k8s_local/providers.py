@@ -7,6 +7,7 @@ real process started detached (its own session, log and pidfile in its 0700
 dir under the stack's state dir), as the local platform runs PostgreSQL and
 HAProxy; a dead process reads back as ``running: false`` so ``refresh``
 shows it and ``up`` starts it again with the same files."""
+import ipaddress
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 
 from phoenix_infra.k8s_local import pki
 from phoenix_infra.local import procs
-from phoenix_infra.local.providers import _Provider
+from phoenix_infra.local.providers import PostgresProvider, _Provider
 
 PAUSE_IMAGE = "localhost/phoenix/pause:v1"
 PAUSE_C = r"""
@@ -132,6 +133,8 @@ class DaemonProvider(_Provider):
     answers 200 / exists, within ``timeout`` seconds."""
     KEYS = ("dir", "argv", "files", "ready")
     REPLACE = ("dir",)
+    #: the process's umask (its dir is 0700 whatever this is)
+    UMASK = 0o077
 
     @staticmethod
     def _paths(props):
@@ -195,7 +198,7 @@ class DaemonProvider(_Provider):
         with open(p["log"], "ab") as log:
             os.chmod(p["log"], 0o600)
             proc = subprocess.Popen(props["argv"], cwd=props["dir"], stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=log, env=procs.daemon_env(), start_new_session=True, umask=0o077)
+                                    stderr=log, env=procs.daemon_env(), start_new_session=True, umask=self.UMASK)
         procs.write_private(p["pid"], f"{proc.pid}\n")
         timeout = float(props.get("timeout") or 60)
         if not procs.wait_until(lambda: proc.poll() is None and self.ready(props), timeout, 0.2):
@@ -237,6 +240,11 @@ class ContainerdProvider(DaemonProvider):
     CNI bridge conflist. On delete every pod sandbox it runs is stopped
     (their shims outlive containerd) and the bridge is removed."""
     KEYS = DaemonProvider.KEYS + ("bridge", "sock")
+    #: containerd's snapshot dirs are the containers' root filesystems: under umask 077 a
+    #: layer without a "./" entry leaves its dir 0700, the container's "/" inherits it and a
+    #: non-root image user cannot even load libc ("libc.so.6: Permission denied", exit 127).
+    #: The state dir above stays 0700, so nothing is exposed on the host.
+    UMASK = 0o022
 
     @staticmethod
     def _ctr(props, *args, timeout=60, check=True):
@@ -508,3 +516,35 @@ class DeployerCredentialsProvider(_Provider):
             os.unlink(props["path"])
         except FileNotFoundError:
             pass
+
+
+class PodPostgresProvider(PostgresProvider):
+    """The local platform's PostgreSQL for the cluster's pods: it listens on
+    the CNI bridge's gateway address (``address``; the bridge ``bridge`` is
+    made here with that address, before the CNI plugin adds its first pod, and
+    removed by containerd's delete) and its pg_hba also accepts ``clients``
+    (the pod subnet) with scram-sha-256, for the stack's one database and user."""
+    KEYS = PostgresProvider.KEYS + ("bridge", "clients")
+
+    @staticmethod
+    def _bridge(props):
+        net = ipaddress.ip_network(props["clients"])
+        subprocess.run(["ip", "link", "add", "name", props["bridge"], "type", "bridge"],
+                       capture_output=True, check=False)  # exists already: fine
+        for cmd in (["ip", "addr", "replace", f"{props['address']}/{net.prefixlen}", "dev", props["bridge"]],
+                    ["ip", "link", "set", props["bridge"], "up"]):
+            procs.run(cmd, " ".join(cmd[:3]))
+
+    def _initdb(self, props):
+        super()._initdb(props)
+        hba = os.path.join(props["dir"], "data", "pg_hba.conf")
+        line = f"host {props['database']} {props['user']} {props['clients']} scram-sha-256\n"
+        with open(hba) as fh:
+            text = fh.read()
+        if line not in text:
+            with open(hba, "a") as fh:
+                fh.write(line)
+
+    def _start(self, props):
+        self._bridge(props)
+        return super()._start(props)

@@ -24,6 +24,10 @@ DEPLOYER_RULES = (
     {"api_groups": [""], "resources": ["services"], "verbs": ["get", "list", "create", "patch", "delete"]},
     {"api_groups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
      "verbs": ["get", "list", "create", "update", "patch"]},
+    # the release store (history ConfigMap written with resourceVersion CAS, lock Lease) and chaos.yml
+    {"api_groups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]},
+    {"api_groups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "delete"]},
+    {"api_groups": [""], "resources": ["pods"], "verbs": ["delete"]},
 )
 
 

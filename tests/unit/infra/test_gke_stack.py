@@ -16,9 +16,11 @@ POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 EXPECTED_RULES = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
     ("apps", "replicasets"): {"get", "list", "watch"},
-    ("", "pods"): {"get", "list", "watch"},
+    ("", "pods"): {"get", "list", "watch", "delete"},  # delete: chaos.yml
     ("", "services"): {"get", "list", "create", "patch", "delete"},
     ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "create", "update", "patch"},
+    ("", "configmaps"): {"get", "create", "update"},  # the release store: history (resourceVersion CAS)
+    ("coordination.k8s.io", "leases"): {"get", "create", "update", "delete"},  # and its lock
 }
 
 

@@ -145,6 +145,11 @@ class KubernetesDriver:
                 env[var] = str(self.database[key])
         return env
 
+    def secret_env(self) -> dict:
+        """DB_PASSWORD from the stack's Secret (``database.secret``), never as a value."""
+        secret = self.database.get("secret")
+        return {"DB_PASSWORD": (str(secret), "password")} if secret else {}
+
     def config_inputs(self) -> dict:
         return {"DRAIN_TIMEOUT": "%g" % self.drain_timeout, "namespace": self.namespace,
                 "health_path": self.health_path}
@@ -190,7 +195,8 @@ class KubernetesDriver:
         full_env["PORT"] = str(target)
         svc = o.service(self.namespace, artifact, environment, release_id, name, port, target, image, owner)
         dep = o.deployment(self.namespace, artifact, environment, release_id, name, image, size, full_env,
-                           target, self.image_health_path(image), owner, self.prestop_seconds, self.drain_timeout)
+                           target, self.image_health_path(image), owner, self.prestop_seconds, self.drain_timeout,
+                           secret_env=self.secret_env())
         self._get_or_create("Service", name, svc, self.kube.core.create_namespaced_service, self._read_service)
         self._get_or_create("Deployment", name, dep, self.kube.apps.create_namespaced_deployment,
                             self._read_deployment)

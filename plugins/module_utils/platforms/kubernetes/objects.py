@@ -82,7 +82,7 @@ def env_list(env: dict) -> list:
 
 
 def deployment(namespace, artifact, environment, release_id, group, image, size, env, port, health_path,
-               owner=None, prestop_seconds=3, drain_seconds=10) -> dict:
+               owner=None, prestop_seconds=3, drain_seconds=10, secret_env=None) -> dict:
     """One release's Deployment: ``size`` pods of ``image`` (by digest), the
     environment injected, readiness on ``health_path``, drained on stop
     (``preStop`` sleep while the gateway takes the pod out, then the app's
@@ -95,7 +95,9 @@ def deployment(namespace, artifact, environment, release_id, group, image, size,
         "name": dns_label(artifact),
         "image": check_image(image),
         "imagePullPolicy": "IfNotPresent",
-        "env": env_list(env),
+        "env": env_list(env) + [  # {VAR: (Secret name, key)}: the kubelet reads it, the deployer never
+            {"name": str(k), "valueFrom": {"secretKeyRef": {"name": v[0], "key": v[1]}}}
+            for k, v in sorted((secret_env or {}).items())],
         "ports": [{"name": "http", "containerPort": int(port), "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": health_path, "port": int(port)}, "periodSeconds": 1,
                            "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 2},
