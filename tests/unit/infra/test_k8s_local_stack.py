@@ -69,7 +69,7 @@ def test_outputs_follow_the_contract_with_the_same_kubernetes_keys_as_gke(monkey
     gateway = out["kubernetes"]["gateway"]
     assert tuple(sorted(gateway)) == tuple(sorted(contract.GATEWAY_KEYS))
     assert gateway["name"] == "phoenix" and gateway["class"] == "phoenix-haproxy"
-    assert gateway["routes"] == {"catalog": "catalog-k8s-local"}  # <artifact>-<environment (the stack name)>
+    assert gateway["routes"] == {"catalog": "catalog-k8s"}  # <artifact>-<environment of Pulumi.k8s-local.yaml>
     assert gateway["url"] == {"catalog": "http://127.30.0.1:24005/"}  # the port after the local stack's five
     names = {r.name for r in mocks.resources if r.custom}
     assert {"gateway-crds", "gateway-class", "gateway-gateway", "gateway-haproxy", "gateway-controller"} <= names
