@@ -380,7 +380,7 @@ class HAProxyProvider(_Provider):
             lines += ["", f"backend {backend}", "    balance roundrobin",
                       "    http-request disable-l7-retry if !METH_GET !METH_HEAD !METH_OPTIONS",
                       "    option httpchk GET /healthz", "    http-check expect status 200",
-                      f"    default-server check inter {inter} fastinter {inter} downinter {inter} rise 1 fall 2"]
+                      "    default-server " + " ".join(procs.haproxy.check_options(inter))]
         lines += ["", "listen stats", f"    bind {addr}:{int(props['stats_port'])}",
                   "    stats enable", "    stats uri /stats", "    stats refresh 5s", ""]
         return "\n".join(lines)
@@ -481,7 +481,8 @@ class HAProxyProvider(_Provider):
             if backend not in props["backends"].values():
                 continue
             srv = f"{backend}/{name}"
-            commands = [f"add server {srv} {addr}:{port} check inter {props['check_inter']} weight {weight}"]
+            check = " ".join(procs.haproxy.check_options(props["check_inter"]))
+            commands = [f"add server {srv} {addr}:{port} {check} weight {weight}"]
             if not admin & 0x01:  # SRV_ADMF_FMAINT: it was in maintenance, leave it there
                 commands += [f"enable health {srv}", f"enable server {srv}"]
                 if admin & 0x08:  # SRV_ADMF_FDRAIN

@@ -38,12 +38,12 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base impo
     DRAINING, FAILED, READY, STARTING, Clock, Health, InstanceHealth, PlatformError,
     ServerGroup, group_name, is_oci_ref)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.haproxy import (
-    RuntimeAPI, RuntimeAPIError)
+    RuntimeAPI, RuntimeAPIError, check_options, is_time)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local import (
     host, metrics as _metrics, ports as _ports)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.supervisor import (
-    BACKOFF as _BACKOFF, HAS_SUPERVISOR, RUNNING as _RUNNING, STOPPED as _STOPPED,
-    SUPERVISOR_IMPORT_ERROR, Supervisor)
+    BACKOFF as _BACKOFF, HAS_SUPERVISOR, RUNNING as _RUNNING, STARTING as _STARTING,
+    STOPPED as _STOPPED, SUPERVISOR_IMPORT_ERROR, Supervisor)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.weights import (
     ADMIN_DRAIN as _ADMIN_DRAIN, ADMIN_MAINT as _ADMIN_MAINT, group_weights, weight_commands)
 
@@ -105,6 +105,13 @@ class LocalDriver:
             raise PlatformError("infra: network.address %s is not a loopback address"
                                 % self.address)
         self.api = RuntimeAPI(balancer["runtime_api"])
+        # the backend's check settings for the servers we add (an older stack
+        # has no check_inter output: HAProxy's default interval, 2s)
+        inter = balancer.get("check_inter")
+        if inter is not None and not is_time(inter):
+            raise PlatformError("infra: load_balancer.check_inter %r is not an HAProxy time "
+                                "(a number with us, ms, s, m, h or d, like 500ms)" % (inter,))
+        self.check_words = check_options(inter)
         # what the infra restore adds again after HAProxy restarted (see _record_servers)
         self.server_record = balancer.get("server_record") or os.path.join(
             os.path.dirname(balancer["runtime_api"]), "servers.json")
@@ -114,6 +121,7 @@ class LocalDriver:
         self.verify_images = verify_images
         self.clock = clock or Clock()
         self.history = _metrics.CounterHistory()
+        self._probation = {}  # instance -> pid counted READY while supervisord says STARTING
         self.supervisor = Supervisor(self.endpoint)
 
     # ------------------------------------------------------------------ helpers
@@ -319,8 +327,8 @@ class LocalDriver:
         for meta in metas:
             srv = "%s/%s" % (backend, meta["instance"])
             if meta["instance"] not in present:
-                commands.append(("add", "server", srv, "%s:%d" % (meta["address"], meta["port"]),
-                                 "check", "weight", str(weight)))
+                commands.append(("add", "server", srv, "%s:%d" % (meta["address"], meta["port"]))
+                                + self.check_words + ("weight", str(weight)))
             commands += [("set", "server", srv, "weight", str(weight)),
                          ("enable", "health", srv), ("enable", "server", srv)]
         self._haproxy("add server", self.api.batch, commands)
@@ -450,6 +458,12 @@ class LocalDriver:
         return Health(sum(1 for i in out if i.state == READY), len(out), out)
 
     def _instance_health(self, meta, proc, row, srv) -> InstanceHealth:
+        """READY once HAProxy's check passed (status UP, L7OK), also while
+        supervisord still says STARTING (its ``startsecs`` gate): a first run
+        of the program (never stopped) can only have been checked by HAProxy
+        in this run.  Such an instance stays on probation until supervisord
+        says RUNNING: if it exits or comes back as another process before that,
+        it is FAILED (a crash at start), as BACKOFF and FATAL are."""
         name = meta["instance"]
         if proc is None:
             return InstanceHealth(name, STARTING, "not registered with supervisord")
@@ -458,18 +472,31 @@ class LocalDriver:
             return InstanceHealth(name, FAILED, "%s: %s (crash loop; log %s)" % (
                 state.lower(), proc.get("spawnerr") or proc.get("description") or "exited",
                 proc.get("stdout_logfile")), 1)
-        if state != _RUNNING:
+        probation = self._probation.get(name)
+        if probation is not None:
+            if state not in (_STARTING, _RUNNING) or proc.get("pid") != probation:
+                return InstanceHealth(name, FAILED, "exited %s after passing its health check, "
+                                      "before supervisord counted it as started (crash at start; "
+                                      "log %s)" % (state.lower(), proc.get("stdout_logfile")), 1)
+            if state == _RUNNING:
+                self._probation.pop(name, None)
+        if state not in (_RUNNING, _STARTING):
             return InstanceHealth(name, STARTING, state.lower())
         if srv is None or row is None:  # detached (warm): probe like HAProxy does
-            if self._probe(meta):
+            if state == _RUNNING and self._probe(meta):
                 return InstanceHealth(name, READY, "running, detached")
-            return InstanceHealth(name, STARTING, "running, /healthz failing (detached)")
+            return InstanceHealth(name, STARTING, "%s, /healthz failing (detached)" % state.lower())
         if srv["admin"] & _ADMIN_DRAIN:
             return InstanceHealth(name, DRAINING, "draining")
         status = row.get("status", "")
         if status.startswith("UP") and row.get("check_status") == "L7OK":
-            return InstanceHealth(name, READY, "up")
-        return InstanceHealth(name, STARTING, "%s (check %s)" % (status, row.get("check_status")))
+            if state == _RUNNING:
+                return InstanceHealth(name, READY, "up")
+            if not proc.get("stop") and proc.get("pid"):  # first run: the check saw this process
+                self._probation[name] = proc["pid"]
+                return InstanceHealth(name, READY, "up (starting)")
+        return InstanceHealth(name, STARTING, "%s, %s (check %s)" % (
+            state.lower(), status, row.get("check_status")))
 
     @staticmethod
     def _probe(meta) -> bool:
@@ -578,6 +605,8 @@ class LocalDriver:
     def _remove(self, backend, metas):
         """Drain from HAProxy, SIGTERM (the service drains too), wait, remove."""
         names = [m["instance"] for m in metas]
+        for name in names:
+            self._probation.pop(name, None)
         self._drain_servers(backend, names)
         procs = self._processes()
         self.supervisor.multicall("stopProcess", "supervisor.stopProcess",
