@@ -28,7 +28,10 @@ import time
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-COLLECTIONS = ROOT / ".tools" / "collections"
+sys.path.insert(0, str(ROOT / "bench"))
+from run import collections_root  # noqa: E402  pylint: disable=wrong-import-position
+
+COLLECTIONS = collections_root()  # this checkout, also for the child controllers
 sys.path.insert(0, str(COLLECTIONS))
 sys.path.insert(0, str(ROOT / "tests" / "pytest"))
 

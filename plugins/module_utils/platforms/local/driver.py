@@ -461,9 +461,10 @@ class LocalDriver:
         """READY once HAProxy's check passed (status UP, L7OK), also while
         supervisord still says STARTING (its ``startsecs`` gate): a first run
         of the program (never stopped) can only have been checked by HAProxy
-        in this run.  Such an instance stays on probation until supervisord
-        says RUNNING: if it exits or comes back as another process before that,
-        it is FAILED (a crash at start), as BACKOFF and FATAL are."""
+        in this run (a detached instance is probed now).  Such an instance
+        stays on probation until supervisord says RUNNING: if it exits or
+        comes back as another process before that, it is FAILED (a crash at
+        start), as BACKOFF and FATAL are."""
         name = meta["instance"]
         if proc is None:
             return InstanceHealth(name, STARTING, "not registered with supervisord")
@@ -473,18 +474,22 @@ class LocalDriver:
                 state.lower(), proc.get("spawnerr") or proc.get("description") or "exited",
                 proc.get("stdout_logfile")), 1)
         probation = self._probation.get(name)
-        if probation is not None:
-            if state not in (_STARTING, _RUNNING) or proc.get("pid") != probation:
-                return InstanceHealth(name, FAILED, "exited %s after passing its health check, "
+        if probation is not None and proc.get("pid") != probation:
+            self._probation.pop(name, None)
+            # it exited by itself (a program made again, or stopped on request, is not a crash)
+            if proc.get("stop") and state in (_STARTING, "EXITED"):
+                return InstanceHealth(name, FAILED, "exited after passing its health check, "
                                       "before supervisord counted it as started (crash at start; "
-                                      "log %s)" % (state.lower(), proc.get("stdout_logfile")), 1)
-            if state == _RUNNING:
-                self._probation.pop(name, None)
+                                      "now %s; log %s)" % (state.lower(), proc.get("stdout_logfile")), 1)
+        elif probation is not None and state == _RUNNING:
+            self._probation.pop(name, None)
         if state not in (_RUNNING, _STARTING):
             return InstanceHealth(name, STARTING, state.lower())
         if srv is None or row is None:  # detached (warm): probe like HAProxy does
-            if state == _RUNNING and self._probe(meta):
-                return InstanceHealth(name, READY, "running, detached")
+            if self._probe(meta):
+                if state == _STARTING:
+                    self._probation[name] = proc.get("pid")
+                return InstanceHealth(name, READY, "%s, detached" % state.lower())
             return InstanceHealth(name, STARTING, "%s, /healthz failing (detached)" % state.lower())
         if srv["admin"] & _ADMIN_DRAIN:
             return InstanceHealth(name, DRAINING, "draining")

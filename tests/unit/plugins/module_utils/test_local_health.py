@@ -54,13 +54,22 @@ def test_a_restarted_process_waits_for_running(driver):
     assert judge(driver, proc("RUNNING", stop=1795878746), UP).state == READY
 
 
-@pytest.mark.parametrize("later", [proc("BACKOFF", pid=0), proc("EXITED", pid=0),
-                                   proc("STARTING", pid=4343), proc("STOPPED", pid=0)])
+@pytest.mark.parametrize("later", [proc("BACKOFF", pid=0, stop=1), proc("EXITED", pid=0, stop=1),
+                                   proc("STARTING", pid=4343, stop=1)])
 def test_dying_after_the_first_passed_check_before_running_is_a_crash(driver, later):
     assert judge(driver, proc("STARTING"), UP).state == READY
     health = judge(driver, later, UP)  # HAProxy has not noticed yet
     assert health.state == FAILED and health.restarts == 1, health
     assert "log /tmp/x.log" in health.detail
+
+
+def test_a_stop_on_request_or_a_program_made_again_is_no_crash(driver):
+    """Another controller may stop the group, or destroy it and make one of the same name."""
+    assert judge(driver, proc("STARTING"), UP).state == READY
+    assert judge(driver, proc("STOPPED", pid=0, stop=1), DOWN).state == STARTING
+    assert judge(driver, proc("STARTING"), UP).state == READY
+    assert judge(driver, proc("STARTING", pid=4343), UP).state == READY  # made again: never stopped
+    assert judge(driver, proc("STARTING", pid=4444, stop=1), UP).state == FAILED
 
 
 def test_once_running_an_exit_heals_as_before(driver):
@@ -92,3 +101,4 @@ def test_added_servers_check_like_the_backends_default_server(tmp_path):
 def test_a_bad_check_interval_names_the_output(tmp_path, bad):
     with pytest.raises(PlatformError, match="load_balancer.check_inter"):
         LocalDriver(infra(tmp_path, check_inter=bad))
+
