@@ -586,7 +586,9 @@ class LocalDriver:
 
     # -- drain / remove ----------------------------------------------------------
     def _drain_servers(self, backend, names):
-        """drain -> wait for no current sessions -> maint -> del server."""
+        """drain -> wait for no current sessions (``drain_timeout``) -> maint ->
+        sessions still open after the timeout are shut -> del server.  The
+        waits run on the driver's clock."""
         servers = self._servers(backend)
         names = [n for n in names if n in servers]
         if not names:
@@ -594,18 +596,28 @@ class LocalDriver:
         self._haproxy("drain", self.api.batch, [
             ("set", "server", "%s/%s" % (backend, n), "state", "drain") for n in names])
         self._record_servers(backend)
-        deadline = self.clock.now() + self.drain_timeout
-        while self.clock.now() < deadline:
-            stats = self._stat(backend)
-            if all(int(stats.get(n, {}).get("scur") or 0) == 0 for n in names):
-                break
-            self.clock.sleep(0.05)
+        busy = self._wait_sessions(backend, names, self.drain_timeout)
         self._haproxy("maint", self.api.batch, [
             ("set", "server", "%s/%s" % (backend, n), "state", "maint") for n in names])
+        if busy:  # HAProxy refuses to delete a server with sessions attached
+            self._haproxy("shutdown sessions", self.api.batch, [
+                ("shutdown", "sessions", "server", "%s/%s" % (backend, n)) for n in busy])
+            self._wait_sessions(backend, busy, 5.0)
         self._haproxy("del server", self.api.batch, [
             ("del", "server", "%s/%s" % (backend, n)) for n in names])
         self._forget_counters(names)
         self._record_servers(backend)
+
+    def _wait_sessions(self, backend, names, timeout) -> list:
+        """Wait (on the clock) until ``names`` have no current sessions; the
+        names that still have some after ``timeout``."""
+        deadline = self.clock.now() + timeout
+        while True:
+            stats = self._stat(backend)
+            busy = [n for n in names if int(stats.get(n, {}).get("scur") or 0) > 0]
+            if not busy or self.clock.now() >= deadline:
+                return busy
+            self.clock.sleep(0.05)
 
     def _remove(self, backend, metas):
         """Drain from HAProxy, SIGTERM (the service drains too), wait, remove."""
