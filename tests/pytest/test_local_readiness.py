@@ -8,11 +8,49 @@ import sys
 import time
 import urllib.parse
 
+import pytest
+
+from ansible_collections.phoenix.deploy.plugins.module_utils import images, targets
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import READY
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local import LocalPlatform
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "unit" / "plugins" / "module_utils"))
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "unit" / "plugins" / "module_utils"))
 from platform_double import FakeClock  # noqa: E402  pylint: disable=wrong-import-position
+
+
+TINY = r'''"""A tiny HTTP service: /healthz answers 200 as soon as it listens."""
+import os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\\n")
+
+
+HTTPServer((os.environ.get("BIND", "127.0.0.1"), int(os.environ["PORT"])), Handler).serve_forever()
+'''
+
+
+@pytest.fixture(scope="module")
+def tiny_image(tmp_path_factory):
+    """A stdlib service baked as artifact catalog (the rollout stack's backend):
+    it starts in a fraction of supervisord's 1s ``startsecs``."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    (tmp / "src").mkdir()
+    (tmp / "src" / "catalog.py").write_text(TINY)
+    version = "9.0.0-tiny+5eed0f1.b1"
+    images.bake(images.BakeRequest("catalog", version, str(tmp / "src"), store=str(tmp / "store"),
+                                   project_dir=str(ROOT)))
+    image = targets.resolve_image("catalog", version, None, str(tmp / "store"))
+    return {"store": str(tmp / "store"), "v1": image}
 
 
 def platform_of(stack, images, **kw):
@@ -47,16 +85,16 @@ def test_servers_added_at_run_time_check_like_the_backend(rollout_stack, rollout
         platform.groups.destroy(group.name)
 
 
-def test_ready_on_the_first_passed_check_before_supervisord_says_running(rollout_stack, rollout_images):
+def test_ready_on_the_first_passed_check_before_supervisord_says_running(rollout_stack, tiny_image):
     """supervisord says RUNNING only ``startsecs`` (1s) after the start, and
     only on its next loop; the driver counts an instance ready as soon as
     HAProxy's check passed.  (Tried up to 3 times: on a very busy machine the
     first check may come after the 1s.)"""
-    platform = platform_of(rollout_stack, rollout_images)
+    platform = platform_of(rollout_stack, tiny_image)
     seen = []
     for attempt in range(3):
         group = platform.groups.create_group("catalog", "rd2", "v%03d" % (attempt + 1),
-                                             rollout_images["v1"]["ref"], 1, {})
+                                             tiny_image["v1"]["ref"], 1, {})
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
