@@ -78,8 +78,11 @@ def test_servers_added_at_run_time_check_like_the_backend(rollout_stack, rollout
         mine = [r for n, r in rows.items() if n.startswith(group.name + ".")]
         assert len(mine) == 2
         assert {(r["check_rise"], r["check_fall"]) for r in mine} == {("1", "2")}, mine
-        health = wait(lambda: (lambda h: h if h.ready == 2 else None)(platform.groups.health(group.name)),
-                      60, "2 ready instances")
+
+        def all_ready():
+            health = platform.groups.health(group.name)
+            return health if health.ready == 2 else None
+        health = wait(all_ready, 60, "2 ready instances")
         assert [i.state for i in health.instances] == [READY, READY]
     finally:
         platform.groups.destroy(group.name)

@@ -101,4 +101,3 @@ def test_added_servers_check_like_the_backends_default_server(tmp_path):
 def test_a_bad_check_interval_names_the_output(tmp_path, bad):
     with pytest.raises(PlatformError, match="load_balancer.check_inter"):
         LocalDriver(infra(tmp_path, check_inter=bad))
-
