@@ -292,8 +292,10 @@ class LocalDriver:
     _write_private = staticmethod(host.write_private)
 
     def _conf(self, meta: dict, image: dict, env_file: str, log: str) -> str:
-        inner = "set -a; . %s; set +a; exec %s" % (shlex.quote(env_file),
-                                                   shlex.quote(image["entrypoint"]))
+        # the start gate (see _start_gate): wait, sleeping, while a start of the group holds it
+        gate = os.path.join(os.path.dirname(env_file), "start.gate")
+        inner = "if command -v flock >/dev/null; then flock -s %s true; fi; set -a; . %s; set +a; exec %s" % (
+            shlex.quote(gate), shlex.quote(env_file), shlex.quote(image["entrypoint"]))
         command = "/bin/sh -c %s" % shlex.quote(inner)
         lines = [
             "; phoenix.deploy local platform: instance %s of %s (do not edit)"
@@ -350,13 +352,41 @@ class LocalDriver:
                 self._write_private(os.path.join(self.include_dir, meta["instance"] + ".conf"),
                                     self._conf(meta, image, env_file, log))
                 metas.append(meta)
-        self.supervisor.reload_config()
-        for answer in self.supervisor.multicall("addProcessGroup", "supervisor.addProcessGroup",
-                                                [[m["instance"]] for m in metas]):
-            if isinstance(answer, dict) and answer.get("faultCode") not in (None, 90):
-                raise PlatformError("supervisord addProcessGroup: %s" % answer.get("faultString"))
+        with self._start_gate(group_dir):
+            self.supervisor.reload_config()
+            for answer in self.supervisor.multicall("addProcessGroup", "supervisor.addProcessGroup",
+                                                    [[m["instance"]] for m in metas]):
+                if isinstance(answer, dict) and answer.get("faultCode") not in (None, 90):
+                    raise PlatformError("supervisord addProcessGroup: %s" % answer.get("faultString"))
+            self._wait_spawned([m["instance"] for m in metas])
         self._add_servers(backend, metas, weight=0)
         return metas
+
+    @contextlib.contextmanager
+    def _start_gate(self, group_dir):
+        """supervisord forks the new programs one after the other, and the
+        ones already started take the CPU it needs for the next fork (100
+        programs took as long to spawn as the machine needs to start them
+        all).  Each program first waits on the group's gate file (``flock
+        -s``, sleeping) while this holds it; released when all are spawned
+        (or when this process dies), they start together."""
+        fd = os.open(os.path.join(group_dir, "start.gate"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _wait_spawned(self, names, timeout=10.0):
+        """Until supervisord has forked each of ``names`` (a pid, or a spawn
+        error), at most ``timeout`` seconds on the clock."""
+        deadline = self.clock.now() + timeout
+        while self.clock.now() < deadline:
+            procs = self._processes(names)
+            if all(n in procs and (procs[n].get("pid") or procs[n]["statename"] not in ("STOPPED", _STARTING))
+                   for n in names):
+                return
+            self.clock.sleep(0.02)
 
     def _add_servers(self, backend, metas, weight):
         present = self._servers(backend)
@@ -722,7 +752,7 @@ class LocalDriver:
             return
         self._remove(members[0]["backend"], members)
         group_dir = os.path.join(self.data_dir, group)
-        for fname in ("env", "env.tmp"):
+        for fname in ("env", "env.tmp", "start.gate"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(group_dir, fname))
         with contextlib.suppress(OSError):
