@@ -20,7 +20,10 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-COLLECTIONS = ROOT / ".tools" / "collections"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from run import collections_root  # noqa: E402  pylint: disable=wrong-import-position
+
+COLLECTIONS = collections_root()
 VERSION = "1.0.0+0bench0.b1"
 
 

@@ -28,7 +28,10 @@ import time
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-COLLECTIONS = ROOT / ".tools" / "collections"
+sys.path.insert(0, str(ROOT / "bench"))
+from run import collections_root  # noqa: E402  pylint: disable=wrong-import-position
+
+COLLECTIONS = collections_root()  # this checkout, also for the child controllers
 sys.path.insert(0, str(COLLECTIONS))
 sys.path.insert(0, str(ROOT / "tests" / "pytest"))
 
@@ -89,6 +92,15 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local imp
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import FileReleaseStore
 from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout
 cfg = json.loads(sys.argv[2])
+
+
+def peak_rss_mb():
+    # VmHWM: the peak resident set of this process's own memory.  Not ru_maxrss: Linux carries the
+    # RSS of the parent at fork into it across exec, so it showed the size of the bench process
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024.0
+
+
 platform = LocalPlatform(cfg["infra"], image_store=cfg["image_store"], drain_timeout=5)
 engine = Rollout(platform, FileReleaseStore(cfg["store"]), cfg["artifact"], "bench")
 start = time.time()
@@ -96,7 +108,7 @@ res = engine.deploy(cfg["version"], cfg["image"], cfg["size"], cfg["strategy"], 
                     cfg.get("analysis"))
 print(json.dumps({"seconds": time.time() - start, "state": res.state, "msg": res.msg,
                   "changed": res.changed, "events": res.events, "release": res.release,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
+                  "peak_rss_mb": peak_rss_mb(), "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
 """
 
 
@@ -270,7 +282,9 @@ class Bench:
         assert t100["state"] == "live", t100["msg"]
         rows.append(self.floor_row(100, t100, [floor100, self.parallel_floor(v1, 100)], t10))
         rows.append({"name": "controller peak RSS (100-instance rollout)",
-                     "value": round(t100["peak_rss_mb"], 1), "unit": "MB", "goal": "<= 150"})
+                     "value": round(t100["peak_rss_mb"], 1), "unit": "MB", "goal": "<= 150",
+                     "detail": "VmHWM of the controller process; its ru_maxrss %.1f MB also holds the "
+                               "bench process's RSS at fork" % t100["ru_maxrss_mb"]})
         return rows
 
     def cleanup(self):

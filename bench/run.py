@@ -6,17 +6,40 @@ bench/results/latest.json. Figures on these shared machines are noisy:
 compare ratios measured in the same run, not absolute numbers across runs.
 """
 import datetime
+import hashlib
 import importlib
 import json
+import os
 import pathlib
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
+
+
+def collections_root() -> pathlib.Path:
+    """A collections path whose ``phoenix.deploy`` is THIS checkout.  `make
+    setup` links .tools/collections/ansible_collections/phoenix/deploy to the
+    checkout that ran it; where several checkouts share one .tools, that link
+    may name another one, and the benchmark would time someone else's code.
+    Then a private path (a temp dir with its own link) is used instead."""
+    shared = ROOT / ".tools" / "collections"
+    if (shared / "ansible_collections" / "phoenix" / "deploy").resolve() == ROOT:
+        return shared
+    private = pathlib.Path(tempfile.gettempdir()) / ("phoenix-bench-collections-%d-%s" % (
+        os.getuid(), hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]))
+    link = private / "ansible_collections" / "phoenix" / "deploy"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink() or link.resolve() != ROOT:
+        tmp = link.with_name("deploy.%d" % os.getpid())
+        tmp.symlink_to(ROOT)
+        os.replace(tmp, link)
+    return private
 
 
 def setup_rows():

@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 
-from ansible_collections.phoenix.deploy.plugins.module_utils import oci, registry, versioning
+from ansible_collections.phoenix.deploy.plugins.module_utils import oci, versioning
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.packer_runner import (
     PackerError, PackerRunner, template_variables,
@@ -895,12 +895,20 @@ def _run_bake(req, runner, existing):
             _rmtree(staging)
 
 
+def _registry():
+    """The registry client, imported when an image is pushed: it brings ansible's URL and TLS
+    stack (about 12 MB), which resolving and verifying an image (every rollout) does not need."""
+    from ansible_collections.phoenix.deploy.plugins.module_utils import registry
+    return registry
+
+
 def open_registry(url, repository, target, param="registry"):
     """The registry an oci bake is pushed to, checked before anything is baked: a URL, a repository
     name (``repository``) and a registry that answers. Returns (Registry, repository)."""
     if target != "oci":
         raise ImageError("%s is only for target oci (an OCI image is pushed there); target %s images are not "
                          "pushed" % (param, target), param)
+    registry = _registry()
     try:
         registry.check_repo(repository, "repository")
         reg = registry.Registry(url, param=param)
@@ -921,6 +929,7 @@ def push(result, reg, repository, check_mode=False):
     if check_mode:
         return {"reference": reference, "pushed": False}
     verify_image(image["path"], digest)
+    registry = _registry()
     try:
         pushed = reg.push(image["oci"]["layout"], repository, image["oci"]["tag"], src_tag=oci.REF_TAG,
                           param="version")

@@ -63,8 +63,8 @@ def build(cfg) -> dict:
                   port_range=s["port_range"], pinned_ports=s["pinned"])
     db = Database("database", network=net, database=cfg.get("db_name", "phoenix"),
                   user=cfg.get("db_user", "phoenix"))
-    lb = LoadBalancer("load-balancer", network=net, artifacts=cfg.artifacts,
-                      check_inter=cfg.get("health_check_interval", "500ms"))
+    check_inter = cfg.get("health_check_interval", "500ms")
+    lb = LoadBalancer("load-balancer", network=net, artifacts=cfg.artifacts, check_inter=check_inter)
     im = InstanceManager("instance-manager", network=net, load_balancer=lb)
     regs = Registries("registries", network=net)
     return {
@@ -75,7 +75,7 @@ def build(cfg) -> dict:
                      "password": db.password},
         "load_balancer": {"address": lb.address, "url": lb.url, "backends": lb.backends,
                           "stats_url": lb.stats_url, "runtime_api": lb.runtime_api,
-                          "server_record": lb.server_record},
+                          "server_record": lb.server_record, "check_inter": check_inter},
         "instance_manager": {"kind": "supervisord", "endpoint": im.endpoint,
                              "include_dir": im.include_dir},
         "registries": regs.urls,

@@ -354,7 +354,7 @@ class HAProxyProvider(_Provider):
             lines += ["", f"backend {backend}", "    balance roundrobin",
                       "    http-request disable-l7-retry if !METH_GET !METH_HEAD !METH_OPTIONS",
                       "    option httpchk GET /healthz", "    http-check expect status 200",
-                      f"    default-server check inter {inter} fastinter {inter} downinter {inter} rise 1 fall 2"]
+                      "    default-server " + " ".join(procs.haproxy.check_options(inter))]
         lines += ["", "listen stats", f"    bind {addr}:{int(props['stats_port'])}",
                   "    stats enable", "    stats uri /stats", "    stats refresh 5s", ""]
         return "\n".join(lines)
@@ -398,7 +398,7 @@ class HAProxyProvider(_Provider):
     @staticmethod
     def server_options(props):
         """``add server`` options of a restored run-time server."""
-        return f"check inter {props['check_inter']}"
+        return " ".join(procs.haproxy.check_options(props["check_inter"]))
 
     def _apply(self, props, old=None):
         """Write + validate the config, then start (or soft-reload) HAProxy."""

@@ -38,12 +38,12 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base impo
     DRAINING, FAILED, READY, STARTING, Clock, Health, InstanceHealth, PlatformError,
     ServerGroup, group_name, is_oci_ref)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.haproxy import (
-    RuntimeAPI, RuntimeAPIError)
+    RuntimeAPI, RuntimeAPIError, check_options, is_time)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local import (
     host, metrics as _metrics, ports as _ports)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.supervisor import (
-    BACKOFF as _BACKOFF, HAS_SUPERVISOR, RUNNING as _RUNNING, STOPPED as _STOPPED,
-    SUPERVISOR_IMPORT_ERROR, Supervisor)
+    BACKOFF as _BACKOFF, HAS_SUPERVISOR, RUNNING as _RUNNING, STARTING as _STARTING,
+    STOPPED as _STOPPED, SUPERVISOR_IMPORT_ERROR, Supervisor)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.weights import (
     ADMIN_DRAIN as _ADMIN_DRAIN, ADMIN_MAINT as _ADMIN_MAINT, group_weights, weight_commands)
 
@@ -53,6 +53,12 @@ except ImportError:  # pragma: no cover - the image engine is optional here
     _images = None
 
 META = "; phoenix: "
+
+
+def _serving(row, srv) -> bool:
+    """HAProxy's view of a server: attached, not draining, UP after a passed check."""
+    return row is not None and srv is not None and not srv["admin"] & (_ADMIN_DRAIN | _ADMIN_MAINT) \
+        and row.get("status", "").startswith("UP") and row.get("check_status") == "L7OK"
 
 
 def parse_image_ref(ref: str):
@@ -105,6 +111,13 @@ class LocalDriver:
             raise PlatformError("infra: network.address %s is not a loopback address"
                                 % self.address)
         self.api = RuntimeAPI(balancer["runtime_api"])
+        # the backend's check settings for the servers we add (an older stack
+        # has no check_inter output: HAProxy's default interval, 2s)
+        inter = balancer.get("check_inter")
+        if inter is not None and not is_time(inter):
+            raise PlatformError("infra: load_balancer.check_inter %r is not an HAProxy time "
+                                "(a number with us, ms, s, m, h or d, like 500ms)" % (inter,))
+        self.check_words = check_options(inter)
         # what the infra restore adds again after HAProxy restarted (see _record_servers)
         self.server_record = balancer.get("server_record") or os.path.join(
             os.path.dirname(balancer["runtime_api"]), "servers.json")
@@ -114,6 +127,9 @@ class LocalDriver:
         self.verify_images = verify_images
         self.clock = clock or Clock()
         self.history = _metrics.CounterHistory()
+        self._probation = {}  # instance -> pid counted READY while supervisord says STARTING
+        self._settled = set()  # instances seen RUNNING and serving: re-read from supervisord when not
+        self._conf_cache = {}  # conf file name -> ((inode, size, mtime), metadata)
         self.supervisor = Supervisor(self.endpoint)
 
     # ------------------------------------------------------------------ helpers
@@ -122,8 +138,12 @@ class LocalDriver:
         """supervisord's XML-RPC proxy (this thread's connection)."""
         return self.supervisor.rpc
 
-    def _processes(self) -> dict:
-        return self.supervisor.processes()
+    def _processes(self, names=None) -> dict:
+        """supervisord's process table by name; only ``names`` when given
+        (the whole table costs supervisord about 0.4 ms per program)."""
+        if names is None:
+            return self.supervisor.processes()
+        return self.supervisor.info(list(names)) if names else {}
 
     def _backend(self, artifact: str) -> str:
         try:
@@ -141,27 +161,52 @@ class LocalDriver:
                                 transient=isinstance(exc.__context__, ConnectionError))
 
     def _instances(self) -> dict:
-        """Every instance of ours: conf metadata by instance name."""
-        out = {}
+        """Every instance of ours: conf metadata by instance name.  A conf file
+        is only ever replaced whole (written aside, renamed), so one parsed
+        before is reused while its inode, size and mtime are the same."""
+        out, cache = {}, {}
         try:
-            names = os.listdir(self.include_dir)
+            with os.scandir(self.include_dir) as entries:
+                confs = [e for e in entries if e.name.endswith(".conf")]
+                keys = {}
+                for entry in confs:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:  # removed meanwhile
+                        continue
+                    keys[entry.name] = (st.st_ino, st.st_size, st.st_mtime_ns)
         except OSError as exc:
             raise PlatformError("supervisord include dir %s: %s" % (self.include_dir, exc))
-        for fname in names:
-            if not fname.endswith(".conf"):
-                continue
-            path = os.path.join(self.include_dir, fname)
-            try:
-                with open(path) as handle:
-                    for line in handle:
-                        if line.startswith(META):
-                            meta = json.loads(line[len(META):])
-                            meta["conf"] = path
-                            out[meta["instance"]] = meta
-                            break
-            except (OSError, ValueError):
-                continue
+        for fname, key in keys.items():
+            hit = self._conf_cache.get(fname)
+            if hit is not None and hit[0] == key:
+                meta = hit[1]
+            else:
+                meta = self._read_meta(os.path.join(self.include_dir, fname))
+                if meta is False:
+                    continue
+            cache[fname] = (key, meta)
+            if meta is not None:
+                out[meta["instance"]] = meta
+        self._conf_cache = cache
         return out
+
+    @staticmethod
+    def _read_meta(path):
+        """The ``; phoenix:`` metadata of one conf file; None when it has none,
+        False when it cannot be read now."""
+        try:
+            with open(path) as handle:
+                for line in handle:
+                    if line.startswith(META):
+                        meta = json.loads(line[len(META):])
+                        meta["conf"] = path
+                        return meta
+        except ValueError:
+            return None
+        except OSError:
+            return False
+        return None
 
     def _members(self, group: str, instances: Optional[dict] = None) -> list:
         instances = self._instances() if instances is None else instances
@@ -247,8 +292,10 @@ class LocalDriver:
     _write_private = staticmethod(host.write_private)
 
     def _conf(self, meta: dict, image: dict, env_file: str, log: str) -> str:
-        inner = "set -a; . %s; set +a; exec %s" % (shlex.quote(env_file),
-                                                   shlex.quote(image["entrypoint"]))
+        # the start gate (see _start_gate): wait, sleeping, while a start of the group holds it
+        gate = os.path.join(os.path.dirname(env_file), "start.gate")
+        inner = "if command -v flock >/dev/null; then flock -s %s true; fi; set -a; . %s; set +a; exec %s" % (
+            shlex.quote(gate), shlex.quote(env_file), shlex.quote(image["entrypoint"]))
         command = "/bin/sh -c %s" % shlex.quote(inner)
         lines = [
             "; phoenix.deploy local platform: instance %s of %s (do not edit)"
@@ -305,13 +352,41 @@ class LocalDriver:
                 self._write_private(os.path.join(self.include_dir, meta["instance"] + ".conf"),
                                     self._conf(meta, image, env_file, log))
                 metas.append(meta)
-        self.supervisor.reload_config()
-        for answer in self.supervisor.multicall("addProcessGroup", "supervisor.addProcessGroup",
-                                                [[m["instance"]] for m in metas]):
-            if isinstance(answer, dict) and answer.get("faultCode") not in (None, 90):
-                raise PlatformError("supervisord addProcessGroup: %s" % answer.get("faultString"))
+        with self._start_gate(group_dir):
+            self.supervisor.reload_config()
+            for answer in self.supervisor.multicall("addProcessGroup", "supervisor.addProcessGroup",
+                                                    [[m["instance"]] for m in metas]):
+                if isinstance(answer, dict) and answer.get("faultCode") not in (None, 90):
+                    raise PlatformError("supervisord addProcessGroup: %s" % answer.get("faultString"))
+            self._wait_spawned([m["instance"] for m in metas])
         self._add_servers(backend, metas, weight=0)
         return metas
+
+    @contextlib.contextmanager
+    def _start_gate(self, group_dir):
+        """supervisord forks the new programs one after the other, and the
+        ones already started take the CPU it needs for the next fork (100
+        programs took as long to spawn as the machine needs to start them
+        all).  Each program first waits on the group's gate file (``flock
+        -s``, sleeping) while this holds it; released when all are spawned
+        (or when this process dies), they start together."""
+        fd = os.open(os.path.join(group_dir, "start.gate"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _wait_spawned(self, names, timeout=10.0):
+        """Until supervisord has forked each of ``names`` (a pid, or a spawn
+        error), at most ``timeout`` seconds on the clock."""
+        deadline = self.clock.now() + timeout
+        while self.clock.now() < deadline:
+            procs = self._processes(names)
+            if all(n in procs and (procs[n].get("pid") or procs[n]["statename"] not in ("STOPPED", _STARTING))
+                   for n in names):
+                return
+            self.clock.sleep(0.02)
 
     def _add_servers(self, backend, metas, weight):
         present = self._servers(backend)
@@ -319,8 +394,8 @@ class LocalDriver:
         for meta in metas:
             srv = "%s/%s" % (backend, meta["instance"])
             if meta["instance"] not in present:
-                commands.append(("add", "server", srv, "%s:%d" % (meta["address"], meta["port"]),
-                                 "check", "weight", str(weight)))
+                commands.append(("add", "server", srv, "%s:%d" % (meta["address"], meta["port"]))
+                                + self.check_words + ("weight", str(weight)))
             commands += [("set", "server", srv, "weight", str(weight)),
                          ("enable", "health", srv), ("enable", "server", srv)]
         self._haproxy("add server", self.api.batch, commands)
@@ -406,7 +481,7 @@ class LocalDriver:
             self._remove(first["backend"], members[size:])
 
     def _half_removed(self, members) -> list:
-        procs = self._processes()
+        procs = self._processes([m["instance"] for m in members])
         servers = self._servers(members[0]["backend"])
         serving = [m for m in members if m["instance"] in servers
                    and not servers[m["instance"]]["admin"] & (_ADMIN_DRAIN | _ADMIN_MAINT)]
@@ -435,21 +510,41 @@ class LocalDriver:
         return {k: v for k, v in env.items() if base.get(k) != v}
 
     def health(self, group) -> Health:
+        """Each member from HAProxy's check and supervisord's process table;
+        a member seen RUNNING and serving before, and serving still, is not
+        asked about again (a poll of 100 starting instances reads only those
+        that are not settled yet)."""
         members = self._group_meta(group)
         backend = members[0]["backend"]
-        procs = self._processes()
         stats = self._stat(backend)
         states = self._servers(backend)
+        names = [m["instance"] for m in members]
+        settled = {n for n in names if n in self._settled and _serving(stats.get(n), states.get(n))}
+        procs = self._processes([n for n in names if n not in settled])
         out = []
         for meta in members:
-            proc = procs.get(meta["instance"])
-            row = stats.get(meta["instance"])
-            srv = states.get(meta["instance"])
-            out.append(self._instance_health(meta, proc, row, srv))
+            name = meta["instance"]
+            if name in settled:
+                out.append(InstanceHealth(name, READY, "up"))
+                continue
+            proc, row, srv = procs.get(name), stats.get(name), states.get(name)
+            health = self._instance_health(meta, proc, row, srv)
+            if health.state == READY and proc["statename"] == _RUNNING and _serving(row, srv):
+                self._settled.add(name)
+            else:
+                self._settled.discard(name)
+            out.append(health)
         self._snapshot(group, members, stats)
         return Health(sum(1 for i in out if i.state == READY), len(out), out)
 
     def _instance_health(self, meta, proc, row, srv) -> InstanceHealth:
+        """READY once HAProxy's check passed (status UP, L7OK), also while
+        supervisord still says STARTING (its ``startsecs`` gate): a first run
+        of the program (never stopped) can only have been checked by HAProxy
+        in this run (a detached instance is probed now).  Such an instance
+        stays on probation until supervisord says RUNNING: if it exits or
+        comes back as another process before that, it is FAILED (a crash at
+        start), as BACKOFF and FATAL are."""
         name = meta["instance"]
         if proc is None:
             return InstanceHealth(name, STARTING, "not registered with supervisord")
@@ -458,18 +553,35 @@ class LocalDriver:
             return InstanceHealth(name, FAILED, "%s: %s (crash loop; log %s)" % (
                 state.lower(), proc.get("spawnerr") or proc.get("description") or "exited",
                 proc.get("stdout_logfile")), 1)
-        if state != _RUNNING:
+        probation = self._probation.get(name)
+        if probation is not None and proc.get("pid") != probation:
+            self._probation.pop(name, None)
+            # it exited by itself (a program made again, or stopped on request, is not a crash)
+            if proc.get("stop") and state in (_STARTING, "EXITED"):
+                return InstanceHealth(name, FAILED, "exited after passing its health check, "
+                                      "before supervisord counted it as started (crash at start; "
+                                      "now %s; log %s)" % (state.lower(), proc.get("stdout_logfile")), 1)
+        elif probation is not None and state == _RUNNING:
+            self._probation.pop(name, None)
+        if state not in (_RUNNING, _STARTING):
             return InstanceHealth(name, STARTING, state.lower())
         if srv is None or row is None:  # detached (warm): probe like HAProxy does
             if self._probe(meta):
-                return InstanceHealth(name, READY, "running, detached")
-            return InstanceHealth(name, STARTING, "running, /healthz failing (detached)")
+                if state == _STARTING:
+                    self._probation[name] = proc.get("pid")
+                return InstanceHealth(name, READY, "%s, detached" % state.lower())
+            return InstanceHealth(name, STARTING, "%s, /healthz failing (detached)" % state.lower())
         if srv["admin"] & _ADMIN_DRAIN:
             return InstanceHealth(name, DRAINING, "draining")
         status = row.get("status", "")
-        if status.startswith("UP") and row.get("check_status") == "L7OK":
-            return InstanceHealth(name, READY, "up")
-        return InstanceHealth(name, STARTING, "%s (check %s)" % (status, row.get("check_status")))
+        if _serving(row, srv):
+            if state == _RUNNING:
+                return InstanceHealth(name, READY, "up")
+            if not proc.get("stop") and proc.get("pid"):  # first run: the check saw this process
+                self._probation[name] = proc["pid"]
+                return InstanceHealth(name, READY, "up (starting)")
+        return InstanceHealth(name, STARTING, "%s, %s (check %s)" % (
+            state.lower(), status, row.get("check_status")))
 
     @staticmethod
     def _probe(meta) -> bool:
@@ -554,7 +666,9 @@ class LocalDriver:
 
     # -- drain / remove ----------------------------------------------------------
     def _drain_servers(self, backend, names):
-        """drain -> wait for no current sessions -> maint -> del server."""
+        """drain -> wait for no current sessions (``drain_timeout``) -> maint ->
+        sessions still open after the timeout are shut -> del server.  The
+        waits run on the driver's clock."""
         servers = self._servers(backend)
         names = [n for n in names if n in servers]
         if not names:
@@ -562,39 +676,50 @@ class LocalDriver:
         self._haproxy("drain", self.api.batch, [
             ("set", "server", "%s/%s" % (backend, n), "state", "drain") for n in names])
         self._record_servers(backend)
-        deadline = self.clock.now() + self.drain_timeout
-        while self.clock.now() < deadline:
-            stats = self._stat(backend)
-            if all(int(stats.get(n, {}).get("scur") or 0) == 0 for n in names):
-                break
-            self.clock.sleep(0.05)
+        busy = self._wait_sessions(backend, names, self.drain_timeout)
         self._haproxy("maint", self.api.batch, [
             ("set", "server", "%s/%s" % (backend, n), "state", "maint") for n in names])
+        if busy:  # HAProxy refuses to delete a server with sessions attached
+            self._haproxy("shutdown sessions", self.api.batch, [
+                ("shutdown", "sessions", "server", "%s/%s" % (backend, n)) for n in busy])
+            self._wait_sessions(backend, busy, 5.0)
         self._haproxy("del server", self.api.batch, [
             ("del", "server", "%s/%s" % (backend, n)) for n in names])
         self._forget_counters(names)
         self._record_servers(backend)
 
+    def _wait_sessions(self, backend, names, timeout) -> list:
+        """Wait (on the clock) until ``names`` have no current sessions; the
+        names that still have some after ``timeout``."""
+        deadline = self.clock.now() + timeout
+        while True:
+            stats = self._stat(backend)
+            busy = [n for n in names if int(stats.get(n, {}).get("scur") or 0) > 0]
+            if not busy or self.clock.now() >= deadline:
+                return busy
+            self.clock.sleep(0.05)
+
     def _remove(self, backend, metas):
         """Drain from HAProxy, SIGTERM (the service drains too), wait, remove."""
         names = [m["instance"] for m in metas]
+        for name in names:
+            self._probation.pop(name, None)
+            self._settled.discard(name)
         self._drain_servers(backend, names)
-        procs = self._processes()
-        self.supervisor.multicall("stopProcess", "supervisor.stopProcess",
-                                  [[n, False] for n in names
-                                   if n in procs and procs[n]["statename"] not in _STOPPED])
+        procs = self._processes(names)
+        known = list(procs)
+        running = [n for n in known if procs[n]["statename"] not in _STOPPED]
+        self.supervisor.multicall("stopProcess", "supervisor.stopProcess", [[n, False] for n in running])
         deadline = self.clock.now() + self.drain_timeout + 10
-        while True:
-            procs = self._processes()
-            running = [n for n in names if n in procs and procs[n]["statename"] not in _STOPPED]
-            if not running:
-                break
+        while running:
             if self.clock.now() > deadline:
                 raise PlatformError("instances %s did not stop within %gs"
                                     % (", ".join(running), self.drain_timeout + 10))
-            self.clock.sleep(0.05)
+            self.clock.sleep(0.1)
+            procs = self._processes(running)
+            running = [n for n in running if n in procs and procs[n]["statename"] not in _STOPPED]
         self.supervisor.multicall("removeProcessGroup", "supervisor.removeProcessGroup",
-                                  [[n] for n in names if n in procs])
+                                  [[n] for n in known])
         for meta in metas:
             try:
                 os.unlink(meta["conf"])
@@ -627,7 +752,7 @@ class LocalDriver:
             return
         self._remove(members[0]["backend"], members)
         group_dir = os.path.join(self.data_dir, group)
-        for fname in ("env", "env.tmp"):
+        for fname in ("env", "env.tmp", "start.gate"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(group_dir, fname))
         with contextlib.suppress(OSError):
@@ -641,7 +766,7 @@ class LocalDriver:
                 if m["artifact"] == artifact and m["environment"] == environment]
         if not mine:
             return []
-        procs = self._processes()
+        procs = self._processes([m["instance"] for m in mine])
         backend = self._backend(artifact)
         servers = self._servers(backend)
         weights = self._group_weights(backend, instances, servers)

@@ -150,6 +150,26 @@ class RuntimeAPI:
             raise
 
 
+_TIME = re.compile(r"^[0-9]+(us|ms|s|m|h|d)?$")
+
+
+def check_options(inter=None) -> tuple:
+    """The health-check words of a backend's servers: every ``inter`` (HAProxy
+    time, e.g. ``500ms``) in every state, up after one passed check, down after
+    two failed ones.  The infra's ``default-server`` line and every ``add
+    server`` use them: a server added at run time takes nothing from
+    ``default-server`` (it would check every 2s, rise 2, fall 3)."""
+    words = ("check",)
+    if inter is not None:
+        words += ("inter", str(inter), "fastinter", str(inter), "downinter", str(inter))
+    return words + ("rise", "1", "fall", "2")
+
+
+def is_time(text) -> bool:
+    """``text`` is an HAProxy time: a number with an optional unit (us, ms, s, m, h, d)."""
+    return bool(_TIME.match(str(text)))
+
+
 _OK = ("", "New server registered.", "Server deleted.")
 
 
