@@ -280,7 +280,7 @@ def test_smoke_unreachable_and_bad_usage():
     assert proc.returncode == 1 and "Connection refused" in proc.stdout
     proc = run_like_jenkins("scripts/smoke.sh staging", {})
     assert proc.returncode == 2 and "unknown environment 'staging'" in proc.stderr
-    assert "environments: ci integrated_qa local prod" in proc.stderr
+    assert "environments: ci integrated_qa k8s local prod" in proc.stderr
 
 
 # --------------------------------------------------------------------------- jobs/ (Jenkins Job Builder)
