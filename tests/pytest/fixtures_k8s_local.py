@@ -74,12 +74,12 @@ int main(void) {
 """
 
 
-def build_hello_image(work):
+def build_hello_image(work, source=HELLO_C):
     """A one-binary OCI image (a static C HTTP server on :8080, uid 65534)
-    built with gcc and umoci: ``<work>/oci:v1``."""
+    built with gcc and umoci: ``<work>/oci:v1`` (``source``: another C program, e.g. a faulty variant)."""
     work = pathlib.Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "hello.c").write_text(HELLO_C)
+    (work / "hello.c").write_text(source)
 
     def run(*cmd):
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
