@@ -1,4 +1,5 @@
-"""Benchmark: rollouts on the Kubernetes platform against ONE real k8s-local
+"""Benchmark (named k8s, not kubernetes: bench/ is on sys.path and would shadow the
+kubernetes client package): rollouts on the Kubernetes platform against ONE real k8s-local
 cluster that this module starts and destroys (tests/pytest/fixtures_k8s_local.py
 TempK8sStack: etcd, kube-apiserver, controller-manager, scheduler, containerd,
 kubelet and the gateway, on loopback).  Images are the tests' static C hello
