@@ -125,7 +125,7 @@ class Bench:
             try:
                 comps = sorted(self.stack.live_pids()) == sorted(COMPONENTS)
                 gw = all(pid_alive(read_pid(self.stack.state_dir / rel), hint) for rel, hint in gateway.items())
-                ready = self.api.call_api("/readyz", "GET", _preload_content=False)[1] == 200
+                ready = self.api.call_api("GET", self.api.configuration.host + "/readyz", _request_timeout=5).status == 200
                 conds = {c.type: c.status for c in core.read_node(node).status.conditions or []}
                 state = (comps, gw, ready, conds.get("Ready"))
                 if comps and gw and ready and conds.get("Ready") == "True":
