@@ -95,6 +95,13 @@ int main(void) {
 """
 
 
+def slowest(events, count=3):
+    """The ``count`` longest gaps between a release's events, with the message that opened each."""
+    steps = [(float(e["at"]), e["message"]) for e in events]
+    gaps = sorted(((b[0] - a[0], a[1]) for a, b in zip(steps, steps[1:])), reverse=True)[:count]
+    return "; ".join("%.2fs after %s" % (d, m[:80]) for d, m in gaps)
+
+
 class Bench:
     def __init__(self):
         from fixtures_k8s_local import TempK8sStack
@@ -250,7 +257,8 @@ class Bench:
                      "unit": "s", "goal": "-",
                      "detail": "min of %.2f s (before) and %.2f s (after the rollout)" % (floor_before, floor_after)})
         rows.append({"name": "rolling deploy 10 pods (one batch, replaces 10 live)",
-                     "value": round(t10["seconds"], 2), "unit": "s", "goal": "-"})
+                     "value": round(t10["seconds"], 2), "unit": "s", "goal": "-",
+                     "detail": "slowest steps: " + slowest(t10["events"])})
         rows.append({"name": "rollout wall / floor (10 pods)", "value": round(t10["seconds"] / floor, 3),
                      "unit": "ratio", "goal": "<= 1.2"})
 
@@ -285,12 +293,14 @@ class Bench:
             {"steps": [{"set_weight": 20}, {"pause": {"duration": 60}}]},
             {"max_error_rate": 0.05, "min_requests": 5, "interval": 1, "failure_limit": 1},
             expect="rolled_back"))
-        detected = next(e["at"] for e in res["events"] if e.get("verdict") == "fail")
+        fail = next(e for e in res["events"] if e.get("verdict") == "fail")
+        detected = fail["at"]
         restored = next(e["at"] for e in res["events"]
                         if e["at"] >= detected and "has 100% of the traffic" in e["message"])
         rows.append({"name": "detection to full rollback (1 s analysis interval)",
                      "value": round(float(restored) - float(detected), 3), "unit": "s", "goal": "<= 3",
-                     "detail": "first failing verdict to the stable release at 100%%; %s" % detail})
+                     "detail": "first failing verdict (%s) to the stable release at 100%%; %s; steps: %s"
+                               % (fail["message"][:160], detail, slowest(res["events"], 6))})
 
         # the largest rollout that fits, from 50 down
         errors = []
