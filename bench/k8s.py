@@ -271,7 +271,7 @@ class Bench:
                                             {"max_surge": 1, "max_unavailable": 0})),
             ("blue/green", lambda: self.deploy("1.2.0+5eed0f1.b4", b, 5, "blue_green")),
             ("canary", lambda: self.deploy("1.3.0+5eed0f1.b5", a, 5, "canary", steps, ANALYSIS)),
-            ("rollback", lambda: self._rollback()),
+            ("rollback", self._rollback),
         ]
         for label, action in plan:
             _res, failed, sent, rate, detail = self.under_load(label, action)
