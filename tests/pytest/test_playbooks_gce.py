@@ -65,9 +65,9 @@ def gcp(tmp_path, outputs):
     closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     closed.bind(("127.0.0.1", 0))
     metadata = "127.0.0.1:%d" % closed.getsockname()[1]
+    dropped = ("no_proxy", "http_proxy", "https_proxy", "all_proxy")
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GOOGLE_", "CLOUDSDK_", "GCE_")) and k.lower() not in ("no_proxy", "http_proxy",
-                                                                                     "https_proxy", "all_proxy")}
+           if not k.startswith(("GOOGLE_", "CLOUDSDK_", "GCE_")) and k.lower() not in dropped}
     env.update(HOME=str(home), PHOENIX_STATE_DIR=str(state), NO_GCE_CHECK="True", HTTPS_PROXY=proxy,
                HTTP_PROXY=proxy, https_proxy=proxy, http_proxy=proxy, NO_PROXY="127.0.0.1", no_proxy="127.0.0.1",
                GCE_METADATA_HOST=metadata, GCE_METADATA_IP=metadata, ANSIBLE_FORCE_COLOR="0")
