@@ -8,6 +8,7 @@ store, and the image a version resolves to (verified before anything runs).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -33,6 +34,8 @@ def load_infra(params) -> dict:
     if infra:
         _check_secrets(infra)
         return infra
+    if params.get("infra_file"):
+        return _infra_file(params["infra_file"])
     if not params.get("project_path") or not params.get("stack"):
         raise PhoenixError("infra: give the stack outputs (infra: \"{{ stack.outputs }}\" from "
                            "phoenix.deploy.pulumi_stack with show_secrets: true), or project_path "
@@ -43,6 +46,30 @@ def load_infra(params) -> dict:
     if not infra:
         raise PhoenixError("stack %s of %s has no outputs: run phoenix.deploy.pulumi_stack first"
                            % (params["stack"], params["project_path"]), param="stack")
+    return infra
+
+
+def _infra_file(path) -> dict:
+    """The stack outputs an operator exported with ``pulumi stack output
+    --json --show-secrets`` (a stack this controller does not run)."""
+    try:
+        mode = os.stat(path).st_mode
+        if mode & 0o077:
+            raise PhoenixError("infra_file: %s is readable by group or others (mode %o); it holds the "
+                               "database password: chmod 0600 it" % (path, mode & 0o777), param="infra_file")
+        with open(path, encoding="utf-8") as handle:
+            infra = json.load(handle)
+    except OSError as exc:
+        raise PhoenixError("infra_file: cannot read %s (%s); export the stack outputs with "
+                           "pulumi stack output --json --show-secrets -s <stack> > %s"
+                           % (path, exc.strerror, path), param="infra_file")
+    except ValueError as exc:
+        raise PhoenixError("infra_file: %s is not the JSON of pulumi stack output --json (%s)"
+                           % (path, exc), param="infra_file")
+    if not isinstance(infra, dict) or not infra.get("platform"):
+        raise PhoenixError("infra_file: %s has no stack outputs (an object with platform); export them with "
+                           "pulumi stack output --json --show-secrets" % path, param="infra_file")
+    _check_secrets(infra)
     return infra
 
 

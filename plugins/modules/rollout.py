@@ -135,6 +135,13 @@ options:
         such a group serves traffic.
     type: bool
     default: false
+  infra_file:
+    description:
+      - A JSON file of the infra stack outputs, as C(pulumi stack output --json --show-secrets) writes it,
+        for a stack this controller does not run (for example a C(gcp-*) stack an operator exported).
+        Used instead of O(infra) or O(project_path) and O(stack).
+      - It holds the database password, so it must not be readable by group or others (C(chmod 0600)).
+    type: path
 attributes:
   check_mode:
     description: Validates everything and returns the plan; touches nothing on the platform.
@@ -289,6 +296,7 @@ ARGUMENT_SPEC = dict(
     report_dir=dict(type="path"),
     ci_build_url=dict(type="str"),
     force=dict(type="bool", default=False),
+    infra_file=dict(type="path"),
 )
 
 
@@ -532,7 +540,7 @@ class RolloutManager:
 
 def main():
     module = PhoenixModule(argument_spec=argspec(ARGUMENT_SPEC), supports_check_mode=True,
-                           mutually_exclusive=[("infra", "project_path")],
+                           mutually_exclusive=[("infra", "project_path", "infra_file")],
                            required_together=[("project_path", "stack")])
     manager = None
     try:

@@ -153,6 +153,6 @@ def test_restore_bad_input(args, wanted, run):
     """Refused at the first task with the allowed values; nothing else runs."""
     proc = run(["ansible-playbook", "playbooks/restore_db.yml", *args], check=False, cwd=ROOT)
     assert proc.returncode != 0
-    assert "usage: -e environment=<ci|integrated_qa|k8s|local|prod>" in proc.stdout
+    assert "usage: -e environment=<ci|gcp-dev|integrated_qa|k8s|local|prod>" in proc.stdout
     assert wanted in proc.stdout
     assert "ok=1 " in proc.stdout and "failed=1" in proc.stdout  # only the read-only lookup of inventories ran

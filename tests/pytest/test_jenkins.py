@@ -280,7 +280,7 @@ def test_smoke_unreachable_and_bad_usage():
     assert proc.returncode == 1 and "Connection refused" in proc.stdout
     proc = run_like_jenkins("scripts/smoke.sh staging", {})
     assert proc.returncode == 2 and "unknown environment 'staging'" in proc.stderr
-    assert "environments: ci integrated_qa k8s local prod" in proc.stderr
+    assert "environments: ci gcp-dev integrated_qa k8s local prod" in proc.stderr
 
 
 # --------------------------------------------------------------------------- jobs/ (Jenkins Job Builder)
@@ -328,7 +328,7 @@ def inventory(environment):
 
 
 def test_environments_exist():
-    assert ENVIRONMENTS == ["ci", "integrated_qa", "k8s", "local", "prod"]
+    assert ENVIRONMENTS == ["ci", "gcp-dev", "integrated_qa", "k8s", "local", "prod"]
 
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
@@ -355,12 +355,13 @@ def test_environments_side_by_side():
     assert len({json.dumps(e["phoenix_image_stores"], sort_keys=True) for e in envs.values()}) == 1
     # separate stacks (own state dir, loopback block) and port ranges
     assert len({e["phoenix_stack"] for e in envs.values()}) == len(envs)
-    ranges = [e["phoenix_infra_config"].get("port_range", "24000-24999") for e in envs.values()]
+    ranges = [e["phoenix_infra_config"].get("port_range", "24000-24999") for e in envs.values()
+              if e["phoenix_platform"] != "gce"]  # a GCP stack has no loopback port range
     assert len(set(ranges)) == len(ranges)
     # only prod requires a promoted image, and deploys from the prod store
     assert {n for n, e in envs.items() if e["phoenix_require_promoted_image"]} == {"prod"}
     assert {n: e["phoenix_image_store_kind"] for n, e in envs.items()} == \
-        {"ci": "test", "integrated_qa": "test", "k8s": "test", "local": "test", "prod": "prod"}
+        {"ci": "test", "gcp-dev": "test", "integrated_qa": "test", "k8s": "test", "local": "test", "prod": "prod"}
     assert set(envs["prod"]["phoenix_promotion_sources"]) <= {"ci", "integrated_qa"}
     # prod judges, and at least as strictly as every other environment that analyses
     assert envs["prod"]["phoenix_analysis"] != "none"
