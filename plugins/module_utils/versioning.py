@@ -99,9 +99,12 @@ class Version(object):
 
     @property
     def build_id(self):
-        """The CI build id in the build metadata (``b456`` -> ``"456"``), or None."""
-        for ident in self.build:
-            if ident.startswith("b") and ident[1:].isdigit():
+        """The CI build id in the build metadata (``b456`` -> ``"456"``), or None.
+        The git hash comes first (``+<hash>.b<id>``) and may itself look like
+        a build id (``b179026``): it is never taken as one."""
+        git_hash = self.git_hash
+        for ident in reversed(self.build):
+            if ident != git_hash and ident.startswith("b") and ident[1:].isdigit():
                 return ident[1:]
         return None
 

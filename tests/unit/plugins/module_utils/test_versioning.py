@@ -148,3 +148,14 @@ def test_precedence():
     shuffled = list(reversed(ordered))
     assert sorted(shuffled, key=lambda s: versioning.parse(s).precedence_key()) == ordered
     assert versioning.parse("1.0.0+a").precedence_key() == versioning.parse("1.0.0+b").precedence_key()
+
+
+@pytest.mark.parametrize("text, git_hash, build_id", [
+    ("1.4.0+b179026.b456", "b179026", "456"),  # a hash that looks like a build id (CI saw it)
+    ("1.4.0+b179026", "b179026", None),
+    ("1.4.0+34e57f0.b456", "34e57f0", "456"),
+    ("1.4.0+b456", None, "456"),
+])
+def test_git_hash_and_build_id_are_told_apart(text, git_hash, build_id):
+    version = versioning.parse(text)
+    assert (version.git_hash, version.build_id) == (git_hash, build_id)
