@@ -249,6 +249,51 @@ class TrafficRouter(abc.ABC):
         """Request drain and removal from the load balancer (keeps it warm)."""
 
 
+class DriverGroups(GroupManager):
+    """A group manager whose operations are its driver's methods of the same
+    name; a driver package subclasses it for its name, poll interval and
+    whatever it answers itself (``resolve_image``...)."""
+
+    def __init__(self, driver):
+        self.driver = driver
+
+    def create_group(self, artifact, environment, release_id, image, size, env,
+                     name=None, owner=None):
+        return self.driver.create_group(artifact, environment, release_id, image, size, env,
+                                        name=name, owner=owner)
+
+    def resize(self, group, size):
+        return self.driver.resize(group, size)
+
+    def health(self, group):
+        return self.driver.health(group)
+
+    def config_inputs(self):
+        return self.driver.config_inputs()
+
+    def destroy(self, group):
+        return self.driver.destroy(group)
+
+    def list_groups(self, artifact, environment):
+        return self.driver.list_groups(artifact, environment)
+
+
+class DriverTraffic(TrafficRouter):
+    """A traffic router whose operations are its driver's methods of the same name."""
+
+    def __init__(self, driver):
+        self.driver = driver
+
+    def set_weights(self, weights):
+        return self.driver.set_weights(weights)
+
+    def verify_weights(self, weights):
+        return self.driver.verify_weights(weights)
+
+    def drain_and_detach(self, group):
+        return self.driver.drain_and_detach(group)
+
+
 class MetricsProvider(abc.ABC):
     """Requests, server-side errors and latency of a group over a window."""
 

@@ -18,7 +18,7 @@ import re
 from typing import Optional
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
-    GroupManager, Platform, PlatformError, TrafficRouter)
+    DriverGroups, DriverTraffic, Platform, PlatformError)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.gce.api import (
     Api, missing_dependencies)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.gce.driver import (
@@ -33,42 +33,19 @@ __all__ = ["GcePlatform", "GceDriver", "GceGroups", "GceTraffic", "GceMetrics", 
            "Api", "PlatformError", "parse_image", "missing_dependencies", "CANARY_STEPS"]
 
 
-class GceGroups(GroupManager):
+class GceGroups(DriverGroups):
     """Groups are instance template + regional MIG + backend service."""
 
     name = "gce"
     poll_interval = GceDriver.poll_interval
-
-    def __init__(self, driver: GceDriver):
-        self.driver = driver
 
     def resolve_image(self, ref, artifact=None):
         """``projects/<p>/global/images/<name>`` (or its full URL) -> that path;
         anything else is refused naming the ``image`` parameter."""
         return self.driver.resolve_image(ref, artifact)
 
-    def create_group(self, artifact, environment, release_id, image, size, env,
-                     name=None, owner=None):
-        return self.driver.create_group(artifact, environment, release_id, image, size, env,
-                                        name=name, owner=owner)
 
-    def resize(self, group, size):
-        return self.driver.resize(group, size)
-
-    def health(self, group):
-        return self.driver.health(group)
-
-    def config_inputs(self):
-        return self.driver.config_inputs()
-
-    def destroy(self, group):
-        return self.driver.destroy(group)
-
-    def list_groups(self, artifact, environment):
-        return self.driver.list_groups(artifact, environment)
-
-
-class GceTraffic(TrafficRouter):
+class GceTraffic(DriverTraffic):
     """Weights are ``weightedBackendServices`` of the artifact's route in the
     URL map; the load balancer applies them eventually, so ``verify_weights``
     says False (the URL map reads otherwise) or None (cannot tell)."""
@@ -76,17 +53,8 @@ class GceTraffic(TrafficRouter):
     name = "gce"
 
     def __init__(self, driver: GceDriver):
-        self.driver = driver
+        DriverTraffic.__init__(self, driver)
         self.settle_time = driver.config.settle_time
-
-    def set_weights(self, weights):
-        return self.driver.set_weights(weights)
-
-    def verify_weights(self, weights):
-        return self.driver.verify_weights(weights)
-
-    def drain_and_detach(self, group):
-        return self.driver.drain_and_detach(group)
 
 
 class GcePlatform(Platform):

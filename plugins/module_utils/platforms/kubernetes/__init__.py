@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
-    GroupManager, Metrics, MetricsProvider, Platform, PlatformError, TrafficRouter)
+    DriverGroups, DriverTraffic, Metrics, MetricsProvider, Platform, PlatformError)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.counters import (
     RESOLUTION, window_metrics)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.kubernetes.api import (
@@ -38,15 +38,12 @@ def missing_dependencies() -> list:
     return [] if HAS_KUBERNETES else [("kubernetes", KUBERNETES_IMPORT_ERROR)]
 
 
-class KubernetesGroups(GroupManager):
+class KubernetesGroups(DriverGroups):
     """A group is a Deployment (immutable selector with the release) plus a
     Service of the same name; images by digest only."""
 
     name = "kubernetes"
     poll_interval = KubernetesDriver.poll_interval
-
-    def __init__(self, driver: KubernetesDriver):
-        self.driver = driver
 
     def resolve_image(self, ref, artifact=None):
         """``registry/repo@sha256:<64 hex>`` as is; a tag or a local image is
@@ -61,41 +58,14 @@ class KubernetesGroups(GroupManager):
         name = name or self.group_name(artifact, environment, release_id)
         return self.driver.create_group(artifact, environment, release_id, image, size, env, name, owner)
 
-    def resize(self, group, size):
-        return self.driver.resize(group, size)
 
-    def health(self, group):
-        return self.driver.health(group)
-
-    def config_inputs(self):
-        return self.driver.config_inputs()
-
-    def destroy(self, group):
-        return self.driver.destroy(group)
-
-    def list_groups(self, artifact, environment):
-        return self.driver.list_groups(artifact, environment)
-
-
-class KubernetesTraffic(TrafficRouter):
+class KubernetesTraffic(DriverTraffic):
     """Weights are the HTTPRoute's ``rules[0].backendRefs`` weights, replaced
     with the route's resourceVersion; verified by the gateway's status at the
     route's current generation (so never None)."""
 
     name = "kubernetes"
     settle_time = 0.0
-
-    def __init__(self, driver: KubernetesDriver):
-        self.driver = driver
-
-    def set_weights(self, weights):
-        return self.driver.set_weights(weights)
-
-    def verify_weights(self, weights):
-        return self.driver.verify_weights(weights)
-
-    def drain_and_detach(self, group):
-        return self.driver.drain_and_detach(group)
 
 
 class KubernetesMetrics(MetricsProvider):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
-    GroupManager, Platform, PlatformError, TrafficRouter)
+    DriverGroups, DriverTraffic, Platform, PlatformError)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.driver import (
     LocalDriver, parse_image_ref)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.metrics import (
@@ -35,15 +35,12 @@ def missing_dependencies() -> list:
     return [] if HAS_SUPERVISOR else [("supervisor", SUPERVISOR_IMPORT_ERROR)]
 
 
-class LocalGroups(GroupManager):
+class LocalGroups(DriverGroups):
     """Groups are supervisord programs ``<group>.<index>`` started from a
     verified local image bundle."""
 
     name = "local"
     poll_interval = LocalDriver.poll_interval
-
-    def __init__(self, driver: LocalDriver):
-        self.driver = driver
 
     def resolve_image(self, ref, artifact=None):
         """``<image name>@sha256:<digest>`` -> the verified bundle
@@ -55,48 +52,16 @@ class LocalGroups(GroupManager):
                                 % ref, param="image")
         return self.driver.resolve_image(artifact, ref)
 
-    def create_group(self, artifact, environment, release_id, image, size, env,
-                     name=None, owner=None):
-        return self.driver.create_group(artifact, environment, release_id, image, size, env,
-                                        name=name, owner=owner)
-
-    def resize(self, group, size):
-        return self.driver.resize(group, size)
-
-    def health(self, group):
-        return self.driver.health(group)
-
     def cancel_drain(self, group):
         return self.driver.cancel_drain(group)
 
-    def config_inputs(self):
-        return self.driver.config_inputs()
 
-    def destroy(self, group):
-        return self.driver.destroy(group)
-
-    def list_groups(self, artifact, environment):
-        return self.driver.list_groups(artifact, environment)
-
-
-class LocalTraffic(TrafficRouter):
+class LocalTraffic(DriverTraffic):
     """Weights are HAProxy server weights (runtime API, no reloads), read
     back from HAProxy, so ``verify_weights`` always knows (never None)."""
 
     name = "local"
     settle_time = 0.0
-
-    def __init__(self, driver: LocalDriver):
-        self.driver = driver
-
-    def set_weights(self, weights):
-        return self.driver.set_weights(weights)
-
-    def verify_weights(self, weights):
-        return self.driver.verify_weights(weights)
-
-    def drain_and_detach(self, group):
-        return self.driver.drain_and_detach(group)
 
 
 class LocalPlatform(Platform):
