@@ -19,7 +19,8 @@ platform does not have are exported as ``None``.
                       0600 kubeconfig of the deployer; None on GKE),
                       service_names: {artifact: name}, labels,
                       gateway: {name, class, url: {artifact: url}, routes: {artifact: HTTPRoute
-                      name}, haproxy_socket (local: the gateway HAProxy's runtime API; None on
+                      name, route_name(artifact, environment): the one route the rollout driver
+                      edits}, haproxy_socket (local: the gateway HAProxy's runtime API; None on
                       GKE)}}: KUBERNETES_KEYS, the same on GKE and on the local cluster
                       (cluster: local)
 - registries:        {dev: url, prod: url}: container registries; bakes push to dev,
@@ -28,6 +29,9 @@ platform does not have are exported as ``None``.
                       <location>-docker.pkg.dev/<project>/<repository> (Artifact Registry)
 - state_dir:         local: the stack's runtime directory (data, configs, sockets)
 """
+import hashlib
+import re
+
 KEYS = ("platform", "network", "database", "load_balancer", "instance_manager",
         "gce", "kubernetes", "registries", "state_dir")
 KUBERNETES_KEYS = ("api_server", "namespace", "deployer_service_account", "ca_cert", "token", "kubeconfig",
@@ -42,3 +46,21 @@ def complete(outputs: dict) -> dict:
     if unknown:
         raise ValueError(f"outputs outside the contract: {sorted(unknown)}")
     return {key: outputs.get(key) for key in KEYS}
+
+
+_NOT_DNS = re.compile(r"[^a-z0-9]+")
+
+
+def route_name(artifact: str, environment: str) -> str:
+    """The HTTPRoute of one (artifact, environment), ``<artifact>-<environment>``
+    as a DNS-1123 label starting with a letter: the name the Kubernetes rollout
+    driver edits (``plugins/module_utils/platforms/kubernetes/objects.route_name``,
+    i.e. ``platforms.base.dns_label``; a unit test keeps the two equal). Both
+    Kubernetes stacks export it as ``kubernetes.gateway.routes[artifact]``."""
+    raw = f"{artifact}-{environment}"
+    name = _NOT_DNS.sub("-", raw.lower()).strip("-")
+    if not name[:1].isalpha():
+        name = "g-" + name
+    if len(name) > 63:
+        name = "%s-%s" % (name[:54].rstrip("-"), hashlib.sha256(raw.encode("utf-8")).hexdigest()[:8])
+    return name

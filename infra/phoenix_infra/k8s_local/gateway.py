@@ -19,6 +19,7 @@ import pulumi
 from pulumi import dynamic
 from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 
+from phoenix_infra.contract import route_name
 from phoenix_infra.k8s_local import providers
 from phoenix_infra.local import procs
 from phoenix_infra.local.providers import HAProxyProvider, _Provider
@@ -247,7 +248,7 @@ class Gateway(pulumi.ComponentResource):
         self.listeners = {}
         for artifact in artifacts:
             listener = artifact.replace("_", "-").lower()
-            route = f"{listener}-{environment}"
+            route = route_name(artifact, environment)  # the route the rollout driver edits
             self.listeners[artifact] = {"listener": listener, "route": route,
                                         "backend": backend_name(namespace, route),
                                         "port": network.port(f"gateway_{artifact}")}

@@ -7,8 +7,11 @@ engine's, not declared here.
 
 Config: everything the ``gce`` platform reads (see ``phoenix_infra.gcp``),
 plus optional ``namespace``, ``gateway_class``, ``pods_cidr``,
-``services_cidr`` and ``master_cidr``."""
+``services_cidr``, ``master_cidr`` and ``environment`` (the environment the
+rollouts of this cluster deploy to, default the stack name as a DNS label;
+its HTTPRoutes are ``<artifact>-<environment>``, as on the local cluster)."""
 import base64
+import re
 
 import pulumi
 
@@ -20,7 +23,17 @@ from .cluster import Cluster
 __all__ = ["build", "AppPlatform", "Cluster"]
 
 
+def environment(cfg) -> str:
+    """``phoenix-infra:environment``, default the stack name as a DNS label (as k8s-local)."""
+    value = cfg.get("environment", re.sub(r"[^a-z0-9-]+", "-", cfg.stack.lower()).strip("-"))
+    if not re.fullmatch(r"[a-z]([a-z0-9-]{0,30}[a-z0-9])?", value):
+        raise pulumi.RunError(f"config 'phoenix-infra:environment' is {value!r}; use lowercase letters, digits "
+                              "and '-' (a DNS label of at most 32 characters, e.g. dev)")
+    return value
+
+
 def build(cfg) -> dict:
+    env = environment(cfg)
     settings = gcp_settings.read(cfg)
     prefix = settings.prefix
     namespace = cfg.get("namespace", prefix)
@@ -38,6 +51,7 @@ def build(cfg) -> dict:
     app = AppPlatform(
         prefix,
         namespace=namespace,
+        environment=env,
         artifacts=cfg.artifacts,
         labels=labels,
         port=settings.port,

@@ -4,8 +4,12 @@
 - one ClusterIP Service per artifact selecting ``labels`` + ``app=<artifact>``
   (the engine's Deployments carry those plus ``track`` and ``release``);
 - a Gateway on a reserved global address and one HTTPRoute per artifact
-  (first artifact at ``/``, others at ``/<artifact>``), whose backendRef
-  weights the engine patches;
+  (first artifact at ``/``, others at ``/<artifact>``) named
+  ``contract.route_name(artifact, environment)``: exactly the route the
+  Kubernetes rollout driver edits (exported as ``gateway.routes``). Its
+  ``rules[*].backendRefs`` (one per release Service, with the traffic
+  weights) are the engine's: created empty, then ``ignore_changes``
+  (``ENGINE_OWNED``), so ``pulumi up`` never undoes a rollout;
 - a NetworkPolicy: pods may only talk to the database range (TCP 5432) and
   cluster DNS;
 - a deployer ServiceAccount bound to a Role with the verbs the engine uses.
@@ -13,6 +17,8 @@
 import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
+
+from ..contract import route_name
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 
@@ -29,10 +35,12 @@ DEPLOYER_RULES = (
     {"api_groups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "delete"]},
     {"api_groups": [""], "resources": ["pods"], "verbs": ["delete"]},
 )
+#: the parts of each HTTPRoute the rollout engine owns (the backends and their weights)
+ENGINE_OWNED = ["spec.rules[*].backendRefs"]
 
 
 class AppPlatform(pulumi.ComponentResource):
-    def __init__(self, name, *, namespace, artifacts, labels, port, db_range, db_port,
+    def __init__(self, name, *, namespace, environment, artifacts, labels, port, db_range, db_port,
                  gateway_class, opts=None):
         super().__init__("phoenix:kubernetes:AppPlatform", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -79,17 +87,19 @@ class AppPlatform(pulumi.ComponentResource):
                 f"{name}-{artifact}-route",
                 api_version=GATEWAY_API,
                 kind="HTTPRoute",
-                metadata={**meta, "name": artifact.replace("_", "-")},
+                metadata={**meta, "name": route_name(artifact, environment),
+                          "labels": {**labels, "phoenix.deploy/artifact": artifact,
+                                     "phoenix.deploy/environment": environment}},
                 spec={
                     "parentRefs": [{"name": "phoenix"}],
                     "rules": [{
                         "matches": [{"path": {"type": "PathPrefix",
                                               "value": "/" if i == 0 else f"/{artifact}"}}],
-                        "backendRefs": [{"name": self.services[artifact].metadata["name"],
-                                         "port": 80, "weight": 100}],
+                        "backendRefs": [],  # the engine's: one per release, with its weight
                     }],
                 },
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.namespace, self.gateway]))
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.namespace, self.gateway],
+                                            ignore_changes=ENGINE_OWNED))
             for i, artifact in enumerate(artifacts)
         }
 

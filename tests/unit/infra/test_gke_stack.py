@@ -10,6 +10,7 @@ from pulumi_harness import INFRA, SchemaMocks, run_stack, use_stack, validate
 pulumi.runtime.set_mocks(SchemaMocks(), project="phoenix-infra", stack="gke-dev", preview=False)
 
 from phoenix_infra import contract  # noqa: E402  (the program is imported after set_mocks)
+from phoenix_infra.contract import route_name  # noqa: E402
 
 ROLE = "kubernetes:rbac.authorization.k8s.io/v1:Role"
 POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
@@ -107,13 +108,56 @@ def test_services_and_routes_per_artifact(run):
     services = {r.inputs["metadata"]["name"]: r.inputs["spec"] for r in run.custom("kubernetes:core/v1:Service")}
     assert set(services) == {"catalog", "orders"}
     assert services["orders"]["selector"] == {**run.outputs["kubernetes"]["labels"], "app": "orders"}
-    routes = {r.inputs["metadata"]["name"]: r.inputs["spec"]
-              for r in run.custom("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute")}
-    assert {name: spec["rules"][0]["matches"][0]["path"]["value"] for name, spec in routes.items()} == \
-        {"catalog": "/", "orders": "/orders"}
-    assert routes["orders"]["rules"][0]["backendRefs"] == [{"name": "orders", "port": 80, "weight": 100}]
+    routes = {r.inputs["metadata"]["name"]: r.inputs for r in run.custom("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute")}
+    # the very routes the rollout driver edits: objects.route_name(artifact, environment), the environment
+    # being the stack's (default: the stack name)
+    assert set(routes) == {route_name("catalog", "gke-dev"), route_name("orders", "gke-dev")} \
+        == {"catalog-gke-dev", "orders-gke-dev"}
+    assert {name: r["spec"]["rules"][0]["matches"][0]["path"]["value"] for name, r in routes.items()} == \
+        {"catalog-gke-dev": "/", "orders-gke-dev": "/orders"}
+    assert routes["orders-gke-dev"]["metadata"]["labels"] == {
+        **run.outputs["kubernetes"]["labels"], "phoenix.deploy/artifact": "orders",
+        "phoenix.deploy/environment": "gke-dev"}
+    # no backend until the first rollout attaches its release's Service (the artifact Service is not one)
+    assert routes["orders-gke-dev"]["spec"]["rules"][0]["backendRefs"] == []
+    assert run.outputs["kubernetes"]["gateway"]["routes"] == {"catalog": "catalog-gke-dev", "orders": "orders-gke-dev"}
     gateway = run.one("kubernetes:gateway.networking.k8s.io/v1:Gateway").inputs["spec"]
     assert gateway["gatewayClassName"] == "gke-l7-global-external-managed"
+
+
+def test_the_route_is_named_for_the_configured_environment():
+    out = run_stack("gke-dev", set={"phoenix-infra:environment": "qa"}).outputs
+    assert out["kubernetes"]["gateway"]["routes"] == {"catalog": "catalog-qa"}
+    mocks = SchemaMocks()
+    with pytest.raises(pulumi.RunError, match="'phoenix-infra:environment' is 'Q A'"):
+        run_stack("gke-dev", set={"phoenix-infra:environment": "Q A"}, mocks=mocks)
+    assert mocks.resources == []
+
+
+def test_the_engine_owned_route_backends_are_ignored_by_pulumi_up(monkeypatch):
+    """``pulumi up`` must not undo a rollout: the backendRefs (release Services and
+    their weights) of each HTTPRoute are ``ignore_changes``, and each ignored path
+    names a property the program really sets."""
+    from phoenix_infra.kubernetes import app
+    seen = {}
+    real = app.k8s.apiextensions.CustomResource
+
+    def recording(name, opts=None, **kwargs):
+        seen[kwargs["kind"]] = seen.get(kwargs["kind"], []) + [list(opts.ignore_changes or [])]
+        return real(name, opts=opts, **kwargs)
+    monkeypatch.setattr(app.k8s.apiextensions, "CustomResource", recording)
+    run = run_stack("gke-dev", set={"phoenix-infra:artifacts": ["catalog", "orders"]})
+    assert app.ENGINE_OWNED == ["spec.rules[*].backendRefs"]
+    assert seen == {"Gateway": [[]], "HTTPRoute": [app.ENGINE_OWNED, app.ENGINE_OWNED]}
+    for route in run.custom("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"):
+        for path in app.ENGINE_OWNED:
+            value = route.inputs
+            for part in path.split("."):
+                value = value[part.replace("[*]", "")]
+                if part.endswith("[*]"):
+                    assert len(value) == 1
+                    value = value[0]
+            assert value == []
 
 
 def test_outputs_follow_the_contract(run):
@@ -132,7 +176,7 @@ def test_outputs_follow_the_contract(run):
         "labels": {"app.kubernetes.io/part-of": "phoenix-deploy", "phoenix.deploy/stack": "gke-dev"},
         "gateway": {"name": "phoenix", "class": "gke-l7-global-external-managed",
                     "url": {"catalog": f"http://{ip}/", "orders": f"http://{ip}/orders"},
-                    "routes": {"catalog": "catalog", "orders": "orders"}, "haproxy_socket": None},
+                    "routes": {"catalog": "catalog-gke-dev", "orders": "orders-gke-dev"}, "haproxy_socket": None},
     }
     assert tuple(sorted(out["kubernetes"]["gateway"])) == tuple(sorted(contract.GATEWAY_KEYS))
     assert set(out["database"]) == {"host", "port", "name", "user", "password"}

@@ -61,6 +61,7 @@ class KubernetesDriver:
         self.service_names = dict(kube.get("service_names") or {})
         gateway = kube.get("gateway") or {}
         self.gateway = gateway.get("name") or DEFAULT_GATEWAY
+        self.routes = gateway.get("routes") or {}  # {artifact: HTTPRoute}: objects.stack_route
         socket = gateway.get("haproxy_socket")
         self.haproxy = RuntimeAPI(socket) if socket else None
         self.database = dict(infra.get("database") or {})
@@ -189,6 +190,7 @@ class KubernetesDriver:
         (weight 0): a rerun after a crash converges; a same-named group of
         another release or image is refused."""
         o.check_image(image)
+        self.route_name(artifact, environment)  # a stack route of another name: refused before anything is made
         port, target = self.ports(artifact)
         full_env = self.base_env(artifact)
         full_env.update({str(k): str(v) for k, v in (env or {}).items()})
@@ -322,11 +324,16 @@ class KubernetesDriver:
         return out
 
     # ------------------------------------------------------------------ route
+    def route_name(self, artifact, environment) -> str:
+        """The stack's route (``kubernetes.gateway.routes``) when it names one, else ``objects.route_name``."""
+        return o.stack_route(self.routes, artifact, environment)
+
     def read_route(self, artifact, environment) -> Optional[dict]:
+        name = self.route_name(artifact, environment)
         try:
-            return self.call("read HTTPRoute %s" % o.route_name(artifact, environment),
+            return self.call("read HTTPRoute %s" % name,
                              self.kube.custom.get_namespaced_custom_object, GATEWAY_GROUP, GATEWAY_VERSION,
-                             self.namespace, "httproutes", o.route_name(artifact, environment))
+                             self.namespace, "httproutes", name)
         except NotFound as exc:
             if "the server could not find the requested resource" in str(exc):
                 raise PlatformError("the cluster has no Gateway API HTTPRoute resource (%s); install the Gateway "
@@ -338,7 +345,7 @@ class KubernetesDriver:
         """Read-edit-replace the route with its resourceVersion (409: read
         again and retry); create it (ours) when missing."""
         ports = {g: self.ports(artifact)[0] for g in weights}
-        name = o.route_name(artifact, environment)
+        name = self.route_name(artifact, environment)
         for _attempt in range(10):
             current = self.read_route(artifact, environment)
             if current is None:
@@ -391,7 +398,7 @@ class KubernetesDriver:
             self.last_verdict = detail
             if verdict == "refused":
                 raise PlatformError("HTTPRoute %s: %s; check that the Gateway %s exists in namespace %s and its "
-                                    "listeners allow this route" % (o.route_name(artifact, environment), detail,
+                                    "listeners allow this route" % (self.route_name(artifact, environment), detail,
                                                                     self.gateway, self.namespace))
             if verdict is not True:
                 return False
@@ -421,7 +428,7 @@ class KubernetesDriver:
     # ------------------------------------------------------------------ counters
     def backend(self, group) -> str:
         artifact, environment = self.where(group)
-        return "be_%s_%s" % (self.namespace, o.route_name(artifact, environment))
+        return "be_%s_%s" % (self.namespace, self.route_name(artifact, environment))
 
     def stats(self, group) -> Optional[dict]:
         """The gateway's ``show stat`` rows of ``group`` (one server per endpoint of the

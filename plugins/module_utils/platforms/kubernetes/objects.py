@@ -52,6 +52,24 @@ def route_name(artifact: str, environment: str) -> str:
     return dns_label(artifact, environment)
 
 
+def stack_route(routes, artifact: str, environment: str) -> str:
+    """The HTTPRoute of (artifact, environment) given the stack outputs'
+    ``kubernetes.gateway.routes`` (``{artifact: name}``): the stack's name when
+    it names one for ``artifact`` (both stacks create or serve exactly
+    ``route_name``), else ``route_name``.  A stack route of another name is one
+    this driver does not manage: ``PlatformError`` naming the output."""
+    name = route_name(artifact, environment)
+    theirs = (routes or {}).get(artifact) if isinstance(routes, dict) else None
+    if theirs in (None, "", name):
+        return name
+    raise PlatformError(
+        "infra: kubernetes.gateway.routes.%s is HTTPRoute %r, but the kubernetes driver manages HTTPRoute %r for "
+        "artifact %s in environment %s (<artifact>-<environment>): the stack's gateway serves another environment "
+        "(or the stack predates that naming); deploy to the stack's environment, or set the stack's "
+        "phoenix-infra:environment to %s and run pulumi up" % (artifact, theirs, name, artifact, environment,
+                                                                 environment), param="infra")
+
+
 def check_image(ref) -> str:
     """An OCI reference pinned by digest (``registry/repo@sha256:<64 hex>``); tags are refused."""
     if is_oci_ref(ref):

@@ -177,3 +177,50 @@ def test_no_gateway_socket_means_no_data_never_a_pass():
     platform = targets.make_platform({"platform": "kubernetes", "kubernetes": KUBE})
     got = platform.metrics.metrics("catalog-ci-v001", 0.0, 1e10)
     assert got.requests == 0 and got.error_rate is None and got.latency_ms is None
+
+
+def _closed_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _driver(routes):
+    from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.kubernetes import KubernetesDriver
+    gateway = {"name": "phoenix"} if routes is None else {"name": "phoenix", "routes": routes}
+    kube = dict(KUBE, api_server="https://127.0.0.1:%d" % _closed_port(), service_names={"catalog": "catalog"},
+                gateway=gateway)
+    return KubernetesDriver({"platform": "kubernetes", "kubernetes": kube})
+
+
+def test_the_driver_edits_the_route_the_stack_outputs_name():
+    driver = _driver({"catalog": "catalog-dev", "orders": "orders-dev"})
+    assert driver.route_name("catalog", "dev") == "catalog-dev"
+    # the API calls go to that route (a closed loopback port: the refused call names what it was)
+    with pytest.raises(PlatformError, match="read HTTPRoute catalog-dev") as err:
+        driver.read_route("catalog", "dev")
+    assert err.value.transient
+    driver._where["catalog-dev-v001"] = ("catalog", "dev")  # the gateway backend follows the same name
+    assert driver.backend("catalog-dev-v001") == "be_phoenix_catalog-dev"
+    # no routes in the outputs (an older local stack): the driver's own name
+    assert _driver(None).route_name("catalog", "integrated_qa") == "catalog-integrated-qa"
+    assert _driver({"orders": "orders-qa"}).route_name("catalog", "qa") == "catalog-qa"
+
+
+def test_a_stack_route_the_driver_does_not_manage_is_refused_naming_the_output():
+    driver = _driver({"catalog": "catalog"})  # a GKE stack from before the routes were <artifact>-<environment>
+    with pytest.raises(PlatformError) as err:
+        driver.route_name("catalog", "dev")
+    assert err.value.param == "infra"
+    assert "infra: kubernetes.gateway.routes.catalog is HTTPRoute 'catalog'" in err.value.msg
+    assert "manages HTTPRoute 'catalog-dev' for artifact catalog in environment dev" in err.value.msg
+    assert "set the stack's phoenix-infra:environment to dev and run pulumi up" in err.value.msg
+    for call in (lambda: driver.read_route("catalog", "dev"),
+                 lambda: driver.create_group("catalog", "dev", "v001", REF, 1, {}, "catalog-dev-v001")):
+        with pytest.raises(PlatformError, match="kubernetes.gateway.routes.catalog") as err:
+            call()  # refused before any API call (the API server's port is closed)
+        assert not err.value.transient
+    other_env = _driver({"catalog": "catalog-prod"})
+    with pytest.raises(PlatformError, match="routes.catalog is HTTPRoute 'catalog-prod'.*'catalog-qa'"):
+        other_env.route_name("catalog", "qa")
