@@ -19,7 +19,7 @@ import time
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
-    FileReleaseStore, LockHeld, LockHolder)
+    LockHeld, LockHolder, ReleaseStore)
 
 try:
     from pulumi import automation as auto
@@ -272,6 +272,19 @@ def _name(value, option):
     return value
 
 
+def environment_store(store, store_backend="auto", infra=None):
+    """The release store the rollouts of an environment use, chosen as the
+    rollout module chooses it (``targets.make_store``: ``store_backend``,
+    ``auto`` = the Kubernetes store (ConfigMap + Lease) when ``infra`` - the
+    stack outputs the rollouts read - is a ``kubernetes`` platform's, else the
+    file store in ``store``)."""
+    from ansible_collections.phoenix.deploy.plugins.module_utils import targets
+    try:
+        return targets.make_store({"store": store, "store_backend": store_backend}, infra or {})
+    except PhoenixError as exc:
+        raise PhoenixError("release_lock: %s" % exc.msg, param="release_lock")
+
+
 class EnvironmentLocks:
     """The release-store locks of every artifact of one environment, the
     same per-(artifact, environment) locks a rollout takes: ``pulumi up`` /
@@ -279,9 +292,19 @@ class EnvironmentLocks:
     change the infrastructure under a running rollout, and no rollout starts
     while they run. Taken in sorted order (two holders never deadlock), all or
     none; the holder is this process with action ``infra`` (a holder that
-    died is recovered like a dead rollout's)."""
+    died is recovered like a dead rollout's).
 
-    def __init__(self, store, environment, artifacts, action=INFRA_ACTION):
+    The store is the one the environment's rollouts use
+    (``environment_store``): the file store's lock files, or the Kubernetes
+    store's Leases. When that is the Kubernetes store and its API server
+    gives no answer for ``unreachable_grace`` seconds (default 2/3 of the
+    lease: by then any rollout holding a Lease has given it up and writes
+    nothing more), nothing can be rolling out there - the cluster is down,
+    which is what ``pulumi up`` restores - so ``acquire`` proceeds without the
+    locks and ``warning`` says why."""
+
+    def __init__(self, store, environment, artifacts, action=INFRA_ACTION, store_backend="auto", infra=None,
+                 unreachable_grace=None):
         try:
             _name(environment, "release_lock.environment")
             self.artifacts = sorted(set(_name(a, "release_lock.artifacts") for a in (artifacts or [])))
@@ -293,14 +316,28 @@ class EnvironmentLocks:
         if not store:
             raise PhoenixError("release_lock.store is empty; give the release store "
                                "directory the rollouts use", param="release_lock")
-        self.store = FileReleaseStore(store)
         self.environment = environment
         self.action = action
         self.held = []
+        self.warning = None
+        if store_backend == "kubernetes" and not infra and not isinstance(store, ReleaseStore):
+            # the stack was never brought up: no cluster, so no store and no rollout
+            self.store, self.kubernetes = None, True
+            self.warning = ("release locks of environment '%s' not taken: the stack has no outputs yet, so there "
+                            "is no cluster whose leases a rollout could hold; this proceeds without them"
+                            % environment)
+            return
+        self.store = store if isinstance(store, ReleaseStore) else environment_store(store, store_backend, infra)
+        self.kubernetes = hasattr(self.store, "lease_seconds")  # release_stores.kubernetes.ConfigMapReleaseStore
+        if self.kubernetes:
+            grace = self.store.lease_seconds * 2.0 / 3.0 if unreachable_grace is None else unreachable_grace
+            self.store.retry_seconds = max(0.0, float(grace))
 
     def try_acquire(self):
         """Take every lock: None when they are all ours; else the ``LockHeld``
         of the first one another holder has (and none is kept)."""
+        if self.store is None:
+            return None
         holder = LockHolder.current(action=self.action)
         for artifact in self.artifacts:
             try:
@@ -308,6 +345,17 @@ class EnvironmentLocks:
             except LockHeld as exc:
                 self.release()
                 return exc
+            except PhoenixError as exc:
+                if not (self.kubernetes and exc.details.get("unreachable")):
+                    self.release()
+                    raise
+                self.release()
+                self.warning = (
+                    "release locks of environment '%s' not taken: %s; no rollout can be running against an "
+                    "API server that does not answer (a rollout that cannot renew its lease stops writing "
+                    "after %.0fs), so this proceeds without them" % (self.environment, exc.msg,
+                                                                      self.store.lease_seconds * 2.0 / 3.0))
+                return None
         return None
 
     def acquire(self, what, timeout=0.0, poll=1.0, nothing_to_do=None):
@@ -337,5 +385,14 @@ class EnvironmentLocks:
             time.sleep(min(poll, left))
 
     def release(self):
+        """Give every lock back; a Kubernetes API server that stopped
+        answering meanwhile leaves the Leases to expire (a warning)."""
         while self.held:
-            self.store.release(self.held.pop())
+            lock = self.held.pop()
+            try:
+                self.store.release(lock)
+            except PhoenixError as exc:
+                if not (self.kubernetes and exc.details.get("unreachable")):
+                    raise
+                self.warning = "lock of %s/%s not released (its lease expires by itself): %s" % (
+                    lock.artifact, lock.environment, exc.msg)

@@ -76,13 +76,36 @@ options:
         is skipped (it cannot fight the rollout) and RV(up_skipped) names the holder. Otherwise the
         module waits up to O(release_lock.timeout) seconds, then fails naming the holder, having
         changed nothing.
+      - The locks are those of the release store the rollouts of the environment use, chosen as
+        M(phoenix.deploy.rollout) chooses it from O(release_lock.store_backend) and the stack's current
+        outputs (the outputs the rollouts read) - on a C(kubernetes) platform the
+        C(coordination.k8s.io) Leases in the cluster, else the lock files in O(release_lock.store).
+      - When that is the Kubernetes store and its API server does not answer (the cluster is down, which
+        is what C(pulumi up) restores), no rollout can be running there - a rollout that cannot renew its
+        Lease stops writing after 2/3 of the lease (20 s) - so after trying that long the module proceeds
+        without the locks and warns with the reason. So it does when the stack has no outputs yet.
+        Any other store error (credentials, RBAC) fails, having changed nothing.
       - Not used in check mode (a preview changes nothing).
     type: dict
     suboptions:
       store:
-        description: The release store directory the rollouts of this environment use.
+        description:
+          - The release store directory the rollouts of this environment use (the file store's history
+            and locks; with the Kubernetes store only the controller's local files).
         type: path
         required: true
+      store_backend:
+        description:
+          - Where the rollouts of this environment keep their locks, as M(phoenix.deploy.rollout)'s
+            O(phoenix.deploy.rollout#module:store_backend).
+          - V(auto) - the Kubernetes store when the stack's current outputs are those of a C(kubernetes)
+            platform, else the file store (a stack never brought up: the file store).
+          - V(file) - lock files in O(release_lock.store).
+          - V(kubernetes) - Leases in the namespace of the stack outputs' C(kubernetes) (needs the Python
+            package C(kubernetes)).
+        type: str
+        choices: [auto, file, kubernetes]
+        default: auto
       environment:
         description: The environment whose infrastructure this stack is.
         type: str
@@ -207,6 +230,7 @@ ARGUMENT_SPEC = dict(
     backend_url=dict(type="str"),
     release_lock=dict(type="dict", options=dict(
         store=dict(type="path", required=True),
+        store_backend=dict(type="str", choices=["auto", "file", "kubernetes"], default="auto"),
         environment=dict(type="str", required=True),
         artifacts=dict(type="list", elements="str", required=True),
         timeout=dict(type="float", default=0),
@@ -227,7 +251,13 @@ class StackManager:
             if not math.isfinite(timeout) or timeout < 0:
                 raise PhoenixError("release_lock.timeout is %r; give a number of seconds >= 0"
                                    % timeout, param="release_lock")
-            self.locks = engine.EnvironmentLocks(lock["store"], lock["environment"], lock["artifacts"])
+            infra = None
+            if lock["store_backend"] != "file" and self.runner.exists():
+                # the outputs the rollouts read (targets.load_infra): they say which store those use
+                infra = self.runner.outputs(show_secrets=True)
+                module.add_secrets(infra)
+            self.locks = engine.EnvironmentLocks(lock["store"], lock["environment"], lock["artifacts"],
+                                                 store_backend=lock["store_backend"], infra=infra)
 
     def run(self):
         p = self.module.params
@@ -236,6 +266,9 @@ class StackManager:
         what = "pulumi %s of stack '%s'" % ("destroy" if p["state"] == "absent" else "up", p["stack"])
         nothing_to_do = self._nothing_to_do if p["state"] == "present" else None
         held = self.locks.acquire(what, p["release_lock"]["timeout"], nothing_to_do=nothing_to_do)
+        if self.locks.warning:
+            self.module.warn("%s: %s" % (what, self.locks.warning))
+            self.locks.warning = None
         if held is not None:
             self.result["up_skipped"] = str(held)
             self.result["outputs"] = self.runner.outputs(p["show_secrets"])
@@ -245,6 +278,8 @@ class StackManager:
             return self._run()
         finally:
             self.locks.release()
+            if self.locks.warning:
+                self.module.warn("%s: %s" % (what, self.locks.warning))
 
     def _nothing_to_do(self):
         """True if the up would change nothing (config and resources, by a preview)."""

@@ -351,6 +351,40 @@ def test_an_unreachable_api_server_is_a_clear_transient_error(k8s):
         assert "still failing after" in err.value.msg
 
 
+def test_pulumi_up_of_the_environment_waits_for_a_rollouts_lease(k8s):
+    """pulumi_stack's release_lock on a kubernetes stack takes the rollouts' Leases (store_backend
+    auto, from the stack outputs), not lock files: while a rollout holds one, it waits, then fails
+    naming the holder; once that is released it takes them (and a rollout then waits for it)."""
+    from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
+    from ansible_collections.phoenix.deploy.plugins.module_utils.pulumi_stack import EnvironmentLocks
+    env = fresh_env()
+    rollout = make_store(k8s)
+    lock = rollout.acquire("catalog", env, LockHolder.current("deploy", release_id="v007"))
+    infra = EnvironmentLocks(str(k8s.tmp / "local"), env, ["catalog", "orders"], infra=k8s.outputs())
+    assert isinstance(infra.store, ConfigMapReleaseStore) and infra.store.namespace == k8s.kube["namespace"]
+    t0 = time.monotonic()
+    with pytest.raises(PhoenixError) as err:
+        infra.acquire("pulumi up of stack k8s-local", timeout=2, poll=0.5)
+    waited = time.monotonic() - t0
+    assert err.value.param == "release_lock"
+    assert err.value.msg.startswith("pulumi up of stack k8s-local of environment '%s' must not run during a "
+                                    "rollout: catalog/%s is locked by deploy of release v007 by pid %d"
+                                    % (env, env, os.getpid()))
+    assert "(lease %s/%s" % (k8s.kube["namespace"], object_name("catalog", env)) in err.value.msg
+    assert "(waited 2s)" in err.value.msg and waited >= 2
+    assert err.value.details["holder"].startswith("deploy of release v007 by pid")
+    assert infra.held == [] and infra.warning is None
+    assert rollout.lock_holder("orders", env) is None  # all or none: nothing kept while waiting
+    rollout.release(lock)
+    assert infra.acquire("pulumi up of stack k8s-local", timeout=2, poll=0.5) is None
+    assert sorted(held.artifact for held in infra.held) == ["catalog", "orders"]
+    assert rollout.lock_holder("catalog", env).action == "infra"
+    with pytest.raises(LockHeld, match="is locked by infra by pid"):
+        rollout.acquire("orders", env, LockHolder.current("deploy", release_id="v008"))
+    infra.release()
+    assert rollout.lock_holder("catalog", env) is None and rollout.lock_holder("orders", env) is None
+
+
 def test_save_and_lock_round_trips_are_fast(k8s):
     """Figures for the README: one save (a PUT with resourceVersion), one
     acquire + release (create + delete of the Lease), one load."""

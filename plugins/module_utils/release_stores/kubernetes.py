@@ -28,7 +28,10 @@ one history and one lock (as Helm keeps its releases in the cluster).
 The deployer's Role needs exactly: configmaps get, create, update; leases
 (``coordination.k8s.io``) get, create, update, delete.  Every API error
 becomes a ``StoreError`` naming the cause and the fix; unreachable API
-servers, HTTP 429 and 5xx are ``transient`` and retried for ``retry_seconds``.
+servers, HTTP 429 and 5xx are ``transient`` and retried for ``retry_seconds``;
+an API server that gave no answer at all (refused, timed out, no route) is
+also marked ``details["unreachable"]`` (``pulumi_stack.EnvironmentLocks``
+proceeds without the locks then: no rollout can run against it).
 """
 
 from __future__ import annotations
@@ -244,7 +247,7 @@ class ConfigMapReleaseStore(ReleaseStore):
                               param="infra")
         return StoreError("%s: cannot reach the Kubernetes API server (%s: %s); check that the "
                           "cluster runs (pulumi up of its stack) and infra.kubernetes.api_server"
-                          % (where, type(reason).__name__, reason), transient=True)
+                          % (where, type(reason).__name__, reason), transient=True, unreachable=True)
 
     def _call(self, what: str, fn, *args, expect=(), retry=True, **kwargs):
         """``fn(*args)``; an ``ApiException`` whose status is in ``expect``
@@ -269,7 +272,7 @@ class ConfigMapReleaseStore(ReleaseStore):
         except RetryDeadline as exc:
             raise StoreError("%s (still failing after %d attempt(s) in %.0fs)"
                              % (exc.last.msg, exc.attempts, self.clock.now() - started),
-                             param=exc.last.param, transient=True) from None
+                             param=exc.last.param, transient=True, **exc.last.details) from None
 
     def _meta(self, name: str, artifact: str, environment: str, component: str,
               rv: Optional[str] = None, holder: Optional[LockHolder] = None) -> dict:

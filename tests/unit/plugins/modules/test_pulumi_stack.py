@@ -43,3 +43,9 @@ def test_bad_stack_name_is_refused_naming_the_option(tmp_path):
 def test_missing_project_is_refused_naming_the_option(tmp_path):
     result = run_failing("pulumi_stack", args(tmp_path, project_path=str(tmp_path / "nowhere")))
     assert "project_path" in result["msg"]
+
+
+def test_release_lock_store_backend_names_the_choices(tmp_path):
+    lock = {"store": str(tmp_path / "r"), "environment": "ci", "artifacts": ["catalog"], "store_backend": "s3"}
+    msg = run_failing("pulumi_stack", args(tmp_path, release_lock=lock))["msg"]
+    assert "store_backend" in msg and "auto, file, kubernetes" in msg
