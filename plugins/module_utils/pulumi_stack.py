@@ -353,8 +353,8 @@ class EnvironmentLocks:
                 self.warning = (
                     "release locks of environment '%s' not taken: %s; no rollout can be running against an "
                     "API server that does not answer (a rollout that cannot renew its lease stops writing "
-                    "after %.0fs), so this proceeds without them" % (self.environment, exc.msg,
-                                                                      self.store.lease_seconds * 2.0 / 3.0))
+                    "after %.0fs), so this proceeds without them"
+                    % (self.environment, exc.msg, self.store.lease_seconds * 2.0 / 3.0))
                 return None
         return None
 

@@ -99,7 +99,7 @@ options:
           - Where the rollouts of this environment keep their locks, as M(phoenix.deploy.rollout)'s
             O(phoenix.deploy.rollout#module:store_backend).
           - V(auto) - the Kubernetes store when the stack's current outputs are those of a C(kubernetes)
-            platform, else the file store (a stack never brought up: the file store).
+            platform, else the file store (also for a stack never brought up).
           - V(file) - lock files in O(release_lock.store).
           - V(kubernetes) - Leases in the namespace of the stack outputs' C(kubernetes) (needs the Python
             package C(kubernetes)).

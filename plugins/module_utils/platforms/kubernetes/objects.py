@@ -66,8 +66,8 @@ def stack_route(routes, artifact: str, environment: str) -> str:
         "infra: kubernetes.gateway.routes.%s is HTTPRoute %r, but the kubernetes driver manages HTTPRoute %r for "
         "artifact %s in environment %s (<artifact>-<environment>): the stack's gateway serves another environment "
         "(or the stack predates that naming); deploy to the stack's environment, or set the stack's "
-        "phoenix-infra:environment to %s and run pulumi up" % (artifact, theirs, name, artifact, environment,
-                                                                 environment), param="infra")
+        "phoenix-infra:environment to %s and run pulumi up"
+        % (artifact, theirs, name, artifact, environment, environment), param="infra")
 
 
 def check_image(ref) -> str:
