@@ -169,6 +169,17 @@ class StackRunner:
     def _project_name(self):
         return self.workspace.project_settings().name
 
+    def settings_value(self, key):
+        """The plain value of project config ``key`` in the stack's settings file, or None
+        (no file, no such key, a secret): read from the file, no CLI call."""
+        try:
+            config = self.workspace.stack_settings(self.name).config or {}
+        except (OSError, ValueError, AttributeError, TypeError):
+            return None
+        value = config.get("%s:%s" % (self._project_name(), key))
+        value = getattr(value, "value", value)
+        return value if isinstance(value, str) else None
+
     # -- operations -----------------------------------------------------------
     @staticmethod
     def _collector(steps):

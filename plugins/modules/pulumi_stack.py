@@ -99,7 +99,9 @@ options:
           - Where the rollouts of this environment keep their locks, as M(phoenix.deploy.rollout)'s
             O(phoenix.deploy.rollout#module:store_backend).
           - V(auto) - the Kubernetes store when the stack's current outputs are those of a C(kubernetes)
-            platform, else the file store (also for a stack never brought up).
+            platform, else the file store (also for a stack never brought up). A stack whose settings
+            file sets the project's C(platform) to another platform gets the file store without its outputs
+            being read.
           - V(file) - lock files in O(release_lock.store).
           - V(kubernetes) - Leases in the namespace of the stack outputs' C(kubernetes) (needs the Python
             package C(kubernetes)).
@@ -252,7 +254,10 @@ class StackManager:
                 raise PhoenixError("release_lock.timeout is %r; give a number of seconds >= 0"
                                    % timeout, param="release_lock")
             infra = None
-            if lock["store_backend"] != "file" and self.runner.exists():
+            platform = self.runner.settings_value("platform")
+            if lock["store_backend"] == "auto" and platform not in (None, "kubernetes"):
+                infra = {"platform": platform}  # not a cluster: the file store, no outputs to read
+            elif lock["store_backend"] != "file" and self.runner.exists():
                 # the outputs the rollouts read (targets.load_infra): they say which store those use
                 infra = self.runner.outputs(show_secrets=True)
                 module.add_secrets(infra)

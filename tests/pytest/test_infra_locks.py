@@ -53,6 +53,11 @@ config = pulumi.Config()
 f = File("greeting", {"path": config.require("path"), "text": config.require("text"),
                       "delay": config.get("delay") or "0"})
 pulumi.export("path", f.path)
+if config.get("api_server"):  # outputs of a cluster's stack, as phoenix_infra.k8s_local exports them
+    pulumi.export("platform", "kubernetes")
+    pulumi.export("kubernetes", {"api_server": config.get("api_server"), "namespace": "phoenix",
+                                 "ca_cert": "-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n",
+                                 "token": pulumi.Output.secret("t0ken-never-shown")})
 '''
 
 
@@ -200,3 +205,73 @@ def test_bad_release_lock_names_the_option_and_changes_nothing(infra, lock, word
     res = infra.run(args)
     assert res.get("failed") and word in res["msg"], res
     assert infra.file.read_text() == "hello"
+
+
+def _text(warning):
+    """A module warning: a string, or (ansible-core 2.19) a WarningSummary."""
+    return warning if isinstance(warning, str) else (warning.get("event") or {}).get("msg", "")
+
+
+def _closed_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_up_of_a_cluster_whose_api_server_is_down_proceeds_with_a_warning(infra):
+    """A kubernetes stack's rollouts lock Leases in the cluster (store_backend auto, from the stack's
+    outputs): with its API server down (what pulumi up restores) no rollout can hold one, so the up
+    runs, warning why; the lock files (another store) are not what it waits for."""
+    args = infra.args("hello")
+    args["config"]["api_server"] = "https://127.0.0.1:%d" % _closed_port()
+    res = infra.run(args)  # the outputs before this up were not a cluster's: the file store's locks
+    assert not res.get("failed") and not res.get("warnings"), res
+    assert res["outputs"]["platform"] == "kubernetes"
+    assert res["outputs"]["kubernetes"]["token"] == "[secret]"
+    started = time.monotonic()
+    args["config"]["text"] = "restored"
+    proc = infra.start(args)
+    out, err = proc.communicate(timeout=300)
+    res = json.loads(out)
+    assert "Traceback" not in out + err and "t0ken-never-shown" not in out + err
+    assert res.get("changed") and not res.get("failed"), res
+    assert infra.file.read_text() == "restored"
+    (warning,) = [w for w in map(_text, res.get("warnings") or []) if "release locks" in w] or [str(res)]
+    assert warning.startswith("pulumi up of stack 'ci': release locks of environment 'ci' not taken: read the "
+                              "lock (lease) of catalog/ci (namespace phoenix, API server %s): cannot reach the "
+                              "Kubernetes API server" % args["config"]["api_server"]), warning
+    assert "no rollout can be running against an API server that does not answer" in warning
+    assert time.monotonic() - started >= 20  # 2/3 of the lease: any rollout holding one has given it up
+    assert infra.store.lock_holder("catalog", "ci") is None
+
+
+def test_a_cluster_stack_does_not_wait_for_lock_files_its_rollouts_do_not_use(infra, rollout_holder):
+    """With store_backend file the lock files are the rollouts' store again (as before)."""
+    args = infra.args("changed")
+    args["config"]["api_server"] = "https://127.0.0.1:%d" % _closed_port()
+    args["release_lock"]["store_backend"] = "file"
+    res = infra.run(args)
+    assert res.get("failed") and "deploy of release v007 by pid %d" % rollout_holder.pid in res["msg"], res
+
+
+def test_a_stack_whose_settings_name_another_platform_keeps_the_lock_files(infra):
+    """store_backend auto: the stack's settings file says platform local, so the file store is the
+    rollouts' - without reading its outputs (which here, oddly, name a cluster that is down)."""
+    args = infra.args("hello")
+    args["config"].update(api_server="https://127.0.0.1:%d" % _closed_port(), platform="local")
+    res = infra.run(args)
+    assert not res.get("failed") and res["outputs"]["platform"] == "kubernetes", res
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    lock = infra.store.acquire("catalog", "ci", LockHolder.current(action="deploy", release_id="v009", pid=proc.pid))
+    try:
+        args["config"]["text"] = "changed"
+        started = time.monotonic()
+        res = infra.run(args)
+        assert res.get("failed") and "deploy of release v009 by pid %d" % proc.pid in res["msg"], res
+        assert time.monotonic() - started < 20  # no 20 s wait for the cluster's API server
+        assert infra.file.read_text() == "hello"
+    finally:
+        proc.kill()
+        proc.wait(10)
+        infra.store.release(lock)
