@@ -275,3 +275,22 @@ def test_a_stack_whose_settings_name_another_platform_keeps_the_lock_files(infra
         proc.kill()
         proc.wait(10)
         infra.store.release(lock)
+
+
+def test_destroy_playbook_fails_naming_the_rollout_holding_a_lock(infra, rollout_holder, repo_root):
+    """playbooks/destroy.yml runs ``pulumi destroy`` under the environment's
+    rollout locks too: a rollout in progress keeps the stack (and the release
+    data the playbook would remove next)."""
+    extra = {"environment": "ci", "phoenix_infra_dir": str(infra.project), "phoenix_stack": "ci",
+             "phoenix_release_store": infra.store_dir, "phoenix_artifacts": ["catalog", "search"]}
+    env = dict(os.environ, PULUMI_CONFIG_PASSPHRASE=PASSPHRASE,
+               PULUMI_BACKEND_URL="file://%s" % (infra.tmp / "backend"),
+               ANSIBLE_COLLECTIONS_PATH=str(repo_root / ".tools" / "collections"))
+    proc = subprocess.run(["ansible-playbook", "playbooks/destroy.yml", "-e", json.dumps(extra)],
+                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=300, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "deploy of release v007 by pid %d" % rollout_holder.pid in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert infra.file.read_text() == "hello", "the stack was destroyed under a rollout"
+    assert infra.store.lock_holder("catalog", "ci").pid == rollout_holder.pid
