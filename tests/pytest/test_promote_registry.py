@@ -233,6 +233,4 @@ def test_the_module_refuses_bad_input_before_anything_changes(setup, case):
     if case == "tag collision":
         assert extra in out["msg"] and s["digest"] in out["msg"]
     assert storage(s["dev"]) == dev_before
-    # prod: no manifest, tag or repository link written (a refused copy may not even leave blobs)
-    assert [p for p in storage(s["prod"]) if "_manifests" in p[0] or "repositories" in p[0]] == \
-        [p for p in prod_before if "_manifests" in p[0] or "repositories" in p[0]]
+    assert storage(s["prod"]) == prod_before  # not even an upload or a blob
