@@ -136,6 +136,8 @@ PROMOTE_BAD = {
     "never released": (lambda e: _history(e), [], ["no successful release in ci, integrated_qa"]),
     "rolled back": (lambda e: _history(e, ROLLED_BACK, "fail"), [], ["no successful release in ci, integrated_qa"]),
     "not judged": (lambda e: _history(e, SUCCEEDED, "inconclusive"), [], ["analysis did not judge"]),
+    "stable": (None, ["-e", "version=stable"], ["version=stable: give -e version=MAJOR.MINOR.PATCH"]),
+    "not semver": (None, ["-e", "version=1.4"], ["version=1.4: give -e version=MAJOR.MINOR.PATCH"]),
 }
 
 
