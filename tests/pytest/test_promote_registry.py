@@ -15,7 +15,7 @@ from fixtures_registry import client
 from ansible_collections.phoenix.deploy.plugins.module_utils import promotion
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
-    FileReleaseStore, Release, ROLLED_BACK, SUCCEEDED)
+    ABORTED, INTERRUPTED, FileReleaseStore, Release, ROLLED_BACK, SUCCEEDED)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 VERSION = "1.4.0+34e57f0.b456"
@@ -66,12 +66,13 @@ def test_promotes_by_digest_after_an_analysed_release_and_reads_it_back(setup):
 @pytest.mark.parametrize("analysed, outcome, why", [
     (None, SUCCEEDED, "analysis did not judge"), ("inconclusive", SUCCEEDED, "analysis did not judge"),
     ("fail", ROLLED_BACK, "no successful release"), ("pass", SUCCEEDED, "no successful release"),
+    ("pass", ABORTED, "no successful release"), (None, INTERRUPTED, "no successful release"),
 ])
 def test_no_qualifying_release_no_promotion(setup, analysed, outcome, why):
     s = setup
     other = "sha256:" + "1" * 64
-    # the "pass" case: an analysed release of ANOTHER digest qualifies nothing
-    record(s, "ci", analysed, outcome=outcome, digest=other if analysed == "pass" else None)
+    # the "pass"/succeeded case: an analysed release of ANOTHER digest qualifies nothing
+    record(s, "ci", analysed, outcome=outcome, digest=other if (analysed, outcome) == ("pass", SUCCEEDED) else None)
     with pytest.raises(PhoenixError) as err:
         promote(s)
     assert err.value.param == "version" and why in err.value.msg and s["digest"] in err.value.msg
