@@ -186,7 +186,7 @@ def test_version_tags_and_references():
         "europe-docker.pkg.dev/proj/prod/catalog@sha256:" + "a" * 64
     ref = r.ref("catalog@sha256:" + "b" * 64)
     assert ref.pinned() == "europe-docker.pkg.dev/proj/prod/catalog@sha256:" + "b" * 64
-    for url in ("ftp://x", "http://user:pw@host", "", "https://host/Up"):
+    for url in ("ftp://x", "http://user:pw@host", "", "https://host/Up", "https://host/team/../x", "host/.."):
         with pytest.raises(RegistryError) as err:
             Registry(url, param="registries.prod")
         assert err.value.param == "registries.prod"
