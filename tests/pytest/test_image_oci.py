@@ -108,8 +108,8 @@ def test_oci_app_only_change_rebuilds_one_layer(catalog_oci_image, catalog_oci_s
     cache = pathlib.Path(catalog_oci_store) / ".oci-base"
     # older base layers in the cache: the bake keeps the two most recently used (its own and the newest
     # other), never one another bake holds, and prunes the rest under its lock
-    recent, stale, held = (fake_base(cache, name, age) for name, age in (("recent", 100), ("stale", 200),
-                                                                          ("held", 300)))
+    ages = (("recent", 100), ("stale", 200), ("held", 300))
+    recent, stale, held = (fake_base(cache, name, age) for name, age in ages)
     try:
         with oci.hold_base(str(cache), held):
             # a long bake that took this base 300 s ago and still builds on it: the least recently used
@@ -254,8 +254,8 @@ def test_module_oci_push_refuses_a_tag_that_points_at_another_digest(catalog_oci
     assert client(dev_registry).digest("catalog", image["oci"]["tag"]) == other  # unchanged
 
 
-def test_module_oci_push_of_a_tampered_image_fails_before_the_registry_changes(catalog_oci_image, dev_registry,
-                                                                             tmp_path):
+def test_module_oci_push_of_a_tampered_image_fails_before_the_registry_changes(
+        catalog_oci_image, dev_registry, tmp_path):
     result = catalog_oci_image[0]
     image = result["image"]
     src = pathlib.Path(image["path"])

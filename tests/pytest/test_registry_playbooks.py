@@ -133,7 +133,7 @@ PROMOTE_BAD = {
     "tampered layer": (_tamper, [], ["registries.dev", "does not match its digest", "push the image again"]),
     "upper case name": (None, ["-e", "artifact=Catalog"], ["artifact=Catalog: give -e artifact=<"]),
     "name with /..": (None, ["-e", "artifact=catalog/.."], ["artifact=catalog/..: give -e artifact=<"]),
-    "never released": (lambda e: _history(e), [], ["no successful release in ci, integrated_qa"]),
+    "never released": (_history, [], ["no successful release in ci, integrated_qa"]),
     "rolled back": (lambda e: _history(e, ROLLED_BACK, "fail"), [], ["no successful release in ci, integrated_qa"]),
     "not judged": (lambda e: _history(e, SUCCEEDED, "inconclusive"), [], ["analysis did not judge"]),
     "stable": (None, ["-e", "version=stable"], ["version=stable: give -e version=MAJOR.MINOR.PATCH"]),
