@@ -315,8 +315,9 @@ class Registry(object):
         entry = auths.get(self.host) or auths.get("%s/%s" % (self.host, self.prefix)) or {}
         return ("Basic " + entry["auth"]) if entry.get("auth") else None
 
-    def _http(self, method, path, accept=None, param=None):
-        """(status, headers, body) of one request to ``/v2/...``; RegistryDown when nothing answers."""
+    def _http(self, method, path, accept=None, param=None, sink=None):
+        """(status, headers, body) of one request to ``/v2/...``; RegistryDown when nothing answers.
+        With ``sink``, a 200 body is streamed into ``sink(chunk)`` in 1 MiB chunks (body ``b""``)."""
         headers = {}
         if accept:
             headers["Accept"] = ", ".join(accept)
@@ -330,7 +331,11 @@ class Registry(object):
                                   validate_certs=self.tls_verify, timeout=HTTP_TIMEOUT, use_proxy=not loopback,
                                   follow_redirects="safe", context=self._ssl_context())
             with resp:
-                return resp.status, resp.headers, resp.read()
+                if sink is None or resp.status != 200:
+                    return resp.status, resp.headers, resp.read()
+                for chunk in iter(lambda: resp.read(1 << 20), b""):
+                    sink(chunk)
+                return resp.status, resp.headers, b""
         except urlerror.HTTPError as exc:
             return exc.code, exc.headers, exc.read()
         except (urlerror.URLError, OSError, ssl.SSLError, ConnectionError) as exc:
@@ -427,29 +432,12 @@ class Registry(object):
     def _blob_sha256(self, repo, digest):
         """sha256 of blob ``digest`` of ``repo`` as this registry serves it (streamed), or None when the
         registry does not serve it over plain HTTP reads (token auth: skopeo checks it on the wire)."""
-        headers = {}
-        auth = self._auth_header()
-        if auth:
-            headers["Authorization"] = auth
-        loopback = (urlparse.urlsplit("//" + self.host).hostname or "").startswith("127.")
-        try:
-            resp = Request().open("GET", "%s://%s/v2/%s/blobs/%s" % (self.scheme, self.host, self.path(repo), digest),
-                                  headers=headers, validate_certs=self.tls_verify, timeout=HTTP_TIMEOUT,
-                                  use_proxy=not loopback, follow_redirects="safe", context=self._ssl_context())
-        except urlerror.HTTPError as exc:
-            if exc.code == 404:
-                raise ImageMissing("%s: registry %s lacks blob %s of %s, which the image's manifest lists; push the "
-                                   "image again" % (self.param, self.url, digest, self.reference(repo)),
-                                   param=self.param)
-            return None
-        except (urlerror.URLError, OSError, ssl.SSLError, ConnectionError) as exc:
-            raise RegistryDown("registry %s (%s) is down or unreachable: %s; start it or fix %s"
-                               % (self.url, self.param, getattr(exc, "reason", exc), self.param), param=self.param)
         h = hashlib.sha256()
-        with resp:
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
-                h.update(chunk)
-        return "sha256:" + h.hexdigest()
+        status = self._http("GET", "/v2/%s/blobs/%s" % (self.path(repo), digest), sink=h.update)[0]
+        if status == 404:
+            raise ImageMissing("%s: registry %s lacks blob %s of %s, which the image's manifest lists; push the "
+                               "image again" % (self.param, self.url, digest, self.reference(repo)), param=self.param)
+        return "sha256:" + h.hexdigest() if status == 200 else None
 
     def verify_blobs(self, repo, manifest_raw, present=None):
         """Read every blob (config and layers) of the image whose manifest is ``manifest_raw`` and check it
