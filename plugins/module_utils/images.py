@@ -101,6 +101,7 @@ CONTENT_SCHEME = 2
 CONTENT_SCHEMES = (1, 2)
 # Debris a killed bake or promotion may leave in an artifact dir (cleaned under the artifact's lock).
 STAGING_PREFIX = ".staging-"
+OCI_BASE_DIR = ".oci-base"  # <store>/.oci-base/<key>/: cached base layers of oci bakes
 PROMOTE_PREFIX = ".promote-"
 OLD_PREFIX = ".old-"
 _IGNORED_NAMES = re.compile(r"^(__pycache__|\..*|.*\.py[co])$")
@@ -365,6 +366,17 @@ def verify_image(path, expected_digest=None, target=None, artifact=None):
     if expected_digest and expected_digest != doc.get("id"):
         raise TamperError("image %s has digest %s, expected %s" % (doc.get("name"), doc.get("id"), expected_digest))
     return doc
+
+
+def _verify_baked(path, expected_digest=None):
+    """:func:`verify_image` for the image a bake request names: a refusal names ``version`` (rebake it
+    with ``force``, or bake a new version)."""
+    try:
+        return verify_image(path, expected_digest)
+    except TamperError as exc:
+        if exc.param is None:
+            exc.param = "version"
+        raise
 
 
 def validate_fault(fault):
@@ -746,7 +758,7 @@ def bake(req, check_mode=False, runner=None, retain=None, live=(), cleanup=False
             "version")
 
     if existing is not None and not req.force:
-        verify_image(existing["path"])
+        _verify_baked(existing["path"])
         result = _result(existing, True, False)
     elif check_mode:
         doc = req.describe()
@@ -766,6 +778,8 @@ def bake(req, check_mode=False, runner=None, retain=None, live=(), cleanup=False
             else:
                 doc = _run_bake(req, runner or PackerRunner(), existing)
                 result = _result(doc, False, True, packer_ran=req.target != "oci")
+                if req.target == "oci":
+                    result.update(_prune_bases(store, doc))
 
     removed = []
     if cleanup:
@@ -895,6 +909,18 @@ def _run_bake(req, runner, existing):
             _rmtree(staging)
 
 
+def _prune_bases(store, doc):
+    """After an oci bake (under its artifact lock): drop cached base layers beyond the
+    :data:`oci.BASES_KEPT` most recently used, never the one just used nor one another bake holds.
+    A failure here does not fail the bake it follows: it is returned as a warning."""
+    try:
+        return {"pruned_bases": oci.prune_bases(os.path.join(store.root, OCI_BASE_DIR), oci.BASES_KEPT,
+                                                protect=[doc["oci"]["base_key"]])}
+    except (oci.OciError, OSError) as exc:
+        return {"pruned_bases": [], "warnings": ["cached base layers were not pruned: %s"
+                                                 % (getattr(exc, "msg", None) or exc)]}
+
+
 def _registry():
     """The registry client, imported when an image is pushed: it brings ansible's URL and TLS
     stack (about 12 MB), which resolving and verifying an image (every rollout) does not need."""
@@ -928,7 +954,7 @@ def push(result, reg, repository, check_mode=False):
     reference = reg.reference(repository, digest=digest) if digest else None
     if check_mode:
         return {"reference": reference, "pushed": False}
-    verify_image(image["path"], digest)
+    _verify_baked(image["path"], digest)
     registry = _registry()
     try:
         pushed = reg.push(image["oci"]["layout"], repository, image["oci"]["tag"], src_tag=oci.REF_TAG,
@@ -995,21 +1021,22 @@ def _run_oci_bake(req, existing):
     staging = _new_staging(req)
     try:
         try:
-            base = oci.ensure_base(os.path.join(store.root, ".oci-base"), req.oci["base_spec"])
-            scratch = os.path.join(staging, "build")
-            os.mkdir(scratch, 0o700)
-            with oci.overlay(os.path.join(base["path"], "rootfs"), scratch) as (merged, upper):
-                _run_roles(req, merged)
-                with open(os.path.join(merged, "etc", "phoenix", req.artifact, "service.json")) as f:
-                    service = json.load(f)
-            layer = os.path.join(scratch, "app.tar")
-            oci.write_layer(upper, layer, req.oci["epoch"])
-            layer_size = os.path.getsize(layer)
-            config = _oci_config(req, service, base)
-            created = oci.rfc3339(req.oci["epoch"])
-            digest, manifest = oci.build_image(
-                base, layer, os.path.join(staging, OCI_LAYOUT), created,
-                "phoenix.deploy roles base_image, app_service: %s %s" % (req.artifact, req.version), config)[:2]
+            # the base stays held (a shared lock) while the image is built on it: a prune never removes it
+            with oci.use_base(os.path.join(store.root, OCI_BASE_DIR), req.oci["base_spec"]) as base:
+                scratch = os.path.join(staging, "build")
+                os.mkdir(scratch, 0o700)
+                with oci.overlay(os.path.join(base["path"], "rootfs"), scratch) as (merged, upper):
+                    _run_roles(req, merged)
+                    with open(os.path.join(merged, "etc", "phoenix", req.artifact, "service.json")) as f:
+                        service = json.load(f)
+                layer = os.path.join(scratch, "app.tar")
+                oci.write_layer(upper, layer, req.oci["epoch"])
+                layer_size = os.path.getsize(layer)
+                config = _oci_config(req, service, base)
+                created = oci.rfc3339(req.oci["epoch"])
+                digest, manifest = oci.build_image(
+                    base, layer, os.path.join(staging, OCI_LAYOUT), created,
+                    "phoenix.deploy roles base_image, app_service: %s %s" % (req.artifact, req.version), config)[:2]
             _rmtree(scratch)
         except (oci.OciError, OSError, ValueError) as exc:
             raise ImageError("oci bake of %s failed: %s" % (req.name, getattr(exc, "msg", None) or exc))

@@ -37,6 +37,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -46,8 +47,9 @@ import tempfile
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 
 __all__ = [
-    "OciError", "BaseSpec", "ensure_base", "write_layer", "overlay", "build_image", "read_manifest",
-    "verify_layout", "missing_tools", "rfc3339", "unmount_below", "TOOLS", "REF_TAG",
+    "OciError", "BaseSpec", "ensure_base", "use_base", "hold_base", "prune_bases", "write_layer", "overlay",
+    "build_image", "read_manifest", "verify_layout", "missing_tools", "rfc3339", "unmount_below", "mounts_below",
+    "TOOLS", "REF_TAG", "BASES_KEPT",
 ]
 
 TOOLS = ("mmdebstrap", "umoci", "tar", "mount", "umount")
@@ -72,6 +74,10 @@ DPKG_FILTERS = (
 # mmdebstrap's own hook: a merged /usr without the usrmerge package (which pulls in perl, ~50 MB)
 HOOKS = ("/usr/share/mmdebstrap/hooks/merged-usr",)
 APT_SOURCES = ("/etc/apt/sources.list", "/etc/apt/sources.list.d")
+# how many base layers a cache keeps: the most recently used ones (a bake prunes the others, never one in use)
+BASES_KEPT = 2
+BUILD_PREFIX = ".build-"
+_KEY_DIR_LEN = 64
 # every command gets at most this long (mmdebstrap downloads and installs ~60 packages)
 BASE_TIMEOUT = 900
 STEP_TIMEOUT = 300
@@ -201,15 +207,17 @@ def ensure_base(cache, spec, log=None):
         if doc:
             doc["built"] = False
             return doc
-        for name in os.listdir(cache):  # what a killed build left
-            if name.startswith(".build-"):
-                _rm(os.path.join(cache, name))
+        _clean_builds(cache)  # what a killed build left, its mounts detached first
         if os.path.lexists(final):
+            unmount_below(final)
             _rm(final)
-        tmp = tempfile.mkdtemp(prefix=".build-", dir=cache)
+        tmp = tempfile.mkdtemp(prefix=BUILD_PREFIX, dir=cache)
         try:
             tar = os.path.join(tmp, "base.tar")
-            env = dict(os.environ, SOURCE_DATE_EPOCH=str(spec.epoch))
+            # mmdebstrap's chroot (with /dev, /proc and /sys mounted into it in root mode) lives in
+            # TMPDIR: inside the build dir, so what a killed mmdebstrap left mounted is found and
+            # detached by the next build or prune before anything is deleted
+            env = dict(os.environ, SOURCE_DATE_EPOCH=str(spec.epoch), TMPDIR=tmp)
             run(spec.command(tar), "building the base root filesystem (mmdebstrap %s %s + %s)"
                 % (spec.suite, spec.variant, ", ".join(spec.packages)), timeout=BASE_TIMEOUT, env=env)
             rootfs = os.path.join(tmp, "rootfs")
@@ -234,10 +242,119 @@ def ensure_base(cache, spec, log=None):
             tmp = None
         finally:
             if tmp:
+                unmount_below(tmp)
                 _rm(tmp)
     doc = read_base(final)
     doc["built"] = True
     return doc
+
+
+def _clean_builds(cache):
+    """Remove the ``.build-*`` dirs killed base builds left (call with the cache lock held): mounts
+    below them (mmdebstrap's /dev, /proc, /sys) are detached first, so nothing is deleted through one."""
+    done = []
+    for name in sorted(os.listdir(cache)):
+        if name.startswith(BUILD_PREFIX):
+            full = os.path.join(cache, name)
+            unmount_below(full)
+            _rm(full)
+            done.append(name)
+    return done
+
+
+def _use_lock(cache, hexkey):
+    return os.path.join(cache, ".use-%s.lock" % hexkey)
+
+
+@contextlib.contextmanager
+def hold_base(cache, key):
+    """Hold base ``key`` of ``cache`` in use (a shared flock that :func:`prune_bases` respects) and mark
+    it used now. Yields whether the base is (still) there."""
+    hexkey = key.split(":", 1)[-1]
+    path = _use_lock(cache, hexkey)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:  # a prune that removed the base also unlinked this lock file (or replaced it)
+            current = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            current = False
+        present = current and read_base(os.path.join(cache, hexkey)) is not None
+        if present:
+            os.utime(path)
+        yield present
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def use_base(cache, spec, log=None):
+    """:func:`ensure_base`, held in use (:func:`hold_base`) while the caller builds on it."""
+    for dummy in range(5):
+        doc = ensure_base(cache, spec, log=log)
+        with hold_base(cache, doc["key"]) as present:
+            if present:
+                yield doc
+                return
+    raise OciError("the base layer %s was removed by a prune each time this bake tried to use it; run the bake again"
+                   % spec.key())
+
+
+def prune_bases(cache, keep=BASES_KEPT, protect=()):
+    """Remove cached base layers beyond the ``keep`` most recently used ones and those in ``protect``
+    (keys), never one a bake holds (:func:`hold_base`), plus what killed builds left. Skips everything
+    when another process holds the cache lock (a build runs; the next bake prunes). Returns the keys removed."""
+    if not os.path.isdir(cache):
+        return []
+    protect = set(k.split(":", 1)[-1] for k in protect)
+    removed = []
+    fd = os.open(os.path.join(cache, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return []
+        _clean_builds(cache)
+
+        def last_use(name):
+            for p in (_use_lock(cache, name), os.path.join(cache, name, "base.json")):
+                try:
+                    return os.stat(p).st_mtime
+                except OSError:
+                    continue
+            return 0.0
+        keys = [n for n in os.listdir(cache) if len(n) == _KEY_DIR_LEN and os.path.isdir(os.path.join(cache, n))
+                and all(c in "0123456789abcdef" for c in n)]
+        keys.sort(key=lambda n: (last_use(n), n), reverse=True)
+        for name in keys[max(keep, 0):]:
+            if name in protect:
+                continue
+            lock = _use_lock(cache, name)
+            lfd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                try:
+                    fcntl.flock(lfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a bake builds on it right now
+                unmount_below(os.path.join(cache, name))
+                _rm(os.path.join(cache, name))
+                os.unlink(lock)
+                removed.append("sha256:" + name)
+            finally:
+                os.close(lfd)
+        for name in os.listdir(cache):  # use locks of bases that are gone (a bake that lost its base to a prune)
+            if name.startswith(".use-") and name.endswith(".lock") and not os.path.isdir(os.path.join(cache, name[5:-5])):
+                lfd = os.open(os.path.join(cache, name), os.O_RDWR)
+                try:
+                    fcntl.flock(lfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    os.unlink(os.path.join(cache, name))
+                except BlockingIOError:
+                    pass
+                finally:
+                    os.close(lfd)
+    finally:
+        os.close(fd)
+    return removed
 
 
 @contextlib.contextmanager
@@ -255,19 +372,34 @@ def overlay(lower, scratch):
         run(["umount", merged], "unmounting the image root")
 
 
-def unmount_below(path):
-    """Detach every mount point at or below ``path`` (deepest first), e.g. the overlay a killed bake left.
-    Returns the mount points it detached."""
+def _unescape_mount(field):
+    """A mount point as /proc/self/mountinfo spells it (octal escapes for space, tab, newline, backslash)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mounts_below(path):
+    """Mount points at or below ``path`` (from /proc/self/mountinfo), deepest first."""
     path = os.path.realpath(path)
     try:
-        with open("/proc/self/mounts") as f:
-            points = [line.split()[1].replace("\\040", " ") for line in f]
+        with open("/proc/self/mountinfo") as f:
+            points = [_unescape_mount(line.split(" ")[4]) for line in f if len(line.split(" ")) > 4]
     except OSError:
         return []
-    below = sorted((m for m in points if m == path or m.startswith(path + os.sep)), key=len, reverse=True)
-    for m in below:
-        run(["umount", "-l", m], "detaching %s (left mounted by a killed bake)" % m)
-    return below
+    return sorted(set(m for m in points if m == path or m.startswith(path + os.sep)), key=len, reverse=True)
+
+
+def unmount_below(path):
+    """Detach (lazily) every mount point at or below ``path``, deepest first: the overlay of a killed bake,
+    the /dev, /proc and /sys a killed mmdebstrap left in its chroot. Returns the mount points detached."""
+    done = []
+    for dummy in range(64):  # one detach per round, deepest first, until none is left (stacked mounts too)
+        below = mounts_below(path)
+        if not below:
+            return done
+        run(["umount", "-l", below[0]], "detaching %s (left mounted by a killed bake)" % below[0])
+        done.append(below[0])
+    raise OciError("%s still has mounts below it after %d detaches (%s); unmount them by hand, then run again"
+                   % (path, len(done), ", ".join(mounts_below(path)[:5])))
 
 
 def _is_whiteout(st):

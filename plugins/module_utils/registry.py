@@ -71,6 +71,11 @@ HTTP_TIMEOUT = 10
 # of lowercase alphanumerics separated by '.', '_', '__' or runs of '-'.
 _COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+# how skopeo / containers-image report content that does not match its digest
+_DIGEST_FAILURE_RE = re.compile(r"[Dd]igest did not match|digest mismatch|does not match (its|the) digest")
+TAMPERED_HINT = ("The source registry's copy of this image is damaged or was tampered with; nothing was written. "
+                 "Do not use this digest: push the image again from its bake (a new version if its tag is taken), "
+                 "deploy and test that digest, then promote it")
 _MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.oci.image.index.v1+json",
@@ -278,7 +283,7 @@ class Registry(object):
             args.append("--%s=%s" % (flag.replace("tls-verify", "authfile"), self.authfile))
         return args
 
-    def _skopeo(self, args, param=None, what="skopeo"):
+    def _skopeo(self, args, param=None, what="skopeo", digest_param=None):
         cmd = [self.skopeo_bin, "--policy", self.policy, "--registries.d", self._registries_d,
                "--tmpdir", self._tmp, "--command-timeout", "%ds" % self.timeout] + args
         try:
@@ -291,7 +296,11 @@ class Registry(object):
             raise RegistryDown("%s against %s did not finish in %d s" % (what, self.url, self.timeout),
                                param=param or self.param)
         if proc.returncode != 0:
-            raise RegistryError("%s failed: %s" % (what, _skopeo_message(proc.stderr)), param=param or self.param)
+            message = _skopeo_message(proc.stderr)
+            if _DIGEST_FAILURE_RE.search(message):  # a blob that is not what its digest says, read on the wire
+                raise DigestMismatch("%s failed: %s. %s" % (what, message, TAMPERED_HINT),
+                                     param=digest_param or param or self.param)
+            raise RegistryError("%s failed: %s" % (what, message), param=param or self.param)
         return proc.stdout
 
     # HTTP reads ----------------------------------------------------------------
@@ -306,8 +315,9 @@ class Registry(object):
         entry = auths.get(self.host) or auths.get("%s/%s" % (self.host, self.prefix)) or {}
         return ("Basic " + entry["auth"]) if entry.get("auth") else None
 
-    def _http(self, method, path, accept=None, param=None):
-        """(status, headers, body) of one request to ``/v2/...``; RegistryDown when nothing answers."""
+    def _http(self, method, path, accept=None, param=None, sink=None):
+        """(status, headers, body) of one request to ``/v2/...``; RegistryDown when nothing answers.
+        With ``sink``, a 200 body is streamed into ``sink(chunk)`` in 1 MiB chunks (body ``b""``)."""
         headers = {}
         if accept:
             headers["Accept"] = ", ".join(accept)
@@ -321,7 +331,11 @@ class Registry(object):
                                   validate_certs=self.tls_verify, timeout=HTTP_TIMEOUT, use_proxy=not loopback,
                                   follow_redirects="safe", context=self._ssl_context())
             with resp:
-                return resp.status, resp.headers, resp.read()
+                if sink is None or resp.status != 200:
+                    return resp.status, resp.headers, resp.read()
+                for chunk in iter(lambda: resp.read(1 << 20), b""):
+                    sink(chunk)
+                return resp.status, resp.headers, b""
         except urlerror.HTTPError as exc:
             return exc.code, exc.headers, exc.read()
         except (urlerror.URLError, OSError, ssl.SSLError, ConnectionError) as exc:
@@ -411,6 +425,40 @@ class Registry(object):
                                  % (param, self.url, got, ref), param=param)
         return raw, got
 
+    def _has_blob(self, repo, digest):
+        """Whether ``repo`` here holds blob ``digest`` (the registry checked it when it was uploaded)."""
+        return self._http("HEAD", "/v2/%s/blobs/%s" % (self.path(repo), digest))[0] == 200
+
+    def _blob_sha256(self, repo, digest):
+        """sha256 of blob ``digest`` of ``repo`` as this registry serves it (streamed), or None when the
+        registry does not serve it over plain HTTP reads (token auth: skopeo checks it on the wire)."""
+        h = hashlib.sha256()
+        status = self._http("GET", "/v2/%s/blobs/%s" % (self.path(repo), digest), sink=h.update)[0]
+        if status == 404:
+            raise ImageMissing("%s: registry %s lacks blob %s of %s, which the image's manifest lists; push the "
+                               "image again" % (self.param, self.url, digest, self.reference(repo)), param=self.param)
+        return "sha256:" + h.hexdigest() if status == 200 else None
+
+    def verify_blobs(self, repo, manifest_raw, present=None):
+        """Read every blob (config and layers) of the image whose manifest is ``manifest_raw`` and check it
+        against its digest, before anything is written elsewhere; blobs for which ``present(digest)`` is true
+        are skipped (the destination already holds them). DigestMismatch names this registry's parameter."""
+        try:
+            manifest = json.loads(manifest_raw.decode("utf-8"))
+        except ValueError:
+            return
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+            return  # an index: skopeo checks each image on the wire
+        for desc in [manifest["config"]] + list(manifest.get("layers") or []):
+            digest = desc.get("digest") if isinstance(desc, dict) else None
+            if not isinstance(digest, str) or not _DIGEST_RE.match(digest) or (present and present(digest)):
+                continue
+            got = self._blob_sha256(repo, digest)
+            if got is not None and got != digest:
+                raise DigestMismatch("%s: blob %s of %s in registry %s does not match its digest (it hashes to %s). "
+                                     "%s" % (self.param, digest, self.reference(repo), self.url, got, TAMPERED_HINT),
+                                     param=self.param, blob=digest, got=got)
+
     def _has_manifest(self, repo, digest):
         status = self._http("HEAD", "/v2/%s/manifests/%s" % (self.path(repo), digest), accept=_MANIFEST_TYPES)[0]
         return status != 404
@@ -455,11 +503,11 @@ class Registry(object):
         self._copy_to(src, [], repo, tag, local, param)
         return Pushed(local, changed=True, ref=self.reference(repo, digest=local))
 
-    def _copy_to(self, src, src_args, repo, tag, digest, param):
+    def _copy_to(self, src, src_args, repo, tag, digest, param, digest_param=None):
         digestfile = os.path.join(self._tmp, "digest")
         dst = "docker://" + self.reference(repo, tag=tag)
         self._skopeo(["copy", "--quiet", "--preserve-digests", "--digestfile", digestfile] + src_args +
-                     self._tls_args("dest-tls-verify") + [src, dst], param=param,
+                     self._tls_args("dest-tls-verify") + [src, dst], param=param, digest_param=digest_param,
                      what="copying %s to %s" % (src.split("://", 1)[-1], dst[len("docker://"):]))
         with open(digestfile) as f:
             written = f.read().strip()
@@ -483,7 +531,7 @@ class Registry(object):
         self.manifest(repo, digest=digest, param=param)
         dst = "oci:%s" % os.path.abspath(oci_layout_dir) + (":%s" % tag if tag else "")
         self._skopeo(["copy", "--quiet", "--preserve-digests"] + self._tls_args("src-tls-verify") +
-                     ["docker://" + self.reference(repo, digest=digest), dst], param=param,
+                     ["docker://" + self.reference(repo, digest=digest), dst], param=param, digest_param=param,
                      what="pulling %s" % self.reference(repo, digest=digest))
         got = layout_digest(oci_layout_dir, tag)
         if got != digest:
@@ -519,12 +567,16 @@ def copy(src, dst):
         raise RegistryError("src %s: promotion copies by digest: use repo@sha256:..." % src, param="src")
     if not dst.tag or dst.digest:
         raise RegistryError("dst %s: give the destination as repo:<version tag>" % dst, param="dst")
-    src.registry.manifest(src.repo, digest=src.digest, param="src")  # exists, and is what it claims
+    raw = src.registry.manifest(src.repo, digest=src.digest, param="src")[0]  # exists, and is what it claims
     dst.registry.ping()
     target = dst.registry
     if target.guard_tag(dst.repo, dst.tag, src.digest, "dst") == src.digest:
         return Pushed(src.digest, changed=False, ref=target.reference(dst.repo, digest=src.digest))
-    target._copy_to(src.skopeo(), src.registry._tls_args("src-tls-verify"), dst.repo, dst.tag, src.digest, "dst")
+    # a damaged or tampered source blob fails here, before the destination gets an upload, a blob or a tag
+    # (skopeo checks again on the wire, for a source changed after this read)
+    src.registry.verify_blobs(src.repo, raw, present=lambda blob: target._has_blob(dst.repo, blob))
+    target._copy_to(src.skopeo(), src.registry._tls_args("src-tls-verify"), dst.repo, dst.tag, src.digest, "dst",
+                    digest_param=src.registry.param)
     return Pushed(src.digest, changed=True, ref=target.reference(dst.repo, digest=src.digest))
 
 

@@ -288,6 +288,13 @@ pushed:
   description: Whether the push wrote anything (false when the tag already pointed at this digest).
   returned: with O(registry)
   type: bool
+pruned_bases:
+  description:
+    - With O(target=oci), the cached base layers (C(<store>/.oci-base/<key>/)) this bake removed, by key. A bake keeps
+      the two most recently used base layers, never one another bake is building on.
+  returned: when an oci image was baked (not a cache hit)
+  type: list
+  elements: str
 cache_hit:
   description: Whether an image with the same input digest existed (no Packer run).
   returned: success
@@ -372,6 +379,8 @@ class ImageBaker(object):
             self.fail(exc)
 
         result["duration"] = round(time.monotonic() - t0, 3)
+        for warning in result.pop("warnings", []):
+            self.module.warn(warning)
         if result["changed"]:
             removed = set(r["name"] for r in result["removed"])
             after = sorted((set(before) | {result["image"]["name"]}) - removed)

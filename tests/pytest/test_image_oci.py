@@ -1,5 +1,6 @@
 """OCI bakes (target oci): real mmdebstrap, umoci and overlay mounts, and the baked image run under a
 private containerd + runc answering real HTTP (fixtures in fixtures_oci.py, fixtures_containerd.py)."""
+import hashlib
 import json
 import os
 import pathlib
@@ -88,17 +89,48 @@ def test_oci_rebake_is_a_cache_hit_under_one_second(catalog_oci_image, catalog_o
     assert seconds <= 1.0
 
 
+def fake_base(cache, seed, age):
+    """A cached base layer dir (as ensure_base leaves one) last used ``age`` seconds ago; returns its key."""
+    hexkey = hashlib.sha256(seed.encode()).hexdigest()
+    path = pathlib.Path(cache) / hexkey
+    for d in ("rootfs/usr", "layout"):
+        (path / d).mkdir(parents=True, exist_ok=True)
+    (path / "base.json").write_text(json.dumps({"key": "sha256:" + hexkey}))
+    lock = pathlib.Path(cache) / (".use-%s.lock" % hexkey)
+    lock.touch()
+    then = time.time() - age
+    os.utime(lock, (then, then))
+    return "sha256:" + hexkey
+
+
 def test_oci_app_only_change_rebuilds_one_layer(catalog_oci_image, catalog_oci_store, oci_bake):
     result = catalog_oci_image[0]
-    t0 = time.monotonic()
-    other = oci_bake(catalog_oci_store, "1.0.1-faulty+%s.b2" % GIT_HASH, fault={"error_rate": 0.5})
-    seconds = time.monotonic() - t0
-    print("oci bake of an app-only change (warm base layer): %.1f s" % seconds)
-    assert other["changed"] and other["image"]["oci"]["base_built"] is False
-    base, app = other["image"]["oci"]["layers"]
-    assert base == result["image"]["oci"]["layers"][0] and app != result["image"]["oci"]["layers"][1]
-    assert other["image"]["oci"]["base_key"] == result["image"]["oci"]["base_key"]
-    assert other["image"]["oci"]["tag"] == "1.0.1-faulty_%s.b2" % GIT_HASH
+    cache = pathlib.Path(catalog_oci_store) / ".oci-base"
+    # older base layers in the cache: the bake keeps the two most recently used (its own and the newest
+    # other), never one another bake holds, and prunes the rest under its lock
+    ages = (("recent", 100), ("stale", 200), ("held", 300))
+    recent, stale, held = (fake_base(cache, name, age) for name, age in ages)
+    try:
+        with oci.hold_base(str(cache), held):
+            # a long bake that took this base 300 s ago and still builds on it: the least recently used
+            then = time.time() - 300
+            os.utime(cache / (".use-%s.lock" % held[7:]), (then, then))
+            t0 = time.monotonic()
+            other = oci_bake(catalog_oci_store, "1.0.1-faulty+%s.b2" % GIT_HASH, fault={"error_rate": 0.5})
+            seconds = time.monotonic() - t0
+        print("oci bake of an app-only change (warm base layer): %.1f s" % seconds)
+        assert other["changed"] and other["image"]["oci"]["base_built"] is False
+        base, app = other["image"]["oci"]["layers"]
+        assert base == result["image"]["oci"]["layers"][0] and app != result["image"]["oci"]["layers"][1]
+        assert other["image"]["oci"]["base_key"] == result["image"]["oci"]["base_key"]
+        assert other["image"]["oci"]["tag"] == "1.0.1-faulty_%s.b2" % GIT_HASH
+        assert other["pruned_bases"] == [stale]
+        assert not (cache / stale.split(":")[1]).exists() and not (cache / (".use-%s.lock" % stale[7:])).exists()
+        for key in (recent, held, result["image"]["oci"]["base_key"]):
+            assert (cache / key.split(":")[1]).is_dir(), key
+    finally:
+        for key in (recent, stale, held):
+            shutil.rmtree(cache / key.split(":")[1], ignore_errors=True)
 
 
 def test_oci_bake_is_reproducible_from_scratch(catalog_oci_image, oci_bake, tmp_path):
@@ -222,6 +254,27 @@ def test_module_oci_push_refuses_a_tag_that_points_at_another_digest(catalog_oci
     assert client(dev_registry).digest("catalog", image["oci"]["tag"]) == other  # unchanged
 
 
+def test_module_oci_push_of_a_tampered_image_fails_before_the_registry_changes(
+        catalog_oci_image, dev_registry, tmp_path):
+    result = catalog_oci_image[0]
+    image = result["image"]
+    src = pathlib.Path(image["path"])
+    store = tmp_path / "store"
+    dst = store / "oci" / "catalog" / src.name
+    shutil.copytree(src, dst)
+    make_writable(dst)
+    blob = dst / "layout" / "blobs" / "sha256" / config_of(result)[0]["layers"][1]["digest"].split(":")[1]
+    data = bytearray(blob.read_bytes())
+    data[-20] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    args = {"artifact": "catalog", "version": image["version"], "source": str(CATALOG_SOURCE), "target": "oci",
+            "store": str(store), "project_dir": str(ROOT), "registry": dev_registry.url}
+    out = run_module(args, tmp_path)[0]
+    assert out.get("failed") and out["param"] == "version", out
+    assert "modified after baking" in out["msg"] and "force=true" in out["msg"], out["msg"]
+    assert client(dev_registry).repositories() == []  # nothing pushed
+
+
 @pytest.mark.parametrize("override, param, words", [
     ({"registry": "http://127.0.0.1:%d" % free_port()}, "registry", "registry"),
     ({"registry": "ftp://127.0.0.1:1"}, "registry", "not a registry URL"),
@@ -282,9 +335,13 @@ def bake_playbook(tmp_path, *args, store=None):
     (["-e", "version=1.4"], "version=1.4: give -e version="),
     (["-e", "version=1.0.0+5eed0f1.b1", "-e", "target=docker"], "target=docker: give -e target=<local|oci>"),
     (["-e", "version=1.0.0+5eed0f1.b1", "-e", "environment=nowhere"], "environment=nowhere: give -e environment="),
+    (["-e", "version=1.0.0+5eed0f1.b1", "-e", "artifact=Catalog"], "artifact=Catalog: give -e artifact=<catalog"),
+    (["-e", "version=1.0.0+5eed0f1.b1", "-e", "artifact=catalog/.."], "artifact=catalog/..: give -e artifact=<catalog"),
+    (["-e", "version=1.0.0+5eed0f1.b1", "-e", json.dumps({"registries": {"dev": "http://127.0.0.1:%d" % free_port()}})],
+     "is down or unreachable"),
 ])
 def test_bake_playbook_oci_refuses_bad_requests_naming_the_parameter(args, words, tmp_path):
-    args = ["-e", "artifact=catalog", "-e", "target=oci"] + args
+    args = ["-e", "artifact=catalog", "-e", "target=oci"] + args  # a later -e artifact= wins
     proc = bake_playbook(tmp_path, *args)
     assert proc.returncode != 0 and words in proc.stdout, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -327,3 +384,77 @@ def test_debris_of_a_killed_oci_bake_is_unmounted_before_removal(tmp_path):
     assert done == [".staging-catalog-v1-0-0-x"] and not os.path.ismount(merged)
     assert not staging.parent.exists()
     assert (lower / "usr" / "keep").read_text() == "base file\n"
+
+
+def mount_debris(root, host):
+    """What a killed mmdebstrap or bake leaves under ``root``: a tmpfs (as its /proc), a bind mount of a
+    directory that must survive (as its /dev), and a mount point whose name needs escaping in mountinfo."""
+    for name in ("proc", "dev", "with space"):
+        (root / name).mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root / "proc")], check=True)
+    (root / "proc" / "inside-tmpfs").write_text("x")
+    subprocess.run(["mount", "--bind", str(host), str(root / "dev")], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root / "with space")], check=True)
+    points = oci.mounts_below(str(root))
+    assert len(points) == 3 and str(root / "with space") in points, points
+    return points
+
+
+def unmount_left(path):
+    for m in oci.mounts_below(str(path)):  # the fix regressed: do not leave mounts behind
+        subprocess.run(["umount", "-l", m], check=False)
+
+
+@pytest.fixture
+def host_dir(tmp_path):
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "null").write_text("a file outside the debris: never deleted\n")
+    return host
+
+
+def test_killed_mmdebstrap_mounts_are_detached_before_the_base_cache_is_pruned(tmp_path, host_dir):
+    """A killed base build leaves mmdebstrap's chroot (TMPDIR is the build dir) with /proc, /dev and /sys
+    mounted; the next prune (or build) detaches them first; pruning keeps the two most recently used
+    bases, never one a bake holds, and does nothing while another process holds the cache lock."""
+    cache = tmp_path / "store" / ".oci-base"
+    cache.mkdir(parents=True)
+    chroot = cache / ".build-killed" / "mmdebstrap.XYZ"
+    newest, second, third, oldest = (fake_base(cache, n, age) for n, age in
+                                     (("a", 10), ("b", 20), ("c", 30), ("d", 40)))
+    try:
+        mount_debris(chroot, host_dir)
+        with oci._flock(str(cache / ".lock")):  # a build is running: the prune leaves everything alone
+            assert oci.prune_bases(str(cache), keep=2) == []
+        assert len(oci.mounts_below(str(cache))) == 3 and (cache / oldest[7:]).is_dir()
+        assert oci.prune_bases(str(cache), keep=2) == [third, oldest]
+        assert oci.mounts_below(str(cache)) == [] and not (cache / ".build-killed").exists()
+        assert (host_dir / "null").read_text().startswith("a file outside")
+        assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted([newest[7:], second[7:]])
+        with oci.hold_base(str(cache), second) as present:  # a bake builds on it: never removed, even keep=0
+            assert present
+            assert oci.prune_bases(str(cache), keep=0) == [newest]
+        assert (cache / second[7:]).is_dir()
+        assert oci.prune_bases(str(cache), keep=0, protect=[second]) == []
+        assert oci.prune_bases(str(cache), keep=0) == [second]
+        with oci.hold_base(str(cache), second) as present:  # pruned: a bake that wanted it builds it again
+            assert not present
+        assert oci.prune_bases(str(cache)) == [] and os.listdir(str(cache)) == [".lock"]
+    finally:
+        unmount_left(cache)
+
+
+def test_mounts_under_bake_debris_are_detached_before_it_is_removed(tmp_path, host_dir):
+    """The staging dir of a bake killed while the roles ran (nested mounts, a name with a space): the next
+    bake's clean-up under the artifact lock detaches every mount below it, then removes it."""
+    store = images.ImageStore(str(tmp_path / "store"))
+    debris = pathlib.Path(store.artifact_dir("oci", "catalog")) / ".staging-catalog v1 killed"
+    try:
+        mount_debris(debris / "build" / "merged", host_dir)
+        with store.lock("oci", "catalog"):
+            done = store.clean_debris("oci", "catalog")
+        assert done == [debris.name] and not debris.exists()
+        assert oci.mounts_below(str(tmp_path / "store")) == []
+        assert (host_dir / "null").read_text().startswith("a file outside")
+    finally:
+        unmount_left(tmp_path / "store")

@@ -15,7 +15,7 @@ from fixtures_registry import client
 from ansible_collections.phoenix.deploy.plugins.module_utils import promotion
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
-    FileReleaseStore, Release, ROLLED_BACK, SUCCEEDED)
+    ABORTED, INTERRUPTED, FileReleaseStore, Release, ROLLED_BACK, SUCCEEDED)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 VERSION = "1.4.0+34e57f0.b456"
@@ -66,12 +66,13 @@ def test_promotes_by_digest_after_an_analysed_release_and_reads_it_back(setup):
 @pytest.mark.parametrize("analysed, outcome, why", [
     (None, SUCCEEDED, "analysis did not judge"), ("inconclusive", SUCCEEDED, "analysis did not judge"),
     ("fail", ROLLED_BACK, "no successful release"), ("pass", SUCCEEDED, "no successful release"),
+    ("pass", ABORTED, "no successful release"), (None, INTERRUPTED, "no successful release"),
 ])
 def test_no_qualifying_release_no_promotion(setup, analysed, outcome, why):
     s = setup
     other = "sha256:" + "1" * 64
-    # the "pass" case: an analysed release of ANOTHER digest qualifies nothing
-    record(s, "ci", analysed, outcome=outcome, digest=other if analysed == "pass" else None)
+    # the "pass"/succeeded case: an analysed release of ANOTHER digest qualifies nothing
+    record(s, "ci", analysed, outcome=outcome, digest=other if (analysed, outcome) == ("pass", SUCCEEDED) else None)
     with pytest.raises(PhoenixError) as err:
         promote(s)
     assert err.value.param == "version" and why in err.value.msg and s["digest"] in err.value.msg
@@ -162,3 +163,75 @@ def test_the_module_promotes_and_refuses_latest(setup):
     assert out["changed"] and out["image"] == "127.0.0.1:%d/catalog@%s" % (s["prod"].port, s["digest"]), out
     out = run_module(dict(args, verify_only=True), s["tmp"])
     assert not out["changed"] and out["image"].endswith("@" + s["digest"])
+
+
+# --- bad input through the module (as Ansible runs it): each case fails before anything changes,
+# names the parameter and says how to fix it; the dev and prod registries are left as they were ---
+
+def storage(reg):
+    """(path, size) of every file in a registry's storage: what 'nothing changed' compares."""
+    out = []
+    for top, dummy, files in os.walk(reg.data):
+        out.extend((os.path.relpath(os.path.join(top, n), reg.data), os.path.getsize(os.path.join(top, n)))
+                   for n in files)
+    return sorted(out)
+
+
+def tamper_dev_layer(s):
+    manifest = json.loads(client(s["dev"]).manifest("catalog", digest=s["digest"])[0])
+    blob = s["dev"].blob_path(manifest["layers"][0]["digest"])
+    data = bytearray(blob.read_bytes())
+    data[-5] ^= 1
+    blob.write_bytes(bytes(data))
+
+
+def collide_in_prod(s):
+    other_layout, other = make_other(s)
+    client(s["prod"]).push(other_layout, "catalog", TAG)
+    return other
+
+
+def make_other(s):
+    from fixtures_registry import make_oci_image
+    layout = s["tmp"] / "other"
+    return str(layout), make_oci_image(layout, TAG, {"/app/VERSION": "not the tested one\n"})
+
+
+BAD_MODULE_CASES = {
+    # name: (prepare(setup) -> extra words, args override, param, words in msg)
+    "dev registry down": (lambda s: s["dev"].stop(), {}, "registries.dev", ["is down", "pulumi up -s local"]),
+    "prod registry down": (lambda s: s["prod"].stop(), {}, "registries.prod", ["is down", "pulumi up -s local"]),
+    "missing image": (None, {"version": "9.9.9+34e57f0.b1"}, "version", ["not in the dev registry", "bake it"]),
+    "digest mismatch": (None, {"digest": "sha256:" + "2" * 64}, "digest", ["is not version", "leave digest out"]),
+    "malformed digest": (None, {"digest": "sha256:abc"}, "digest", ["64 lowercase hex"]),
+    "tag collision": (collide_in_prod, {}, "version", ["already points at", "new version"]),
+    "tampered layer": (tamper_dev_layer, {}, "registries.dev", ["does not match its digest", "bake"]),
+    "upper case name": (None, {"artifact": "Catalog"}, "artifact", ["lowercase letters"]),
+    "name with /..": (None, {"artifact": "catalog/.."}, "artifact", ["no '/', '..'"]),
+    "relative name": (None, {"artifact": "team/../catalog"}, "artifact", ["no '/', '..'"]),
+    "never released": ("norelease", {}, "version", ["no successful release in ci, integrated_qa", "deploy.yml"]),
+    "rolled back": ("rolledback", {}, "version", ["no successful release in ci, integrated_qa"]),
+    "latest": (None, {"version": "latest"}, "version", ["mutable tag"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MODULE_CASES))
+def test_the_module_refuses_bad_input_before_anything_changes(setup, case):
+    s = setup
+    prepare, override, param, words = BAD_MODULE_CASES[case]
+    if prepare == "rolledback":
+        record(s, "ci", "fail", outcome=ROLLED_BACK)
+    elif prepare != "norelease":
+        record(s, "ci", "pass")
+    extra = prepare(s) if callable(prepare) else None
+    dev_before, prod_before = storage(s["dev"]), storage(s["prod"])
+    args = {"target": "oci", "artifact": "catalog", "version": VERSION, "registries": s["registries"],
+            "release_store": s["releases"]}
+    out = run_module(dict(args, **override), s["tmp"])
+    assert out.get("failed") and out.get("param") == param, out
+    for word in words:
+        assert word in out["msg"], out["msg"]
+    if case == "tag collision":
+        assert extra in out["msg"] and s["digest"] in out["msg"]
+    assert storage(s["dev"]) == dev_before
+    assert storage(s["prod"]) == prod_before  # not even an upload or a blob

@@ -123,3 +123,41 @@ def test_the_module_in_check_mode_and_for_real(pushed):
     assert out["changed"] and dev_tags(p) == ["1.3.0_aaaaaaa.b4", "1.3.0_bbbbbbb.b5"]
     out = run({"registry": "prod"})
     assert out["failed"] and out["param"] == "confirm"
+
+
+def test_an_image_in_progress_or_paused_somewhere_is_kept(pushed):
+    """A rollout still running (or a canary paused) in some environment holds its image, whatever its age."""
+    p = pushed
+    store = FileReleaseStore(p["releases"])
+    for environment, status, version in (("integrated_qa", "in_progress", "1.0.0+aaaaaaa.b1"),
+                                         ("prod", "paused", "1.1.0+aaaaaaa.b2")):
+        history = store.load("catalog", environment)
+        history.add(Release(history.new_release_id(), "catalog", environment, version,
+                            "x/catalog@" + p["digests"][version], "canary", status=status))
+        store.save(history)
+    result = promotion.container_retention("catalog", p["registries"], "dev", 0, p["releases"])
+    assert sorted(k["tag"] for k in result["kept"]) == ["1.0.0_aaaaaaa.b1", "1.1.0_aaaaaaa.b2"]
+    assert dev_tags(p) == ["1.0.0_aaaaaaa.b1", "1.1.0_aaaaaaa.b2"]
+
+
+@pytest.mark.parametrize("artifact, registry, down, param", [
+    ("catalog/..", "dev", None, "artifact"), ("team/../catalog", "dev", None, "artifact"),
+    ("CATALOG", "dev", None, "artifact"), ("catalog", "dev", "dev", "registries.dev"),
+    ("catalog", "prod", "prod", "registries.prod"),
+])
+def test_the_module_refuses_bad_names_and_a_down_registry_deleting_nothing(pushed, artifact, registry, down, param):
+    p = pushed
+    before = dev_tags(p)
+    if down:
+        p[down].stop()
+    args = {"artifact": artifact, "registries": p["registries"], "release_store": p["releases"], "retain": 0,
+            "registry": registry, "confirm": "prod" if registry == "prod" else None}
+    proc = subprocess.run([sys.executable, str(ROOT / "plugins" / "modules" / "registry_retention.py")],
+                          input=json.dumps({"ANSIBLE_MODULE_ARGS": args}), capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT / ".tools" / "collections")), timeout=120,
+                          check=False)
+    out = json.loads(proc.stdout)
+    assert out.get("failed") and out["param"] == param and "Traceback" not in proc.stdout + proc.stderr, out
+    assert ("is down" in out["msg"] and "start it" in out["msg"]) if down else "lowercase letters" in out["msg"]
+    if down != "dev":
+        assert dev_tags(p) == before
