@@ -23,7 +23,7 @@ def test_config_checks_servers_that_are_up_every_check_up_inter():
     checks like the driver's ``add server``: up servers rarely, others fast."""
     text = HAProxyProvider.config(dict(PROPS, check_up_inter="2s"), "/x/haproxy.sock")
     assert ("    default-server check inter 2s fastinter 500ms downinter 500ms observe layer4 "
-            "error-limit 1 on-error fail-check rise 1 fall 2\n") in text
+            "error-limit 1 on-error fastinter rise 1 fall 2\n") in text
     assert HAProxyProvider.server_options(dict(PROPS, check_up_inter="2s")) in text
     # a stack made before check_up_inter: every state every check_inter
     assert "default-server check inter 500ms fastinter 500ms" in HAProxyProvider.config(PROPS, "/x/s")
