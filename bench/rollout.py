@@ -112,6 +112,41 @@ print(json.dumps({"seconds": time.time() - start, "state": res.state, "msg": res
 """
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(roots) -> dict:
+    """CPU seconds (user + system) used so far by each process tree in
+    ``roots`` ({name: pid}), counting the children it has reaped (which is
+    how a stopped instance's time stays counted: in supervisord's or the
+    bench's ``cutime``).  A root's own time is split from its children's."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            table[int(entry)] = (int(fields[1]), [int(f) / TICK for f in fields[11:15]])
+    kids = {}
+    for pid, (ppid, _times) in table.items():
+        kids.setdefault(ppid, []).append(pid)
+    out = {}
+    for name, root in roots.items():
+        if root not in table:
+            continue
+        utime, stime, cutime, cstime = table[root][1]
+        out[name] = utime + stime
+        todo, children = list(kids.get(root, [])), cutime + cstime
+        while todo:
+            pid = todo.pop()
+            children += sum(table[pid][1])
+            todo += kids.get(pid, [])
+        out[name + " children"] = children
+    return out
+
+
 class Bench:
     def __init__(self):
         from fixtures_infra_local import TempLocalStack
@@ -208,7 +243,7 @@ class Bench:
         instances running), so a slow floor never flatters the ratio; the
         rollout's stop of the old group counts against it (the detail also
         gives the ratio to start + stop)."""
-        healthy, stopped = min(floors)
+        healthy, stopped = min(f[:2] for f in floors)
         steps = [(e["at"], e["message"]) for e in result["events"]]
         slowest = sorted(((b[0] - a[0], a[1]) for a, b in zip(steps, steps[1:])), reverse=True)[:3]
         detail = ("%.2fs vs floor %.2fs (start to all healthy; floors measured %s); stopping them "
@@ -218,9 +253,34 @@ class Bench:
                      "; ".join("%.2fs %s" % (d, m[:60]) for d, m in slowest)))
         if smaller is not None:
             detail += "; T(%d)/T(10) %.2f" % (size, result["seconds"] / smaller["seconds"])
+        if "cpu" in result and len(floors[0]) > 2:  # CPU seconds: robust where the machine is shared
+            floor_cpu = min(floors, key=lambda f: f[0])[2]
+            detail += ("; CPU seconds: floor %.2f (its %d instances started, polled and stopped %.2f, "
+                       "the other group %.2f, HAProxy %.2f), rollout %.2f (instances, new ones started "
+                       "and old ones stopped, %.2f, supervisord %.2f, HAProxy %.2f, controller process %.2f)"
+                       % (sum(floor_cpu.values()), size, floor_cpu["bench"], floor_cpu["instances"],
+                          floor_cpu["haproxy"], sum(result["cpu"].values()), result["cpu"]["instances"],
+                          result["cpu"]["supervisord"], result["cpu"]["haproxy"], result["cpu"]["bench"]))
         return {"name": "rollout wall / floor (N=%d, one batch)" % size,
                 "value": round(result["seconds"] / healthy, 3), "unit": "ratio",
                 "goal": "<= 1.15", "detail": detail}
+
+    def cpu(self) -> dict:
+        """CPU seconds so far: the stack's HAProxy, supervisord itself, the
+        instances (supervisord's children, reaped ones too) and this bench
+        process's children (floor instances, controllers)."""
+        got = cpu_seconds({"haproxy": self.stack.pid("haproxy/haproxy.pid"),
+                           "supervisord": self.stack.pid("supervisor/supervisord.pid"),
+                           "bench": os.getpid()})
+        return {"haproxy": got["haproxy"] + got["haproxy children"], "supervisord": got["supervisord"],
+                "instances": got["supervisord children"], "bench": got["bench"] + got["bench children"]}
+
+    def measured(self, call, *args, **kwargs):
+        """``call``'s result with the CPU seconds used meanwhile, per part."""
+        before = self.cpu()
+        result = call(*args, **kwargs)
+        after = self.cpu()
+        return result, {k: after[k] - before[k] for k in after}
 
     def run(self):
         self.stack.up()
@@ -277,10 +337,13 @@ class Bench:
         # N=100: the 100-instance figure is wall / floor at 100 (the machine's
         # process-start limit is in both); peak RSS of that controller
         self.deploy(v1, 100, settings=one_batch)  # resize the live release to 100 first
-        floor100 = self.parallel_floor(v2, 100)
-        t100 = self.deploy(v2, 100, settings=one_batch)
+        floor100, cpu = self.measured(self.parallel_floor, v2, 100)
+        floor100 += (cpu,)
+        t100, cpu = self.measured(self.deploy, v2, 100, settings=one_batch)
+        t100["cpu"] = cpu
         assert t100["state"] == "live", t100["msg"]
-        rows.append(self.floor_row(100, t100, [floor100, self.parallel_floor(v1, 100)], t10))
+        after, cpu = self.measured(self.parallel_floor, v1, 100)
+        rows.append(self.floor_row(100, t100, [floor100, after + (cpu,)], t10))
         rows.append({"name": "controller peak RSS (100-instance rollout)",
                      "value": round(t100["peak_rss_mb"], 1), "unit": "MB", "goal": "<= 150",
                      "detail": "VmHWM of the controller process; its ru_maxrss %.1f MB also holds the "

@@ -7,6 +7,7 @@ import socket
 import sys
 import time
 import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -19,9 +20,12 @@ sys.path.insert(0, str(ROOT / "tests" / "unit" / "plugins" / "module_utils"))
 from platform_double import FakeClock  # noqa: E402  pylint: disable=wrong-import-position
 
 
-TINY = r'''"""A tiny HTTP service: /healthz answers 200 as soon as it listens."""
+TINY = r'''"""A tiny HTTP service: /healthz answers 200 as soon as it listens; /hits
+says how many health checks it answered."""
 import os
 from http.server import BaseHTTPRequestHandler, HTTPServer
+
+HITS = [0]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -29,10 +33,13 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
+        if self.path == "/healthz":
+            HITS[0] += 1
+        body = ("%d" % HITS[0]).encode() if self.path == "/hits" else b"ok\\n"
         self.send_response(200)
-        self.send_header("Content-Length", "3")
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(b"ok\\n")
+        self.wfile.write(body)
 
 
 HTTPServer((os.environ.get("BIND", "127.0.0.1"), int(os.environ["PORT"])), Handler).serve_forever()
@@ -111,6 +118,31 @@ def test_ready_on_the_first_passed_check_before_supervisord_says_running(rollout
         if seen and seen[-1] == "up (starting)":
             break
     assert "up (starting)" in seen, seen
+
+
+def test_a_server_that_is_up_is_checked_every_check_up_inter(rollout_stack, tiny_image):
+    """100 idle Python instances checked every 200ms took half of a 2-core
+    machine.  A new server is checked every ``check_inter`` (500ms) until it
+    is up; once it passed its checks, every ``check_up_inter`` (2s): at most
+    3 checks in 4 seconds (8 at 500ms)."""
+    assert rollout_stack.infra["load_balancer"]["check_up_inter"] == "2s"
+    platform = platform_of(rollout_stack, tiny_image)
+    group = platform.groups.create_group("catalog", "rd4", "v001", tiny_image["v1"]["ref"], 1, {})
+    try:
+        wait(lambda: platform.groups.health(group.name).ready == 1, 60, "a ready instance")
+        meta = platform.driver._members(group.name)[0]  # pylint: disable=protected-access
+
+        def hits():
+            with urllib.request.urlopen("http://%s:%d/hits" % (meta["address"], meta["port"]), timeout=10) as rsp:
+                return int(rsp.read())
+        time.sleep(1.0)  # the check after the first passed one: fully up
+        before, start = hits(), time.monotonic()
+        time.sleep(4.0)
+        checks, seconds = hits() - before, time.monotonic() - start
+        print("checks of an up server: %d in %.1fs" % (checks, seconds))
+        assert 1 <= checks <= 3, (checks, seconds)
+    finally:
+        platform.groups.destroy(group.name)
 
 
 def test_the_drain_wait_runs_on_the_injected_clock(rollout_stack, rollout_images):

@@ -11,7 +11,10 @@ Optional stack config (namespace ``phoenix-infra``):
                      the first 16 ports are for the infra, the rest for instances
 - ``frontend_port`` / ``stats_port`` / ``db_port``  pin a port (else probed)
 - ``db_name`` / ``db_user``   default ``phoenix``
-- ``health_check_interval``   HAProxy ``inter`` for backends, default ``500ms``
+- ``health_check_interval``   HAProxy check interval of servers that are not
+                     up (new, down, or changing), default ``500ms``
+- ``health_check_up_interval``  check interval of servers that are up, default
+                     ``2s`` (a live-traffic connection failure checks at once)
 """
 import ipaddress
 import json
@@ -64,7 +67,9 @@ def build(cfg) -> dict:
     db = Database("database", network=net, database=cfg.get("db_name", "phoenix"),
                   user=cfg.get("db_user", "phoenix"))
     check_inter = cfg.get("health_check_interval", "500ms")
-    lb = LoadBalancer("load-balancer", network=net, artifacts=cfg.artifacts, check_inter=check_inter)
+    check_up_inter = cfg.get("health_check_up_interval", "2s")
+    lb = LoadBalancer("load-balancer", network=net, artifacts=cfg.artifacts, check_inter=check_inter,
+                      check_up_inter=check_up_inter)
     im = InstanceManager("instance-manager", network=net, load_balancer=lb)
     regs = Registries("registries", network=net)
     return {
@@ -75,7 +80,8 @@ def build(cfg) -> dict:
                      "password": db.password},
         "load_balancer": {"address": lb.address, "url": lb.url, "backends": lb.backends,
                           "stats_url": lb.stats_url, "runtime_api": lb.runtime_api,
-                          "server_record": lb.server_record, "check_inter": check_inter},
+                          "server_record": lb.server_record, "check_inter": check_inter,
+                          "check_up_inter": check_up_inter},
         "instance_manager": {"kind": "supervisord", "endpoint": im.endpoint,
                              "include_dir": im.include_dir},
         "registries": regs.urls,

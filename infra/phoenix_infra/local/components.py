@@ -93,13 +93,13 @@ class LoadBalancer(pulumi.ComponentResource):
     """HAProxy: one frontend, one backend ``be_<artifact>`` per artifact, runtime
     API on a 0600 unix socket, stats page on loopback."""
 
-    def __init__(self, name, *, network, artifacts, check_inter="500ms", opts=None):
+    def __init__(self, name, *, network, artifacts, check_inter="500ms", check_up_inter="2s", opts=None):
         super().__init__("phoenix:local:LoadBalancer", name, None, opts)
         self.backends = {a: f"be_{a}" for a in artifacts}
         proxy = _HAProxy(f"{name}-haproxy", {
             "dir": network.subdir("haproxy"), "address": network.address,
             "frontend_port": network.port("frontend"), "stats_port": network.port("stats"),
-            "backends": self.backends, "check_inter": check_inter,
+            "backends": self.backends, "check_inter": check_inter, "check_up_inter": check_up_inter,
         }, pulumi.ResourceOptions(parent=self))
         self.address = network.address
         self.url = pulumi.Output.concat("http://", network.address, ":",

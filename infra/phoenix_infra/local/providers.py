@@ -312,7 +312,7 @@ def _instance_meta(conf):
 class HAProxyProvider(_Provider):
     """HAProxy with one frontend, one backend per artifact (no static servers:
     the rollout engine adds them through the runtime API socket)."""
-    KEYS = ("dir", "address", "frontend_port", "stats_port", "backends", "check_inter")
+    KEYS = ("dir", "address", "frontend_port", "stats_port", "backends", "check_inter", "check_up_inter")
     REPLACE = ("dir",)
 
     @staticmethod
@@ -341,7 +341,7 @@ class HAProxyProvider(_Provider):
 
     @staticmethod
     def config(props, sock):
-        addr, inter = props["address"], props["check_inter"]
+        addr = props["address"]
         backends = props["backends"]
         lines = ["# written by phoenix.deploy (local platform); servers are added at run time",
                  *HAProxyProvider.common(sock),
@@ -354,7 +354,7 @@ class HAProxyProvider(_Provider):
             lines += ["", f"backend {backend}", "    balance roundrobin",
                       "    http-request disable-l7-retry if !METH_GET !METH_HEAD !METH_OPTIONS",
                       "    option httpchk GET /healthz", "    http-check expect status 200",
-                      "    default-server " + " ".join(procs.haproxy.check_options(inter))]
+                      "    default-server " + HAProxyProvider.server_options(props)]
         lines += ["", "listen stats", f"    bind {addr}:{int(props['stats_port'])}",
                   "    stats enable", "    stats uri /stats", "    stats refresh 5s", ""]
         return "\n".join(lines)
@@ -398,7 +398,7 @@ class HAProxyProvider(_Provider):
     @staticmethod
     def server_options(props):
         """``add server`` options of a restored run-time server."""
-        return " ".join(procs.haproxy.check_options(props["check_inter"]))
+        return " ".join(procs.haproxy.check_options(props["check_inter"], props.get("check_up_inter")))
 
     def _apply(self, props, old=None):
         """Write + validate the config, then start (or soft-reload) HAProxy."""

@@ -18,6 +18,17 @@ def test_config_retries_failed_safe_requests_on_another_server():
     assert "    http-request disable-l7-retry if !METH_GET !METH_HEAD !METH_OPTIONS\n" in text
 
 
+def test_config_checks_servers_that_are_up_every_check_up_inter():
+    """The default-server line (and so every server the restore adds again)
+    checks like the driver's ``add server``: up servers rarely, others fast."""
+    text = HAProxyProvider.config(dict(PROPS, check_up_inter="2s"), "/x/haproxy.sock")
+    assert ("    default-server check inter 2s fastinter 500ms downinter 500ms observe layer4 "
+            "error-limit 1 on-error fastinter rise 1 fall 2\n") in text
+    assert HAProxyProvider.server_options(dict(PROPS, check_up_inter="2s")) in text
+    # a stack made before check_up_inter: every state every check_inter
+    assert "default-server check inter 500ms fastinter 500ms" in HAProxyProvider.config(PROPS, "/x/s")
+
+
 def conf(tmp_path, name, port, address="127.0.0.1"):
     path = tmp_path / (name + ".conf")
     meta = {"instance": name, "address": address, "port": port, "group": name.split(".")[0]}

@@ -112,12 +112,14 @@ class LocalDriver:
                                 % self.address)
         self.api = RuntimeAPI(balancer["runtime_api"])
         # the backend's check settings for the servers we add (an older stack
-        # has no check_inter output: HAProxy's default interval, 2s)
-        inter = balancer.get("check_inter")
-        if inter is not None and not is_time(inter):
-            raise PlatformError("infra: load_balancer.check_inter %r is not an HAProxy time "
-                                "(a number with us, ms, s, m, h or d, like 500ms)" % (inter,))
-        self.check_words = check_options(inter)
+        # has no check_inter output: HAProxy's default interval, 2s; nor a
+        # check_up_inter one: servers that are up are checked every check_inter)
+        inter, up_inter = balancer.get("check_inter"), balancer.get("check_up_inter")
+        for key, value in (("check_inter", inter), ("check_up_inter", up_inter)):
+            if value is not None and not is_time(value):
+                raise PlatformError("infra: load_balancer.%s %r is not an HAProxy time "
+                                    "(a number with us, ms, s, m, h or d, like 500ms)" % (key, value))
+        self.check_words = check_options(inter, up_inter)
         # what the infra restore adds again after HAProxy restarted (see _record_servers)
         self.server_record = balancer.get("server_record") or os.path.join(
             os.path.dirname(balancer["runtime_api"]), "servers.json")

@@ -153,16 +153,25 @@ class RuntimeAPI:
 _TIME = re.compile(r"^[0-9]+(us|ms|s|m|h|d)?$")
 
 
-def check_options(inter=None) -> tuple:
-    """The health-check words of a backend's servers: every ``inter`` (HAProxy
-    time, e.g. ``500ms``) in every state, up after one passed check, down after
-    two failed ones.  The infra's ``default-server`` line and every ``add
-    server`` use them: a server added at run time takes nothing from
+def check_options(inter=None, up_inter=None) -> tuple:
+    """The health-check words of a backend's servers.  A server that is not
+    fully up (new, down, or one check from either) is checked every
+    ``inter`` (HAProxy time, e.g. ``500ms``); a server that passed its last
+    checks every ``up_inter`` (default ``inter``), so a backend of idle
+    instances does not spend the machine on checks.  Up after one passed
+    check, down after two failed ones.  A failed connection of live traffic
+    brings the next check forward to ``inter`` (``observe layer4``, on-error
+    ``fastinter``; never a mark-down by itself, so a busy but healthy server
+    whose connect timed out stays up): a dead server with traffic is down
+    within 2 x ``inter`` of its first failed request, an idle one within
+    ``up_inter`` + ``inter``.  The infra's ``default-server`` line and every
+    ``add server`` use them: a server added at run time takes nothing from
     ``default-server`` (it would check every 2s, rise 2, fall 3)."""
     words = ("check",)
     if inter is not None:
-        words += ("inter", str(inter), "fastinter", str(inter), "downinter", str(inter))
-    return words + ("rise", "1", "fall", "2")
+        words += ("inter", str(up_inter or inter), "fastinter", str(inter), "downinter", str(inter))
+    return words + ("observe", "layer4", "error-limit", "1", "on-error", "fastinter",
+                    "rise", "1", "fall", "2")
 
 
 def is_time(text) -> bool:

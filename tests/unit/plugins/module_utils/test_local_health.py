@@ -93,8 +93,25 @@ def test_added_servers_check_like_the_backends_default_server(tmp_path):
     backend's settings itself (without them HAProxy checks every 2s, rise 2, fall 3)."""
     words = LocalDriver(infra(tmp_path, check_inter="200ms")).check_words
     assert words == check_options("200ms") == (
-        "check", "inter", "200ms", "fastinter", "200ms", "downinter", "200ms", "rise", "1", "fall", "2")
-    assert LocalDriver(infra(tmp_path)).check_words == ("check", "rise", "1", "fall", "2")
+        "check", "inter", "200ms", "fastinter", "200ms", "downinter", "200ms",
+        "observe", "layer4", "error-limit", "1", "on-error", "fastinter", "rise", "1", "fall", "2")
+    assert LocalDriver(infra(tmp_path)).check_words == (
+        "check", "observe", "layer4", "error-limit", "1", "on-error", "fastinter", "rise", "1", "fall", "2")
+
+
+def test_servers_that_are_up_are_checked_rarely_and_coming_up_fast(tmp_path):
+    """100 idle Python instances checked every 200ms took half of a 2-core
+    machine: a server that passed its last checks is checked every
+    ``check_up_inter``, one that is new, down or changing every
+    ``check_inter``; a failed connection of live traffic brings the next
+    check forward."""
+    words = LocalDriver(infra(tmp_path, check_inter="200ms", check_up_inter="2s")).check_words
+    assert words == check_options("200ms", "2s")
+    text = " ".join(words)
+    assert "inter 2s fastinter 200ms downinter 200ms" in text
+    assert "observe layer4 error-limit 1 on-error fastinter" in text
+    with pytest.raises(PlatformError, match="load_balancer.check_up_inter"):
+        LocalDriver(infra(tmp_path, check_inter="200ms", check_up_inter="2 s"))
 
 
 @pytest.mark.parametrize("bad", ["fast", "200 ms", "1s; del server x/y", ""])
