@@ -22,6 +22,7 @@ import time
 
 import pytest
 
+from fixtures_infra_local import wait_for
 from fixtures_k8s_local import HELLO_C, build_hello_image, push
 from fixtures_k8s_rollout import admin_client, gateway_url, k8s_platform, served_environment
 from fixtures_rollout import COLLECTIONS, LoadGen
@@ -38,7 +39,7 @@ SIZE = 2
 ROLLING = {"max_surge": 1, "max_unavailable": 0}  # 50/50 with the old group shrunk: 7 calls
 CANARY = {"steps": [{"set_weight": 50}, {"pause": {}}]}
 BLUE_GREEN = {"scale_down_delay": 600}
-MAX_REQUESTS, MAX_SECONDS = 200000, 240  # the load of one action, bounded both ways
+MAX_REQUESTS, MAX_SECONDS = 200000, 600  # the load of one action, bounded both ways
 #: the hello server exiting on SIGTERM (after the preStop sleep) as a real service
 #: does, instead of ignoring it as PID 1 until the grace period ends: faster destroys
 HELLO_TERM_C = HELLO_C.replace("#include <unistd.h>", "#include <unistd.h>\n#include <signal.h>\n"
@@ -119,6 +120,9 @@ class BoundedLoad(LoadGen):
         if self.total >= self.max_requests - 1:
             self._stop.set()
         return LoadGen._one(self)
+
+    def running(self):
+        return self._thread.is_alive()
 
 
 class KillEnv:
@@ -234,7 +238,8 @@ def assert_converged(env, versions):
     groups = env.groups()
     assert groups[live.group].weight == 100 and groups[live.group].attached, groups
     assert groups[live.group].size == live.size
-    assert env.platform.groups.health(live.group).ready == live.size
+    ready = wait_for(lambda: env.platform.groups.health(live.group).ready == live.size, 5, 0.5)  # a slow probe
+    assert ready, env.platform.groups.health(live.group)
     warm = {r.group for r in history.releases if r.warm_until}
     for name, group in groups.items():
         if name != live.group:
@@ -298,6 +303,7 @@ def test_kill_at_every_platform_call(kill_env, action):
             assert not again.failed and again.state in RERUN[action], (kill_at, after, again.msg)
             assert_converged(env, versions)
             clock.append(time.monotonic())
+            assert load.running(), "the load stopped before kill %d: %s" % (kill_at, load.summary())
             seen.append(("%s %s #%d" % (lines[0]["when"], lines[0]["killed_at"], kill_at), live.version,
                          again.state, "prepare/kill/converge/rerun %s s" % "/".join(
                              "%.1f" % (b - a) for a, b in zip(clock, clock[1:])),
