@@ -322,6 +322,7 @@ class Rollout:
             group = self._usable(observed, live.group)
             if group is None or group.weight != 100 or not group.attached:
                 self._restore(history, live, live, cause="converge")
+                keep.add(live.group)  # re-created under a new name when its group was unusable
                 observed = self._observed()
         dummy = Release("-", self.artifact, self.environment, "-", "-", "-")
         executor = self._executor(live or dummy, _ReleaseHooks(

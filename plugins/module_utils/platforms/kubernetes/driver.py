@@ -42,7 +42,7 @@ class KubernetesDriver:
     counters (``kubernetes.gateway.haproxy_socket``; none: inconclusive)."""
 
     name = "kubernetes"
-    poll_interval = 0.5
+    poll_interval = 0.25
 
     def __init__(self, infra: dict, drain_timeout: float = 10.0, prestop_seconds: int = 3,
                  verify_timeout: float = 60.0, health_path: str = DEFAULT_HEALTH_PATH,
@@ -226,7 +226,10 @@ class KubernetesDriver:
         """A group whose deletion the API server accepted is never scaled or
         routed to again (the garbage collector owns it now)."""
         dep = self._read_deployment(group)
-        if dep is not None and dep.metadata.deletion_timestamp:
+        if dep is None:
+            raise PlatformError("no server group %r in namespace %s (its Deployment is gone); it cannot be %s"
+                                % (group, self.namespace, what))
+        if dep.metadata.deletion_timestamp:
             raise PlatformError("server group %s is being deleted (Deployment %s has a deletionTimestamp); "
                                 "it cannot be %s; deploy or restore the release as a new group"
                                 % (group, group, what))
