@@ -412,13 +412,23 @@ class KubernetesDriver:
             except PlatformError:
                 return False
         for (artifact, environment), wanted in by_route.items():
-            route = self.read_route(artifact, environment)
-            verdict, detail = o.route_verdict(route or {}, wanted, self.gateway)
-            self.last_verdict = detail
-            if verdict == "refused":
-                raise PlatformError("HTTPRoute %s: %s; check that the Gateway %s exists in namespace %s and its "
-                                    "listeners allow this route" % (o.route_name(artifact, environment), detail,
-                                                                    self.gateway, self.namespace))
+            # the gateway reports a new generation within tens of milliseconds: while the
+            # route has the wanted weights but no verdict on them yet, look again for up to
+            # ``verify_patience`` seconds rather than answer False for a whole engine poll
+            patience = self.clock.now() + self.verify_patience
+            while True:
+                route = self.read_route(artifact, environment)
+                verdict, detail = o.route_verdict(route or {}, wanted, self.gateway)
+                self.last_verdict = detail
+                if verdict == "refused":
+                    raise PlatformError("HTTPRoute %s: %s; check that the Gateway %s exists in namespace %s and "
+                                        "its listeners allow this route" % (o.route_name(artifact, environment),
+                                                                            detail, self.gateway, self.namespace))
+                pending = route is not None and verdict is False and all(
+                    o.weights_of(route).get(g, 0 if w == 0 else None) == w for g, w in wanted.items())
+                if verdict is True or not pending or self.clock.now() >= patience:
+                    break
+                self.clock.sleep(0.03)
             if verdict is not True:
                 return False
         for group in weights:
@@ -426,6 +436,8 @@ class KubernetesDriver:
         return True
 
     last_verdict = ""
+    #: seconds ``verify_weights`` re-reads a route whose new generation the gateway has not judged yet
+    verify_patience = 0.3
 
     def in_flight(self, group) -> Optional[int]:
         """Requests the gateway has open or queued on ``group``'s endpoints
