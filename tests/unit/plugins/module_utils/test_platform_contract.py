@@ -29,7 +29,9 @@ def subject(request):
     clock = FakeClock()
     platform = FakePlatform(clock, rps=None, weights_observable=request.param[0],
                             owned_deletion=request.param[1], destroy_delay=5.0)
-    yield DoubleSubject(platform, clock, "catalog", "ci", "sha256:a")
+    subj = DoubleSubject(platform, clock, "catalog", "ci", "sha256:a")
+    subj.platform_owned_deletion = request.param[1]
+    yield subj
 
 
 class TestDoubleContract(PlatformContract):
