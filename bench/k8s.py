@@ -215,6 +215,24 @@ class Bench:
                     raise RuntimeError("floor pods not gone 120 s after delete")
                 time.sleep(0.2)
 
+    @staticmethod
+    def old_group(res):
+        """The group the rollout destroyed (from its ``destroyed <group>`` event)."""
+        return next(e["group"] for e in res["events"] if e["message"].startswith("destroyed "))
+
+    def gone_after(self, group, limit=120):
+        """Seconds until ``group``'s Deployment and pods are gone (from now)."""
+        from kubernetes import client
+        apps, core = client.AppsV1Api(self.api), client.CoreV1Api(self.api)
+        ns = self.infra["kubernetes"]["namespace"]
+        t0 = time.monotonic()
+        while apps.list_namespaced_deployment(ns, field_selector="metadata.name=" + group).items or \
+                core.list_namespaced_pod(ns, label_selector="phoenix.deploy/group=" + group).items:
+            if time.monotonic() - t0 > limit:
+                raise RuntimeError("%s still present %d s after the rollout" % (group, limit))
+            time.sleep(0.1)
+        return time.monotonic() - t0
+
     # ------------------------------------------------------------------ load
     def under_load(self, label, action):
         """Run ``action`` with LOAD_THREADS bounded load loops (fresh connections,
@@ -251,6 +269,10 @@ class Bench:
         self.deploy("1.0.0+5eed0f1.b1", a, 10, settings=ONE_BATCH)
         floor_before = self.floor(b, 10)
         t10 = self.deploy("1.0.1+5eed0f1.b2", b, 10, settings=ONE_BATCH)
+        # the rollout ends once the old group's deletion is accepted; the cluster removes
+        # its pods afterwards: measure that, and let it finish before the second floor
+        # run so the floor is never taken beside terminating pods
+        cleanup = self.gone_after(self.old_group(t10))
         floor_after = self.floor(a, 10)
         floor = min(floor_before, floor_after)
         rows.append({"name": "floor: plain Deployment, 10 pods to Ready", "value": round(floor, 2),
@@ -258,7 +280,9 @@ class Bench:
                      "detail": "min of %.2f s (before) and %.2f s (after the rollout)" % (floor_before, floor_after)})
         rows.append({"name": "rolling deploy 10 pods (one batch, replaces 10 live)",
                      "value": round(t10["seconds"], 2), "unit": "s", "goal": "-",
-                     "detail": "slowest steps: " + slowest(t10["events"])})
+                     "detail": "slowest steps: %s; the cluster removed the old group's pods %.2f s after the "
+                               "rollout returned (preStop + grace period, garbage collector)"
+                               % (slowest(t10["events"]), cleanup)})
         rows.append({"name": "rollout wall / floor (10 pods)", "value": round(t10["seconds"] / floor, 3),
                      "unit": "ratio", "goal": "<= 1.2"})
 

@@ -26,7 +26,7 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.errors import Phoen
 from ansible_collections.phoenix.deploy.plugins.module_utils.analysis import (
     AnalysisSpec, SettingsError)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
-    Clock, PlatformError)
+    Clock, PlatformError, destroy_done)
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
     ABORTED, IN_PROGRESS, INTERRUPTED, LIVE, PAUSED, RETIRED, ROLLED_BACK,
     SUCCEEDED, FAILED, LockHolder, Release, check_name)
@@ -176,6 +176,13 @@ class Rollout:
         return {g.name: g for g in self.platform.groups.list_groups(self.artifact,
                                                                     self.environment)}
 
+    @staticmethod
+    def _usable(observed, name):
+        """``observed[name]`` unless it is missing or under platform-owned deletion
+        (``ServerGroup.deleting``: never reused, resized or given traffic)."""
+        group = observed.get(name)
+        return None if group is None or group.deleting else group
+
     @property
     def store_id(self) -> Optional[str]:
         return getattr(self.store, "store_id", None)
@@ -312,9 +319,10 @@ class Rollout:
             keep.add(live.group)
         keep.update(r.group for r in paused)
         if live is not None and not paused:
-            group = observed.get(live.group)
+            group = self._usable(observed, live.group)
             if group is None or group.weight != 100 or not group.attached:
                 self._restore(history, live, live, cause="converge")
+                keep.add(live.group)  # re-created under a new name when its group was unusable
                 observed = self._observed()
         dummy = Release("-", self.artifact, self.environment, "-", "-", "-")
         executor = self._executor(live or dummy, _ReleaseHooks(
@@ -322,6 +330,8 @@ class Rollout:
             None))
         for name in sorted(set(observed) - keep):
             group = observed[name]
+            if destroy_done(group):  # detached, the platform finishes removing it
+                continue
             ours = self._ours(history, group)
             serving = group.attached and group.weight > 0
             if not ours and not self.force:
@@ -381,7 +391,8 @@ class Rollout:
         observed = self._observed()
         executor = self._executor(target, _ReleaseHooks(self, history, record_on, None),
                                   groups={"target": target.group})
-        gone = None if target.group in observed else "is gone"
+        gone = None if self._usable(observed, target.group) else (
+            "is being deleted" if target.group in observed else "is gone")
         if gone is None:
             try:  # also replaces members a dead controller left half-removed
                 if not observed[target.group].attached:
@@ -455,7 +466,7 @@ class Rollout:
         if live is None or live.image != image or live.size != size or \
                 live.config_digest != self.config_digest():
             return False
-        group = self._observed().get(live.group)
+        group = self._usable(self._observed(), live.group)
         return group is not None and group.weight == 100 and group.attached
 
     ACTIONS = ("deploy", "promote", "abort", "rollback")
@@ -500,7 +511,7 @@ class Rollout:
                              "would roll back from %s (%s) to %s (%s)%s" % (
                                  live.release_id, live.version, target.release_id,
                                  target.version, " instantly (warm group)"
-                                 if target.group in self._observed() else ""))
+                                 if self._usable(self._observed(), target.group) else ""))
 
     @staticmethod
     def _rollback_target(history):
@@ -523,7 +534,7 @@ class Rollout:
         ``release_id``, default its own) all traffic (read only): (steps,
         names of their roles)."""
         observed = self._observed()
-        group = observed.get(target.group)
+        group = self._usable(observed, target.group)
         names = {"target": target.group}
         steps = []
         if group is not None:
@@ -712,7 +723,7 @@ class Rollout:
                 config_digest=self.config_digest(),
                 old_group=live.group, previous_release_id=live.release_id))
             self.store.update_lock(self._lock, release_id=release_id)
-            warm = target.group in self._observed()
+            warm = self._usable(self._observed(), target.group) is not None
             self._record(history, release, "rollback from %s (%s) to %s (%s): %s" % (
                 live.release_id, live.version, target.release_id, target.version,
                 "its group %s is still warm" % target.group if warm

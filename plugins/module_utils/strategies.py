@@ -33,7 +33,7 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.errors import Phoen
 from ansible_collections.phoenix.deploy.plugins.module_utils.analysis import (
     FAIL, INCONCLUSIVE, PASS, AnalysisRun, SettingsError, parse_duration)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
-    HealthFailure, PlatformError, WaitTimeout, wait_until)
+    HealthFailure, PlatformError, WaitTimeout, destroy_done, wait_until)
 from ansible_collections.phoenix.deploy.plugins.module_utils.retries import (
     RetryDeadline, retry_transient)
 
@@ -631,12 +631,21 @@ class Executor:
         if not name:
             return
         self.platform_call("destroy", name)
-        self.wait(lambda: self.observed(name) is None, "%s to be destroyed" % name,
-                  cancellable=False)
+        last = {}
+
+        def done():  # gone, or detached and the platform finishes the removal (base.destroy_done)
+            last["group"] = self.observed(name)
+            return destroy_done(last["group"])
+        self.wait(done, "%s to be destroyed" % name, cancellable=False)
         for key, value in list(self.groups.items()):
             if value == name:
                 self.groups[key] = None
-        self.hooks.event("destroyed %s" % name, group=name)
+        if last["group"] is None:
+            self.hooks.event("destroyed %s" % name, group=name)
+        else:
+            self.hooks.event("destroyed %s: detached, its deletion is accepted and the %s platform "
+                             "removes its instances" % (name, self.platform.name), group=name,
+                             deleting=True)
 
     # -- pauses and analysis -------------------------------------------------
     def _check_failing(self, name: str) -> None:

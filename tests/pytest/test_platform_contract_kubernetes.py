@@ -40,6 +40,7 @@ class _Flaky:
 
 class K8sSubject(Subject):
     timeout = 120.0
+    platform_owned_deletion = True  # the garbage collector removes the pods after preStop + grace
 
     def __init__(self, platform, environment, image, infra):
         super().__init__(platform, Clock(), "catalog", environment, image)

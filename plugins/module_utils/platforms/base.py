@@ -32,6 +32,16 @@ Contract (what the engine relies on):
   ``list_groups`` reports it, so the engine only ever destroys what it made.
 * ``list_groups`` reports the observed state (size, weight, attached) of the
   groups of one (artifact, environment), including ones being destroyed.
+* ``destroy`` may hand the rest of the removal to the platform: once the
+  platform accepted the deletion of a group that is off the load balancer
+  (Kubernetes: a Deployment with a ``deletionTimestamp``, whose pods the
+  garbage collector removes after their ``preStop`` and grace period),
+  ``list_groups`` reports it with ``deleting=True``, size 0, until it is gone.
+  The engine counts a detached group under platform-owned deletion as
+  destroyed (``destroy_done``); such a group is never resized, reused,
+  counted as capacity or given traffic (the driver refuses it).  Platforms
+  that remove a group themselves keep ``deleting=False`` (the default): the
+  engine then waits until the group is gone.
 * ``verify_weights`` says whether the router serves the weights asked for
   (True / False) or that it cannot tell (None); the engine then waits the
   router's ``settle_time``.
@@ -86,9 +96,18 @@ class ServerGroup:
     attached: bool = True
     #: id of the release store whose engine created the group (None: unknown)
     owner: Optional[str] = None
+    #: the platform accepted the group's deletion and finishes it by itself
+    #: (see the module's contract): no capacity, never routed to or reused
+    deleting: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def destroy_done(group: Optional[ServerGroup]) -> bool:
+    """True when ``destroy`` needs nothing more from the engine: the group is
+    gone, or detached and under platform-owned deletion (``deleting``)."""
+    return group is None or (group.deleting and not group.attached)
 
 
 @dataclass
@@ -216,7 +235,8 @@ class GroupManager(abc.ABC):
 
     @abc.abstractmethod
     def destroy(self, group: str) -> None:
-        """Request removal of the group and all its instances."""
+        """Request removal of the group and all its instances (done for the
+        engine when ``destroy_done`` holds for its ``list_groups`` entry)."""
 
     @abc.abstractmethod
     def list_groups(self, artifact: str, environment: str) -> list:

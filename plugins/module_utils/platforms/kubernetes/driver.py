@@ -42,7 +42,7 @@ class KubernetesDriver:
     counters (``kubernetes.gateway.haproxy_socket``; none: inconclusive)."""
 
     name = "kubernetes"
-    poll_interval = 0.5
+    poll_interval = 0.25
 
     def __init__(self, infra: dict, drain_timeout: float = 10.0, prestop_seconds: int = 3,
                  verify_timeout: float = 60.0, health_path: str = DEFAULT_HEALTH_PATH,
@@ -224,8 +224,21 @@ class KubernetesDriver:
             raise PlatformError("server group %r already exists (%s %s of release %s, image %s)"
                                 % (name, kind, name, labels.get(o.RELEASE), image))
 
+    def _refuse_deleting(self, group, what):
+        """A group whose deletion the API server accepted is never scaled or
+        routed to again (the garbage collector owns it now)."""
+        dep = self._read_deployment(group)
+        if dep is None:
+            raise PlatformError("no server group %r in namespace %s (its Deployment is gone); it cannot be %s"
+                                % (group, self.namespace, what))
+        if dep.metadata.deletion_timestamp:
+            raise PlatformError("server group %s is being deleted (Deployment %s has a deletionTimestamp); "
+                                "it cannot be %s; deploy or restore the release as a new group"
+                                % (group, group, what))
+
     def resize(self, group, size) -> None:
         self.where(group)
+        self._refuse_deleting(group, "scaled")
         self.call("scale Deployment %s" % group, self.kube.apps.patch_namespaced_deployment, group,
                   self.namespace, {"spec": {"replicas": int(size)}})
 
@@ -237,6 +250,8 @@ class KubernetesDriver:
         pods = self.call("list pods of %s" % group, self.kube.core.list_namespaced_pod, self.namespace,
                          label_selector=match).items
         out = [self._pod_health(pod) for pod in sorted(pods, key=lambda p: p.metadata.name)]
+        if dep.metadata.deletion_timestamp:  # being deleted: no pod of it is capacity any more
+            out = [InstanceHealth(i.name, DRAINING, "group being deleted", i.restarts) for i in out]
         for cond in (dep.status.conditions or []) if dep.status else []:
             # pods that cannot even be made (quota, admission) or a rollout past its deadline
             if (cond.type == "ReplicaFailure" and cond.status == "True") or \
@@ -279,7 +294,10 @@ class KubernetesDriver:
 
     def destroy(self, group) -> None:
         """Remove the group from the route, then delete its Deployment (foreground:
-        pods first) and Service; a gone group is done (404)."""
+        pods first) and Service; a gone group is done (404).  Returns once the
+        API server accepted the deletes: the garbage collector removes the pods
+        (each after its ``preStop`` and grace period) and ``list_groups``
+        reports the group ``deleting`` until it is gone (base.destroy_done)."""
         dep, svc = self._read_deployment(group), self._read_service(group)
         for obj, kind in ((dep, "Deployment"), (svc, "Service")):
             if obj is not None and not self._ours(obj):
@@ -311,16 +329,22 @@ class KubernetesDriver:
                          label_selector=match).items
         route = self.read_route(artifact, environment)
         weights = o.weights_of(route) if route else {}
-        found = {}
+        found, alive = {}, set()
         for obj in list(svcs) + list(deps):  # a Deployment's view wins over its Service's
             found[obj.metadata.name] = obj
+            if not obj.metadata.deletion_timestamp:
+                alive.add(obj.metadata.name)
         out = []
         for name, obj in sorted(found.items()):
             labels, notes = obj.metadata.labels or {}, obj.metadata.annotations or {}
-            size = int(getattr(obj.spec, "replicas", None) or 0)  # a Service alone: 0
+            # the API server accepted the deletion of all the group's objects: the
+            # garbage collector finishes it, the group has no capacity left
+            deleting = name not in alive
+            size = 0 if deleting else int(getattr(obj.spec, "replicas", None) or 0)  # a Service alone: 0
             self._where[name] = (artifact, environment)
             out.append(ServerGroup(name, artifact, environment, labels.get(o.RELEASE), notes.get(o.IMAGE),
-                                   size, weights.get(name, 0), name in weights, notes.get(o.OWNER)))
+                                   size, weights.get(name, 0), name in weights, notes.get(o.OWNER),
+                                   deleting=deleting))
         return out
 
     # ------------------------------------------------------------------ route
@@ -377,6 +401,8 @@ class KubernetesDriver:
             if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
                 raise PlatformError("weight %r of %s out of range 0..100" % (weight, group))
             by_route.setdefault(self.where(group), {})[group] = weight
+            if weight > 0:
+                self._refuse_deleting(group, "given traffic")
         for (artifact, environment), wanted in by_route.items():
             self.edit_route(artifact, environment, wanted)
         for group in weights:
@@ -393,13 +419,23 @@ class KubernetesDriver:
             except PlatformError:
                 return False
         for (artifact, environment), wanted in by_route.items():
-            route = self.read_route(artifact, environment)
-            verdict, detail = o.route_verdict(route or {}, wanted, self.gateway)
-            self.last_verdict = detail
-            if verdict == "refused":
-                raise PlatformError("HTTPRoute %s: %s; check that the Gateway %s exists in namespace %s and its "
-                                    "listeners allow this route" % (self.route_name(artifact, environment), detail,
-                                                                    self.gateway, self.namespace))
+            # the gateway reports a new generation within tens of milliseconds: while the
+            # route has the wanted weights but no verdict on them yet, look again for up to
+            # ``verify_patience`` seconds rather than answer False for a whole engine poll
+            patience = self.clock.now() + self.verify_patience
+            while True:
+                route = self.read_route(artifact, environment)
+                verdict, detail = o.route_verdict(route or {}, wanted, self.gateway)
+                self.last_verdict = detail
+                if verdict == "refused":
+                    raise PlatformError("HTTPRoute %s: %s; check that the Gateway %s exists in namespace %s and "
+                                        "its listeners allow this route" % (self.route_name(artifact, environment),
+                                                                            detail, self.gateway, self.namespace))
+                pending = route is not None and verdict is False and all(
+                    o.weights_of(route).get(g, 0 if w == 0 else None) == w for g, w in wanted.items())
+                if verdict is True or not pending or self.clock.now() >= patience:
+                    break
+                self.clock.sleep(0.03)
             if verdict is not True:
                 return False
         for group in weights:
@@ -407,10 +443,25 @@ class KubernetesDriver:
         return True
 
     last_verdict = ""
+    #: seconds ``verify_weights`` re-reads a route whose new generation the gateway has not judged yet
+    verify_patience = 0.3
+
+    def in_flight(self, group) -> Optional[int]:
+        """Requests the gateway has open or queued on ``group``'s endpoints
+        (HAProxy ``scur`` + ``qcur``); None without a gateway socket."""
+        stats = self.stats(group)
+        if stats is None:
+            return None
+        return sum(int(row.get("scur") or 0) + int(row.get("qcur") or 0) for row in stats.values())
 
     def drain_and_detach(self, group) -> None:
-        """Weight 0, wait until the gateway serves it, wait the drain time
-        (in-flight requests finish), then remove the backend."""
+        """Weight 0, wait until the gateway serves it, let in-flight requests
+        finish, then remove the backend.  With the gateway's HAProxy socket the
+        wait ends as soon as no request is open or queued on the group's
+        endpoints (at most ``drain_timeout``; one still open after that is not
+        cut: HAProxy keeps a removed server's sessions, and a destroyed pod
+        still runs its ``preStop`` and grace period); without it, the whole
+        ``drain_timeout``."""
         artifact, environment = self.where(group)
         route = self.read_route(artifact, environment)
         if route is None or group not in o.weights_of(route):
@@ -422,7 +473,16 @@ class KubernetesDriver:
                            self.gateway, group, self.last_verdict), self.clock)
         except WaitTimeout as exc:
             raise PlatformError(str(exc), transient=True)
-        self.clock.sleep(self.drain_timeout)
+        deadline = self.clock.now() + self.drain_timeout
+        while True:
+            try:
+                busy = self.in_flight(group)
+            except PlatformError:  # the gateway cannot answer now: fall back to the drain time
+                busy = None
+            left = deadline - self.clock.now()
+            if busy == 0 or left <= 0:
+                break
+            self.clock.sleep(min(left, 0.05 if busy is not None else left))
         self.edit_route(artifact, environment, {}, remove=[group], create=False)
 
     # ------------------------------------------------------------------ counters

@@ -12,7 +12,7 @@ same way.
 import pytest
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
-    GroupManager, MetricsProvider, PlatformError, TrafficRouter, group_name, valid_name)
+    GroupManager, MetricsProvider, PlatformError, TrafficRouter, destroy_done, group_name, valid_name)
 from ansible_collections.phoenix.deploy.plugins.module_utils.strategies import (
     Executor, Hooks, StepFailed)
 
@@ -27,6 +27,9 @@ class Subject:
     #: requests the driver may count beyond those ``send`` made (health
     #: checks do not count, retries of a failed attempt may)
     slack = 2
+    #: True: the platform finishes a destroy by itself (``ServerGroup.deleting``),
+    #: so the group must still be listed, deleting, when the engine's destroy returned
+    platform_owned_deletion = False
 
     def __init__(self, platform, clock, artifact, environment, image):
         self.platform, self.clock = platform, clock
@@ -144,8 +147,26 @@ class PlatformContract:
         assert subject.observed(name).attached
 
     def test_destroy_is_visible_until_done(self, subject):
+        """``list_groups`` shows a destroyed group until it is done for the
+        engine (``base.destroy_done``): gone, or detached under platform-owned
+        deletion (``deleting``: size 0, weight 0, refused any size or traffic,
+        never back to normal) - and then the platform really finishes it."""
         name = subject.new_group()
-        subject.platform.groups.destroy(name)
+        subject.weigh({name: 100})
+        executor = Executor(subject.platform, subject.clock, {"old": name}, create={
+            "artifact": subject.artifact, "environment": subject.environment},
+            progress_deadline=subject.timeout)
+        executor.drain("old")
+        executor.destroy("old")  # returns once destroy_done holds
+        group = subject.observed(name)
+        assert destroy_done(group), group
+        assert group is not None or not subject.platform_owned_deletion, "the deleting group is not listed"
+        if group is not None:  # the platform owns the rest of the removal
+            assert group.deleting and not group.attached and group.size == 0 and group.weight == 0, group
+            with pytest.raises(PlatformError):
+                subject.platform.groups.resize(name, 1)
+            with pytest.raises(PlatformError):
+                subject.platform.traffic.set_weights({name: 100})
         seen = []
 
         def gone():
@@ -153,7 +174,7 @@ class PlatformContract:
             seen.append(group)
             return group is None
         subject.wait_for(gone, "%s destroyed" % name)
-        assert all(g is not None and g.name == name for g in seen[:-1])
+        assert all(g is not None and g.name == name and destroy_done(g) for g in seen[:-1]), seen
         subject.platform.groups.destroy(name)  # destroying a gone group is a no-op
 
     def test_metrics_over_an_explicit_window(self, subject):

@@ -94,13 +94,17 @@ class FakePlatform(Platform):
     """The world of the double and its three roles (``groups``, ``traffic``,
     ``metrics``); the server groups themselves are in ``table``.
     ``weights_observable=False`` makes ``verify_weights`` answer None (a
-    router that cannot tell), ``settle_time`` is then waited."""
+    router that cannot tell), ``settle_time`` is then waited.
+    ``owned_deletion=True``: a destroyed group is the platform's to finish
+    (as a Kubernetes Deployment under garbage collection): ``list_groups``
+    reports it ``deleting``, size 0, detached, until ``destroy_delay`` passed."""
 
     name = "double"
     poll_interval = 0.5
 
     def __init__(self, clock, start_delay=2.0, weight_delay=0.5, drain_delay=1.0,
-                 destroy_delay=1.0, rps=100.0, weights_observable=True, settle_time=1.0):
+                 destroy_delay=1.0, rps=100.0, weights_observable=True, settle_time=1.0,
+                 owned_deletion=False):
         Platform.__init__(self, FakeGroups(self), FakeTraffic(self), FakeMetrics(self),
                           name="double")
         self.table = {}
@@ -108,6 +112,7 @@ class FakePlatform(Platform):
         self.clock = clock
         self.start_delay, self.weight_delay = start_delay, weight_delay
         self.drain_delay, self.destroy_delay = drain_delay, destroy_delay
+        self.owned_deletion = owned_deletion
         self.rps = rps  # None: only what send() puts through counts
         self.sent = []  # [(time, requests)] of send()
         self.behaviour = {}  # image -> {error_rate, error_rates, p99, crash, never_ready}
@@ -316,10 +321,13 @@ class FakePlatform(Platform):
     def list_groups(self, artifact, environment):
         self._fail("list_groups")
         self._refresh()
+        owned = self.owned_deletion
         return [ServerGroup(g["name"], g["artifact"], g["environment"], g["release_id"],
-                            g["image"], len(g["instances"]), g["weight"],
-                            g["attached"] and g["detach_at"] is None
-                            and g["deleting_at"] is None, owner=g["owner"])
+                            g["image"],
+                            0 if owned and g["deleting_at"] is not None else len(g["instances"]),
+                            g["weight"], g["attached"] and g["detach_at"] is None
+                            and g["deleting_at"] is None, owner=g["owner"],
+                            deleting=owned and g["deleting_at"] is not None)
                 for g in self.table.values()
                 if g["artifact"] == artifact and g["environment"] == environment]
 

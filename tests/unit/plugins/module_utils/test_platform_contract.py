@@ -23,11 +23,15 @@ class DoubleSubject(Subject):
             self.platform.fail_next[:] = [e for e in self.platform.fail_next if e[1] is not error]
 
 
-@pytest.fixture(params=[True, False], ids=["verifiable", "unverifiable-weights"])
+@pytest.fixture(params=[(True, False), (False, False), (True, True)],
+                ids=["verifiable", "unverifiable-weights", "platform-owned-deletion"])
 def subject(request):
     clock = FakeClock()
-    platform = FakePlatform(clock, rps=None, weights_observable=request.param)
-    yield DoubleSubject(platform, clock, "catalog", "ci", "sha256:a")
+    platform = FakePlatform(clock, rps=None, weights_observable=request.param[0],
+                            owned_deletion=request.param[1], destroy_delay=5.0)
+    subj = DoubleSubject(platform, clock, "catalog", "ci", "sha256:a")
+    subj.platform_owned_deletion = request.param[1]
+    yield subj
 
 
 class TestDoubleContract(PlatformContract):

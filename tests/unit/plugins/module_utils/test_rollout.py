@@ -329,11 +329,12 @@ STRATEGIES = [("rolling", {"max_surge": 1}), ("recreate", {}),
                                     {"set_weight": 67}]})]
 
 
+@pytest.mark.parametrize("owned_deletion", [False, True], ids=["engine-waits", "platform-owned-deletion"])
 @pytest.mark.parametrize("strategy, settings", STRATEGIES)
-def test_crash_at_every_point_converges(tmp_path, strategy, settings):
+def test_crash_at_every_point_converges(tmp_path, strategy, settings, owned_deletion):
     def fresh(sub):
         clock = FakeClock()
-        platform = FakePlatform(clock)
+        platform = FakePlatform(clock, owned_deletion=owned_deletion, destroy_delay=30.0)
         store = FileReleaseStore(str(tmp_path / sub))
 
         def make():
@@ -397,3 +398,71 @@ def test_info_reports_live_history_and_instances(env):
     assert info["live"]["version"] == "1.0.0" and info["lock"] is None
     assert info["groups"][0]["ready"] == 2 and len(info["groups"][0]["instances"]) == 2
     assert len(info["history"]) == 1
+
+
+@pytest.fixture
+def owned(tmp_path):
+    """The double whose deletions the platform finishes (as Kubernetes' garbage
+    collector does) 60 s after the engine's destroy returned."""
+    clock = FakeClock()
+    platform = FakePlatform(clock, owned_deletion=True, destroy_delay=60.0)
+    store = FileReleaseStore(str(tmp_path / "releases"))
+
+    def make(**kw):
+        return Rollout(platform, store, "catalog", "ci", clock=clock, env={}, **kw)
+    make.clock, make.platform, make.store = clock, platform, store
+    return make
+
+
+def test_destroy_ends_when_the_platform_owns_the_deletion(owned):
+    owned().deploy("1.0.0", "sha256:a", 3)
+    start = owned.clock.now()
+    result = owned().deploy("1.1.0", "sha256:b", 3, "rolling", {"max_surge": "100%"})
+    assert result.state == LIVE
+    assert owned.clock.now() - start < 30  # not the 60 s the platform takes to remove v001
+    old = {g.name: g for g in owned.platform.list_groups("catalog", "ci")}["catalog-ci-v001"]
+    assert old.deleting and not old.attached and old.size == 0
+    assert any("destroyed catalog-ci-v001: detached, its deletion is accepted" in e["message"]
+               for e in result.events), result.events
+    assert_converged(owned, "1.1.0")
+
+
+def test_a_group_being_deleted_is_never_reused_or_given_traffic(owned):
+    """Rollback right after a deploy: the previous release's group is still
+    being deleted, so it is re-created from its image (never resized or
+    weighted); a converge that finds it leaves it to the platform."""
+    owned().deploy("1.0.0", "sha256:a", 2)
+    owned().deploy("1.1.0", "sha256:b", 2)
+    assert owned.platform.snapshot()["catalog-ci-v001"]["deleting"]
+    mark = len(owned.platform.log)
+    result = owned().rollback()
+    assert result.state == LIVE and "instantly" not in result.msg
+    assert "re-creating it from image sha256:a" in result.events[0]["message"]
+    for _time, op, args, _snap in owned.platform.log[mark:]:
+        if op in ("set_weights", "resize", "cancel_drain", "create_group"):
+            assert "catalog-ci-v001" not in (args[0] if op == "set_weights" else args[:1]), (op, args)
+    history = assert_converged(owned, "1.0.0")
+    assert history.live_release().group == "catalog-ci-v003"
+    events = owned().converge().events
+    assert not any("catalog-ci-v001" in e["message"] for e in events), events
+
+
+def test_a_live_group_deleted_behind_the_engine_is_replaced(owned):
+    owned().deploy("1.0.0", "sha256:a", 2)
+    owned.platform.table["catalog-ci-v001"]["deleting_at"] = owned.clock.now() + 600
+    result = owned().converge()
+    assert any("is being deleted; creating" in e["message"] for e in result.events), result.events
+    history = assert_converged(owned, "1.0.0")
+    assert history.live_release().group != "catalog-ci-v001"
+
+
+def test_converge_keeps_the_live_group_it_recreated_under_a_new_name(env):
+    """The live group cannot be reused (being removed behind the engine): converge
+    re-creates it under a free name and must not then destroy that new group as
+    'not the live group of any release' (it did: keep held the old name)."""
+    env().deploy("1.0.0", "sha256:a", 2)
+    env.platform.table["catalog-ci-v001"]["deleting_at"] = env.clock.now() + 600
+    result = env().converge()
+    assert not any("destroying catalog-ci-v001-r1" in e["message"] for e in result.events), result.events
+    history = assert_converged(env, "1.0.0")
+    assert history.live_release().group == "catalog-ci-v001-r1"
