@@ -27,6 +27,7 @@ from fixtures_k8s_local import HELLO_C, build_hello_image, push
 from fixtures_k8s_rollout import admin_client, gateway_url, k8s_platform, served_environment
 from fixtures_rollout import COLLECTIONS, LoadGen
 
+from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import destroy_done
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.kubernetes import objects
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import IN_PROGRESS, LIVE, PAUSED
 from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout
@@ -242,7 +243,11 @@ def assert_converged(env, versions):
     assert ready, env.platform.groups.health(live.group)
     warm = {r.group for r in history.releases if r.warm_until}
     for name, group in groups.items():
-        if name != live.group:
+        if name == live.group:
+            continue
+        if group.deleting:  # the cluster removes it (base.destroy_done): no traffic, no capacity
+            assert destroy_done(group) and group.size == 0 and group.weight == 0, (name, groups)
+        else:
             assert name in warm and not group.attached, (name, groups, warm)
     route = env.platform.driver.read_route("catalog", env.environment)
     assert objects.weights_of(route) == {live.group: 100}, route
@@ -314,3 +319,6 @@ def test_kill_at_every_platform_call(kill_env, action):
         print("  ", item)
     assert len(seen) == len(kills)
     assert load.total > 100 and load.failed == 0, load.summary()
+    # a group handed to the cluster for deletion really goes (nothing leaks)
+    gone = wait_for(lambda: not [g for g in env.groups().values() if g.deleting], 120, 1)
+    assert gone, env.groups()
