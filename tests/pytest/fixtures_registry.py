@@ -3,6 +3,7 @@ processes on free loopback ports, each with its own config and storage dir, and 
 OCI images made with ``umoci`` (no bake needed). A missing tool fails the test loudly.
 Used by ``bench/registry.py`` too (``RegistryProcess``, ``make_oci_image``)."""
 import json
+import os
 import pathlib
 import shutil
 import signal
@@ -153,3 +154,21 @@ def oci_image(tmp_path):
 def client(reg, **kw):
     from ansible_collections.phoenix.deploy.plugins.module_utils import registry
     return registry.Registry(reg.url, param=kw.pop("param", "registry"), **kw)
+
+
+def storage(reg):
+    """(path, size) of every file in a registry's storage: what 'nothing changed' compares."""
+    out = []
+    for top, dummy, files in os.walk(reg.data):
+        out.extend((os.path.relpath(os.path.join(top, n), reg.data), os.path.getsize(os.path.join(top, n)))
+                   for n in files)
+    return sorted(out)
+
+
+def tamper_first_layer(reg, digest, repository="catalog"):
+    """Flip one byte of the first layer blob of ``repository@digest`` in ``reg``'s storage."""
+    manifest = json.loads(client(reg).manifest(repository, digest=digest)[0])
+    blob = reg.blob_path(manifest["layers"][0]["digest"])
+    data = bytearray(blob.read_bytes())
+    data[-5] ^= 1
+    blob.write_bytes(bytes(data))

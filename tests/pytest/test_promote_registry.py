@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from fixtures_registry import client
+from fixtures_registry import client, storage, tamper_first_layer
 
 from ansible_collections.phoenix.deploy.plugins.module_utils import promotion
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
@@ -168,21 +168,8 @@ def test_the_module_promotes_and_refuses_latest(setup):
 # --- bad input through the module (as Ansible runs it): each case fails before anything changes,
 # names the parameter and says how to fix it; the dev and prod registries are left as they were ---
 
-def storage(reg):
-    """(path, size) of every file in a registry's storage: what 'nothing changed' compares."""
-    out = []
-    for top, dummy, files in os.walk(reg.data):
-        out.extend((os.path.relpath(os.path.join(top, n), reg.data), os.path.getsize(os.path.join(top, n)))
-                   for n in files)
-    return sorted(out)
-
-
 def tamper_dev_layer(s):
-    manifest = json.loads(client(s["dev"]).manifest("catalog", digest=s["digest"])[0])
-    blob = s["dev"].blob_path(manifest["layers"][0]["digest"])
-    data = bytearray(blob.read_bytes())
-    data[-5] ^= 1
-    blob.write_bytes(bytes(data))
+    tamper_first_layer(s["dev"], s["digest"])
 
 
 def collide_in_prod(s):

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from fixtures_registry import client, make_oci_image
+from fixtures_registry import client, make_oci_image, storage, tamper_first_layer
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
     FileReleaseStore, Release, ROLLED_BACK, SUCCEEDED)
@@ -95,20 +95,8 @@ def test_promote_without_registries_fails_naming_them(env, tmp_path):
 
 # --- bad input (issue 11): each fails before anything changes, naming the parameter and the fix ---
 
-def storage(reg):
-    out = []
-    for top, dummy, files in os.walk(reg.data):
-        out.extend((os.path.relpath(os.path.join(top, n), reg.data), os.path.getsize(os.path.join(top, n)))
-                   for n in files)
-    return sorted(out)
-
-
 def _tamper(e):
-    manifest = json.loads(client(e["dev"]).manifest("catalog", digest=e["digest"])[0])
-    blob = e["dev"].blob_path(manifest["layers"][0]["digest"])
-    data = bytearray(blob.read_bytes())
-    data[-5] ^= 1
-    blob.write_bytes(bytes(data))
+    tamper_first_layer(e["dev"], e["digest"])
 
 
 def _history(e, outcome=None, analysed=None):
