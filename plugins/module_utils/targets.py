@@ -204,13 +204,7 @@ def resolve_image(artifact: str, version, image, image_store=None, infra=None) -
                                "registry/repository@sha256:<64 hex digits>, or a GCE image self-link "
                                "projects/<project>/global/images/<name>" % (image,), param="image")
     else:
-        if version is None:
-            raise PhoenixError("version or image is required for action deploy", param="version")
-        try:
-            versioning.parse(version, "version")
-            name = versioning.image_name(version, artifact)
-        except versioning.VersionError as exc:
-            raise PhoenixError(str(exc), param="version")
+        name = _versioned_name(artifact, version)
     path = store.path("local", artifact, name)
     if not os.path.isdir(path):
         what = "image %s" % name if image else "version %s of %s (image %s)" % (version, artifact, name)
@@ -231,6 +225,17 @@ def resolve_image(artifact: str, version, image, image_store=None, infra=None) -
             "name": name, "path": path, "digest": doc["content_digest"]}
 
 
+def _versioned_name(artifact, version) -> str:
+    """The image name a bake of ``version`` of ``artifact`` made (``version`` is required)."""
+    if version is None:
+        raise PhoenixError("version or image is required for action deploy", param="version")
+    try:
+        versioning.parse(version, "version")
+        return versioning.image_name(version, artifact)
+    except versioning.VersionError as exc:
+        raise PhoenixError(str(exc), param="version")
+
+
 def _gce_image(artifact, version, image, infra) -> dict:
     """On GCE an image is a self-link (the driver's ``resolve_image`` checks it
     exactly); a version alone names the image its bake made in the stack's project."""
@@ -240,13 +245,7 @@ def _gce_image(artifact, version, image, infra) -> dict:
                                "projects/<project>/global/images/<name>" % (image,), param="image")
         return {"ref": str(image), "version": version, "name": str(image).rsplit("/", 1)[-1],
                 "path": None, "digest": None}
-    if version is None:
-        raise PhoenixError("version or image is required for action deploy", param="version")
-    try:
-        versioning.parse(version, "version")
-        name = versioning.image_name(version, artifact)
-    except versioning.VersionError as exc:
-        raise PhoenixError(str(exc), param="version")
+    name = _versioned_name(artifact, version)
     project = ((infra or {}).get("gce") or {}).get("project")
     ref = "projects/%s/global/images/%s" % (project, name)
     return {"ref": ref, "version": version, "name": name, "path": None, "digest": None}
