@@ -446,13 +446,15 @@ class KubernetesDriver:
     #: seconds ``verify_weights`` re-reads a route whose new generation the gateway has not judged yet
     verify_patience = 0.3
 
-    def in_flight(self, group) -> Optional[int]:
-        """Requests the gateway has open or queued on ``group``'s endpoints
-        (HAProxy ``scur`` + ``qcur``); None without a gateway socket."""
-        stats = self.stats(group)
-        if stats is None:
-            return None
-        return sum(int(row.get("scur") or 0) + int(row.get("qcur") or 0) for row in stats.values())
+    def _drained(self, group) -> bool:
+        """True when the gateway has no request open or queued on ``group``'s
+        endpoints (HAProxy ``scur`` + ``qcur``); False while it has, or cannot say."""
+        try:
+            stats = self.stats(group)
+        except PlatformError:  # the gateway cannot answer now: keep to the drain time
+            return False
+        return stats is not None and not any(
+            int(row.get("scur") or 0) + int(row.get("qcur") or 0) for row in stats.values())
 
     def drain_and_detach(self, group) -> None:
         """Weight 0, wait until the gateway serves it, let in-flight requests
@@ -473,16 +475,14 @@ class KubernetesDriver:
                            self.gateway, group, self.last_verdict), self.clock)
         except WaitTimeout as exc:
             raise PlatformError(str(exc), transient=True)
-        deadline = self.clock.now() + self.drain_timeout
-        while True:
+        if self.haproxy is None:
+            self.clock.sleep(self.drain_timeout)
+        else:
             try:
-                busy = self.in_flight(group)
-            except PlatformError:  # the gateway cannot answer now: fall back to the drain time
-                busy = None
-            left = deadline - self.clock.now()
-            if busy == 0 or left <= 0:
-                break
-            self.clock.sleep(min(left, 0.05 if busy is not None else left))
+                wait_until(lambda: self._drained(group), self.clock.now() + self.drain_timeout, 0.05,
+                           "requests in flight on %s" % group, self.clock)
+            except WaitTimeout:
+                pass  # not cut: HAProxy keeps a removed server's sessions, the pod runs its preStop
         self.edit_route(artifact, environment, {}, remove=[group], create=False)
 
     # ------------------------------------------------------------------ counters
