@@ -357,10 +357,9 @@ class EnvironmentLocks:
                 self.release()
                 return exc
             except PhoenixError as exc:
-                if not (self.kubernetes and exc.details.get("unreachable")):
-                    self.release()
-                    raise
                 self.release()
+                if not (self.kubernetes and exc.details.get("unreachable")):
+                    raise
                 self.warning = (
                     "release locks of environment '%s' not taken: %s; no rollout can be running against an "
                     "API server that does not answer (a rollout that cannot renew its lease stops writing "
