@@ -300,6 +300,21 @@ def use_base(cache, spec, log=None):
                    % spec.key())
 
 
+@contextlib.contextmanager
+def _try_flock(path):
+    """Yield whether an exclusive flock on ``path`` (created 0600) was taken without waiting."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
 def prune_bases(cache, keep=BASES_KEPT, protect=()):
     """Remove cached base layers beyond the ``keep`` most recently used ones and those in ``protect``
     (keys), never one a bake holds (:func:`hold_base`), plus what killed builds left. Skips everything
@@ -308,11 +323,8 @@ def prune_bases(cache, keep=BASES_KEPT, protect=()):
         return []
     protect = set(k.split(":", 1)[-1] for k in protect)
     removed = []
-    fd = os.open(os.path.join(cache, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with _try_flock(os.path.join(cache, ".lock")) as locked:
+        if not locked:
             return []
         _clean_builds(cache)
 
@@ -329,31 +341,18 @@ def prune_bases(cache, keep=BASES_KEPT, protect=()):
         for name in keys[max(keep, 0):]:
             if name in protect:
                 continue
-            lock = _use_lock(cache, name)
-            lfd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                try:
-                    fcntl.flock(lfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+            with _try_flock(_use_lock(cache, name)) as free:
+                if not free:
                     continue  # a bake builds on it right now
                 unmount_below(os.path.join(cache, name))
                 _rm(os.path.join(cache, name))
-                os.unlink(lock)
+                os.unlink(_use_lock(cache, name))
                 removed.append("sha256:" + name)
-            finally:
-                os.close(lfd)
         for name in os.listdir(cache):  # use locks of bases that are gone (a bake that lost its base to a prune)
             if name.startswith(".use-") and name.endswith(".lock") and not os.path.isdir(os.path.join(cache, name[5:-5])):
-                lfd = os.open(os.path.join(cache, name), os.O_RDWR)
-                try:
-                    fcntl.flock(lfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    os.unlink(os.path.join(cache, name))
-                except BlockingIOError:
-                    pass
-                finally:
-                    os.close(lfd)
-    finally:
-        os.close(fd)
+                with _try_flock(os.path.join(cache, name)) as free:
+                    if free:
+                        os.unlink(os.path.join(cache, name))
     return removed
 
 
