@@ -35,6 +35,7 @@ import threading
 import time
 from typing import Callable, Optional
 
+from ansible_collections.phoenix.deploy.plugins.module_utils.detach import spawn_daemon
 from ansible_collections.phoenix.deploy.plugins.module_utils.errors import PhoenixError
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
     FAILED, IN_PROGRESS, INTERRUPTED, LIVE, PAUSED, ROLLED_BACK, SUCCEEDED, pid_alive,
@@ -253,35 +254,24 @@ class NotifyingStore:
 
 
 def run_detached(work: Callable[[Callable[[dict], None]], None], wait: float = 60.0) -> dict:
-    """Run ``work(report)`` in a double-forked controller process (a session
-    of its own, stdio on /dev/null) and return the first dict it passes to
+    """Run ``work(report)`` in a double-forked controller process
+    (``detach.spawn_daemon``: a session of its own, stdio and every other
+    inherited descriptor on /dev/null) and return the first dict it passes to
     ``report``; ``{}`` when it ended (or ``wait`` seconds passed) without."""
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # first child
-        os.close(read_fd)
-        code = 0
-        try:
-            os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            state = {"fd": write_fd}
+    state = {"fd": write_fd}
 
-            def report(message: dict) -> None:
-                if state["fd"] is None:
-                    return
-                os.write(state["fd"], json.dumps(message).encode("utf-8") + b"\n")
-                os.close(state["fd"])
-                state["fd"] = None
-            work(report)
-        except BaseException:  # the release store records what happened
-            code = 1
-        os._exit(code)
-    os.close(write_fd)
-    os.waitpid(pid, 0)
+    def report(message: dict) -> None:
+        if state["fd"] is None:
+            return
+        os.write(state["fd"], json.dumps(message).encode("utf-8") + b"\n")
+        os.close(state["fd"])
+        state["fd"] = None
+
+    try:
+        spawn_daemon(lambda: work(report), keep=[write_fd])
+    finally:
+        os.close(write_fd)
     data = b""
     deadline = time.time() + wait
     try:

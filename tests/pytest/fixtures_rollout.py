@@ -148,6 +148,23 @@ class Env:
     def groups(self):
         return {g.name: g for g in self.platform.list_groups("catalog", self.environment)}
 
+    def settled_groups(self, timeout=60):
+        """``groups()`` once no group of this environment is deleting (the
+        driver's finisher removes a destroyed group after its members
+        stopped); meanwhile every deleting group is no capacity and gets no
+        traffic.  Fails after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            groups = self.groups()
+            deleting = [g for g in groups.values() if g.deleting]
+            for group in deleting:
+                assert not group.attached and group.weight == 0 and group.size == 0, group
+                assert not [n for n in self.servers() if n.startswith(group.name + ".")], group
+            if not deleting:
+                return groups
+            assert time.monotonic() < deadline, "still deleting after %ss: %s" % (timeout, deleting)
+            time.sleep(0.1)
+
     def programs(self):
         """supervisord programs of this environment (from the real process table)."""
         mine = [m["instance"] for m in self.platform._instances().values()
@@ -174,6 +191,7 @@ class Env:
             if self.groups()[name].attached:
                 self.platform.drain_and_detach(name)
             self.platform.destroy(name)
+        self.settled_groups()  # the deletion finishers are done
 
 
 @pytest.fixture

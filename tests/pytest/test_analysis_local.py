@@ -56,5 +56,5 @@ def test_blue_green_post_promotion_analysis_switches_back_under_load(rollout_env
     assert back - failed < 2.0
     assert load.failed > 0  # the broken release did get the traffic after the switch
     assert tail[0] > 20 and tail[1] == 0, tail  # and none after the switch back
-    env_groups = env.groups()
+    env_groups = env.settled_groups()
     assert list(env_groups) == [stable] and env_groups[stable].weight == 100

@@ -155,7 +155,7 @@ def assert_back_on_v1(env, rolled):
     assert any(e.get("cause") == "cancelled" for e in release.events), release.events
     live = history.live_release()
     assert live.version == env.images["v1"]["version"] and live.status == LIVE
-    groups = env.groups()
+    groups = env.settled_groups()
     assert list(groups) == [live.group], groups  # no traffic split, no canary group left
     assert groups[live.group].weight == 100 and groups[live.group].attached
     assert env.store.lock_holder("catalog", env.environment) is None

@@ -34,6 +34,8 @@ class _BrokenAPI(RuntimeAPI):
 
 class LocalSubject(Subject):
     timeout = 60.0
+    #: destroy marks the group deleting and a finisher process removes it (driver docstring)
+    platform_owned_deletion = True
 
     def __init__(self, platform, environment, image, url, tmp):
         super().__init__(platform, Clock(), "catalog", environment, image)

@@ -28,7 +28,7 @@ def assert_converged(env, version):
     assert live is not None and live.version == version, history.as_dict()
     assert [r.release_id for r in history.releases if r.status == LIVE] == [live.release_id]
     assert not [r for r in history.releases if r.status == IN_PROGRESS]
-    groups = env.groups()
+    groups = env.settled_groups()  # the old group: deleting, then gone
     assert list(groups) == [live.group], groups
     assert groups[live.group].weight == 100 and groups[live.group].attached
     assert groups[live.group].size == live.size

@@ -15,7 +15,8 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.releases import IN_
 
 def assert_converged(env):
     """One live release at 100 % on its full group; every other group is the
-    detached warm group of a release (blue/green keeps one for rollback)."""
+    detached warm group of a release (blue/green keeps one for rollback) or a
+    group the platform is deleting (no capacity, no traffic, no HAProxy server)."""
     history = env.history()
     live = history.live_release()
     assert [r.release_id for r in history.releases if r.status == LIVE] == [live.release_id]
@@ -25,7 +26,9 @@ def assert_converged(env):
     assert groups[live.group].size == live.size
     warm = {r.group for r in history.releases if r.warm_until}
     for name, group in groups.items():
-        if name != live.group:
+        if group.deleting:
+            assert name != live.group and not group.attached and group.size == 0 and group.weight == 0, group
+        elif name != live.group:
             assert name in warm and not group.attached, (name, groups, warm)
     members = sorted(n for n in env.programs())
     assert sorted(env.servers()) == [n for n in members if n.startswith(live.group + ".")]
@@ -105,4 +108,7 @@ def test_kill_at_every_platform_call(rollout_env, action):
     print("kills:", seen, load.summary())
     assert load.failed == 0, load.summary()
     assert len(seen) == total
+    # every group handed to the deletion finisher really goes (nothing leaks)
+    env.settled_groups(timeout=120)
+    assert not [n for n in env.programs() if not any(n.startswith(g + ".") for g in env.groups())]
     assert os.path.isdir(env.store_dir)

@@ -12,7 +12,9 @@ drain, the orphan gets SIGTERM (the service drains in-flight requests; SIGKILL
 after the program's ``stopwaitsecs``), supervisord starts the program afresh on
 its recorded port, and once ``/healthz`` answers and HAProxy sees it UP the
 server is set ready again (same weight). Orphans whose program file is gone
-are stopped. Orphans that no longer answer ``/healthz`` are no capacity to
+are stopped, and so are orphans of a group the rollout engine was deleting
+(``"deleting": true`` in the metadata): they are never started again, the
+driver's next sweep removes their programs. Orphans that no longer answer ``/healthz`` are no capacity to
 keep: they are all replaced at once, before the rounds (an app that logs to
 its stdout fails its requests once supervisord, the reader of that pipe, is
 gone - the sample catalog service does).
@@ -180,12 +182,14 @@ def restore_programs(rpc, include_dir, orphans, lb_sock, state_path):
     behind ``rpc``, replacing the ``orphans`` ({program: [pid]}) of the old one.
     Returns a summary dict for the log."""
     metas = instances(include_dir)
+    deleting = {n for n, meta in metas.items() if meta.get("deleting")}
     added = rpc.supervisor.reloadConfig()[0][0]  # in the config, not yet in the process table
-    pending = [n for n in added if n in metas]
-    strays = [pid for n, pids in orphans.items() if n not in metas for pid in pids]
+    pending = [n for n in added if n in metas and n not in deleting]
+    strays = [pid for n, pids in orphans.items() if n not in metas or n in deleting for pid in pids]
     procs.stop_pids(strays, 30)
     # programs whose process is gone (and program files without our metadata): start now
-    _add(rpc, [n for n in added if n not in orphans or n not in metas])
+    # (a deleting program is not: its autostart=false, the driver removes it)
+    _add(rpc, [n for n in added if (n not in orphans or n not in metas) and n not in deleting])
     drained = _Drained(state_path)
     # an orphan that no longer answers /healthz is no capacity to keep: all of
     # them are replaced at once, first (an app that logs to stdout typically

@@ -463,7 +463,8 @@ class HAProxyProvider(_Provider):
         by the local driver after each change of servers or weights), as
         ``runtime_servers`` gives them.  A server is kept only while the
         instance conf that owns it still names its address and port, so a
-        stale entry never sends traffic to a port another instance reuses."""
+        stale entry never sends traffic to a port another instance reuses,
+        and is not being deleted (the driver took it off HAProxy first)."""
         try:
             with open(path) as fh:
                 record = json.load(fh)
@@ -485,7 +486,7 @@ class HAProxyProvider(_Provider):
                                        f"malformed ({exc})")
             meta = _instance_meta(conf)
             if meta and meta.get("instance") == name and meta.get("address") == address \
-                    and int(meta.get("port") or 0) == port:
+                    and int(meta.get("port") or 0) == port and not meta.get("deleting"):
                 found.append((backend, name, address, port, weight, admin))
         return found
 

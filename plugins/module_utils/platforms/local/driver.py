@@ -19,6 +19,20 @@ Where state lives (all of it observable after a controller restart):
   check status and counters.  A group's traffic weight is derived from its
   servers' weights, so ``list_groups`` reports what HAProxy really does.
 
+Deletion is the platform's (``base.destroy_done``): ``destroy`` takes the
+group off HAProxy, marks each member's conf ``"deleting": true`` (with
+``autostart=false`` and ``autorestart=false``, so neither a restarted
+supervisord nor the infra restore starts it again), asks supervisord to
+stop the members and returns; a detached finisher process
+(``detach.spawn_daemon``) removes the programs, confs and files once they
+stopped.  Until the last conf is gone ``list_groups`` reports the group
+``deleting`` (size 0, no traffic) and the driver refuses to create, resize,
+weigh or undrain it.  A finisher or controller killed half-way leaves
+marked confs: every ``create_group``, ``resize`` and ``destroy`` first
+sweeps the deleting groups of the include dir (marks the rest of a
+half-marked group, re-sends stops, removes what is stopped, starts a
+finisher for the rest), never waiting for a stop.
+
 An instance is the program ``<group>.<index>`` (also its HAProxy server name);
 its environment (PORT, BIND, DB_*, IMAGE_DIR, DRAIN_TIMEOUT and the caller's
 ``env``) is injected at deploy time through a 0600 env file, never baked.
@@ -32,8 +46,10 @@ import fcntl
 import json
 import os
 import shlex
+import time
 from typing import Optional
 
+from ansible_collections.phoenix.deploy.plugins.module_utils.detach import spawn_daemon
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import (
     DRAINING, FAILED, READY, STARTING, Clock, Health, InstanceHealth, PlatformError,
     ServerGroup, group_name, is_oci_ref)
@@ -42,8 +58,8 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.hap
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local import (
     host, metrics as _metrics, ports as _ports)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.supervisor import (
-    BACKOFF as _BACKOFF, HAS_SUPERVISOR, RUNNING as _RUNNING, STARTING as _STARTING,
-    STOPPED as _STOPPED, SUPERVISOR_IMPORT_ERROR, Supervisor)
+    BACKOFF as _BACKOFF, BAD_NAME as _BAD_NAME, HAS_SUPERVISOR, NOT_RUNNING as _NOT_RUNNING,
+    RUNNING as _RUNNING, STARTING as _STARTING, STOPPED as _STOPPED, SUPERVISOR_IMPORT_ERROR, Supervisor)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.weights import (
     ADMIN_DRAIN as _ADMIN_DRAIN, ADMIN_MAINT as _ADMIN_MAINT, group_weights, weight_commands)
 
@@ -53,6 +69,9 @@ except ImportError:  # pragma: no cover - the image engine is optional here
     _images = None
 
 META = "; phoenix: "
+#: seconds a deletion finisher waits beyond ``drain_timeout`` for the members to stop
+#: (supervisord SIGKILLs a member ``stopwaitsecs`` = drain_timeout + 5 after its stop)
+FINISH_GRACE = 15.0
 
 
 def _serving(row, srv) -> bool:
@@ -133,6 +152,7 @@ class LocalDriver:
         self._settled = set()  # instances seen RUNNING and serving: re-read from supervisord when not
         self._conf_cache = {}  # conf file name -> ((inode, size, mtime), metadata)
         self.supervisor = Supervisor(self.endpoint)
+        self.finishers = []  # pids of the deletion finishers this driver started
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -450,7 +470,10 @@ class LocalDriver:
         name = name or group_name(artifact, environment, release_id)
         self._backend(artifact)
         resolved = self._resolve_image(artifact, image)
-        if self._members(name):
+        self._spawn_pending(self._sweep())
+        members = self._members(name)
+        self._refuse_deleting(name, members, "created again until it is gone")
+        if members:
             raise PlatformError("server group %r already exists" % name)
         self._start_instances(artifact, environment, release_id, name, image, resolved,
                               env, list(range(1, size + 1)), owner=owner)
@@ -462,7 +485,9 @@ class LocalDriver:
         """Converge the group to ``size`` members; members a dead controller left
         half-removed (program stopped or gone, or alone drained or off the load
         balancer while their siblings serve) are removed and replaced."""
+        self._spawn_pending(self._sweep())
         members = self._group_meta(group)
+        self._refuse_deleting(group, members, "resized")
         first = members[0]
         broken = self._half_removed(members)
         if broken:
@@ -517,6 +542,9 @@ class LocalDriver:
         asked about again (a poll of 100 starting instances reads only those
         that are not settled yet)."""
         members = self._group_meta(group)
+        if self._is_deleting(members):  # being deleted: no member of it is capacity any more
+            out = [InstanceHealth(m["instance"], DRAINING, "group being deleted") for m in members]
+            return Health(0, len(out), out)
         backend = members[0]["backend"]
         stats = self._stat(backend)
         states = self._servers(backend)
@@ -606,6 +634,8 @@ class LocalDriver:
             members = self._members(group, instances)
             if not members:
                 raise PlatformError("no server group %r" % group)
+            if weight > 0:
+                self._refuse_deleting(group, members, "given traffic")
             by_backend.setdefault(members[0]["backend"], {})[group] = (weight, members)
         for backend, wanted in by_backend.items():
             self._apply_weights(backend, wanted, instances)
@@ -737,6 +767,7 @@ class LocalDriver:
         server`` never came) go back to serving at weight 0 once HAProxy's
         check passes; members already removed from HAProxy stay detached."""
         members = self._group_meta(group)
+        self._refuse_deleting(group, members, "put back into the load balancer")
         backend = members[0]["backend"]
         servers = self._servers(backend)
         stuck = [m for m in members if m["instance"] in servers
@@ -749,17 +780,167 @@ class LocalDriver:
         self._drain_servers(members[0]["backend"], [m["instance"] for m in members])
 
     def destroy(self, group) -> None:
+        """Off HAProxy (drained), marked deleting, stop requested; the rest is
+        the finisher's (see the module docstring).  Returns without waiting
+        for a member to stop."""
+        pending = self._sweep()
         members = self._members(group)
-        if not members:
-            return
-        self._remove(members[0]["backend"], members)
-        group_dir = os.path.join(self.data_dir, group)
-        for fname in ("env", "env.tmp", "start.gate"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(group_dir, fname))
-        with contextlib.suppress(OSError):
-            os.rmdir(group_dir)
+        if not members or any(m.get("deleting") for m in members):
+            return  # gone, or deleting (the sweep did what it needs)
+        names = [m["instance"] for m in members]
+        for name in names:
+            self._probation.pop(name, None)
+            self._settled.discard(name)
+        self._drain_servers(members[0]["backend"], names)
+        self._mark_deleting(members)
+        procs = self._processes(names)
+        self._stop_deleting(names, procs)
+        if not self._reap(group, members, procs):
+            pending.append(group)
         self.history.drop(group)
+        if pending:
+            self._spawn_finisher(pending)
+
+    # -- platform-owned deletion ------------------------------------------------
+    @staticmethod
+    def _is_deleting(members) -> bool:
+        return any(m.get("deleting") for m in members)
+
+    def _refuse_deleting(self, group, members, what):
+        """A group under deletion is never started, resized or routed to again."""
+        if self._is_deleting(members):
+            raise PlatformError("server group %s is being deleted (its programs are stopping); it "
+                                "cannot be %s; deploy or restore the release as a new group" % (group, what))
+
+    def _mark_deleting(self, metas) -> None:
+        """Rewrite each conf (aside + rename) with ``"deleting": true`` in its
+        metadata and ``autostart=false``, ``autorestart=false``."""
+        for meta in metas:
+            if meta.get("deleting"):
+                continue
+            try:
+                with open(meta["conf"]) as handle:
+                    text = handle.read()
+            except FileNotFoundError:
+                continue
+            lines = []
+            for line in text.split("\n"):
+                if line.startswith(META):
+                    doc = json.loads(line[len(META):])
+                    doc["deleting"] = True
+                    line = META + json.dumps(doc, sort_keys=True)
+                elif line.startswith("autostart="):
+                    line = "autostart=false"
+                elif line.startswith("autorestart="):
+                    line = "autorestart=false"
+                lines.append(line)
+            self._write_private(meta["conf"], "\n".join(lines))
+            meta["deleting"] = True
+
+    def _stop_deleting(self, names, procs) -> None:
+        """``stopProcess(name, wait=False)`` for the members still running."""
+        running = [n for n in names if n in procs and procs[n]["statename"] in (_RUNNING, _STARTING, _BACKOFF)]
+        answers = self.supervisor.multicall("stopProcess", "supervisor.stopProcess",
+                                            [[n, False] for n in running])
+        for name, answer in zip(running, answers):
+            if isinstance(answer, dict) and answer.get("faultCode") not in (None, _BAD_NAME, _NOT_RUNNING):
+                raise PlatformError("supervisord stopProcess %s: %s" % (name, answer.get("faultString")))
+
+    def _reap(self, group, members, procs) -> bool:
+        """Remove the marked members of ``group`` that stopped (or that
+        supervisord does not know): program, log files, conf; the group's
+        own files go before its last confs, so its name is free only once
+        nothing of it is left.  True when the group is gone."""
+        done = [m for m in members if m.get("deleting") and (
+            m["instance"] not in procs or procs[m["instance"]]["statename"] in _STOPPED)]
+        if not done:
+            return False
+        known = [m["instance"] for m in done if m["instance"] in procs]
+        answers = self.supervisor.multicall("removeProcessGroup", "supervisor.removeProcessGroup",
+                                            [[n] for n in known])
+        refused = {n for n, answer in zip(known, answers)
+                   if isinstance(answer, dict) and answer.get("faultCode") not in (None, _BAD_NAME)}
+        done = [m for m in done if m["instance"] not in refused]
+        for meta in done:
+            log = os.path.join(self.data_dir, group, "%03d.log" % meta["index"])
+            for path in (log, log + ".1"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        last = len(done) == len(members)
+        if last:
+            group_dir = os.path.join(self.data_dir, group)
+            for fname in ("env", "env.tmp", "start.gate"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(group_dir, fname))
+            with contextlib.suppress(OSError):
+                os.rmdir(group_dir)
+        for meta in done:
+            for path in (meta["conf"], meta["conf"] + ".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        return last
+
+    def _sweep(self) -> list:
+        """The deleting groups of this include dir, brought forward without
+        waiting: a half-marked group is marked whole (and off HAProxy), stops
+        are sent again, stopped members removed.  Returns the groups that
+        still have members (for a finisher)."""
+        instances = self._instances()
+        deleting = {}
+        for meta in instances.values():
+            if meta.get("deleting"):
+                deleting[meta["group"]] = True
+        pending = []
+        for group in sorted(deleting):
+            members = self._members(group, instances)
+            names = [m["instance"] for m in members]
+            backend = members[0]["backend"]
+            servers = self._servers(backend)
+            attached = [n for n in names if n in servers]
+            if attached:  # never re-added by us; removed again if anything did
+                self._drain_servers(backend, attached)
+            self._mark_deleting(members)
+            procs = self._processes(names)
+            self._stop_deleting(names, procs)
+            if not self._reap(group, members, procs):
+                pending.append(group)
+            self.history.drop(group)
+        return pending
+
+    def _spawn_pending(self, pending) -> None:
+        if pending:
+            self._spawn_finisher(pending)
+
+    def _spawn_finisher(self, groups) -> int:
+        """A detached process (``detach.spawn_daemon``: its own session, no
+        inherited descriptor but stdio on /dev/null) that removes the members
+        of the deleting ``groups`` as they stop, for at most ``drain_timeout``
+        + FINISH_GRACE seconds; what is left then goes at the next sweep."""
+        bound = self.drain_timeout + FINISH_GRACE
+
+        def finish():
+            self.supervisor = Supervisor(self.endpoint)  # a connection of its own
+            self._conf_cache = {}
+            end = time.monotonic() + bound
+            left = list(groups)
+            while left:
+                try:
+                    instances = self._instances()
+                    still = []
+                    for group in left:
+                        members = [m for m in self._members(group, instances) if m.get("deleting")]
+                        if members and not self._reap(group, members, self._processes(
+                                [m["instance"] for m in members])):
+                            still.append(group)
+                    left = still
+                except PlatformError:  # supervisord restarting: try again until the bound
+                    pass
+                if not left or time.monotonic() >= end:
+                    return
+                time.sleep(0.1)
+        pid = spawn_daemon(finish)
+        self.finishers.append(pid)
+        return pid
 
     # -- observation ---------------------------------------------------------------
     def list_groups(self, artifact, environment) -> list:
@@ -768,22 +949,29 @@ class LocalDriver:
                 if m["artifact"] == artifact and m["environment"] == environment]
         if not mine:
             return []
-        procs = self._processes([m["instance"] for m in mine])
+        procs = self._processes([m["instance"] for m in mine if not m.get("deleting")])
         backend = self._backend(artifact)
         servers = self._servers(backend)
         weights = self._group_weights(backend, instances, servers)
         groups = {}
         for meta in mine:
-            entry = groups.setdefault(meta["group"], {"meta": meta, "size": 0, "attached": False})
+            entry = groups.setdefault(meta["group"], {"meta": meta, "size": 0, "attached": False,
+                                                      "deleting": False})
             if meta["instance"] in procs:
                 entry["size"] += 1
             srv = servers.get(meta["instance"])
             if srv is not None and not srv["admin"] & (_ADMIN_MAINT | _ADMIN_DRAIN):
                 entry["attached"] = True
-        return [ServerGroup(name, artifact, environment, e["meta"]["release_id"],
-                            e["meta"]["image"], e["size"], weights.get(name, 0)
-                            if e["attached"] else 0, e["attached"], e["meta"].get("owner"))
-                for name, e in sorted(groups.items())]
+            entry["deleting"] = entry["deleting"] or bool(meta.get("deleting"))
+        out = []
+        for name, e in sorted(groups.items()):
+            if e["deleting"]:  # no capacity, no traffic, until its last conf is gone
+                e["size"], e["attached"] = 0, False
+            out.append(ServerGroup(name, artifact, environment, e["meta"]["release_id"],
+                                   e["meta"]["image"], e["size"], weights.get(name, 0)
+                                   if e["attached"] else 0, e["attached"], e["meta"].get("owner"),
+                                   deleting=e["deleting"]))
+        return out
 
     def _process(self) -> str:
         return self._haproxy("show info", self.api.process_id)

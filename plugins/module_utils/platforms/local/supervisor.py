@@ -24,6 +24,7 @@ except ImportError as _exc:  # pragma: no cover - guarded for ansible-test sanit
 RUNNING, STARTING, BACKOFF, STOPPING = "RUNNING", "STARTING", "BACKOFF", "STOPPING"
 STOPPED = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")
 BAD_NAME = 10  #: supervisord's fault code for an unknown process name
+NOT_RUNNING = 70  #: ... for stopping a process that is not running
 
 
 class _Transport(SupervisorTransport):
