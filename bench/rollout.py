@@ -11,7 +11,9 @@ Rows: rollout wall time / floor at N=10 and N=100 (one batch each; the
 floor is the same N instances started in parallel outside the engine with
 Popen and waited healthy), detection-to-full-rollback time (1 s analysis
 interval), no-op redeploy time, controller peak RSS during the 100-instance
-rollout.
+rollout, and how long after the 100-instance rollout returned its old group
+was gone (the driver's deletion finisher removes it; the floor after the
+rollout is measured only then, never beside stopping instances).
 Needs the environment of scripts/env.sh; ``python bench/rollout.py``.
 """
 import http.client
@@ -106,7 +108,7 @@ engine = Rollout(platform, FileReleaseStore(cfg["store"]), cfg["artifact"], "ben
 start = time.time()
 res = engine.deploy(cfg["version"], cfg["image"], cfg["size"], cfg["strategy"], cfg.get("settings"),
                     cfg.get("analysis"))
-print(json.dumps({"seconds": time.time() - start, "state": res.state, "msg": res.msg,
+print(json.dumps({"seconds": time.time() - start, "ended": time.time(), "state": res.state, "msg": res.msg,
                   "changed": res.changed, "events": res.events, "release": res.release,
                   "peak_rss_mb": peak_rss_mb(), "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
 """
@@ -179,6 +181,22 @@ class Bench:
         if proc.returncode != 0:
             raise RuntimeError("controller failed: %s" % proc.stderr[-3000:])
         return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    @staticmethod
+    def old_group(result):
+        """The group the rollout destroyed (its ``destroyed <group>`` event)."""
+        return next(e["group"] for e in result["events"] if e["message"].startswith("destroyed "))
+
+    def gone_after(self, result, limit=120):
+        """Seconds from the controller's return until the last conf of the
+        group it destroyed is gone from supervisord's include dir (polled)."""
+        prefix = self.old_group(result) + "."
+        include = self.infra["instance_manager"]["include_dir"]
+        while [f for f in os.listdir(include) if f.startswith(prefix) and f.endswith(".conf")]:
+            if time.time() - result["ended"] > limit:
+                raise RuntimeError("%s still has confs %d s after the rollout" % (prefix, limit))
+            time.sleep(0.02)
+        return time.time() - result["ended"]
 
     def parallel_floor(self, image, size):
         """The physical floor at ``size``: the same instances (the image's
@@ -296,6 +314,7 @@ class Bench:
         floor10 = self.parallel_floor(v2, 10)
         t10 = self.deploy(v2, 10, settings=one_batch)
         assert t10["state"] == "live", t10["msg"]
+        self.gone_after(t10)
         rows.append(self.floor_row(10, t10, [floor10, self.parallel_floor(v1, 10)]))
 
         # no-op redeploy of the live version
@@ -336,14 +355,20 @@ class Bench:
 
         # N=100: the 100-instance figure is wall / floor at 100 (the machine's
         # process-start limit is in both); peak RSS of that controller
-        self.deploy(v1, 100, settings=one_batch)  # resize the live release to 100 first
+        self.gone_after(self.deploy(v1, 100, settings=one_batch))  # 100 live instances first
         floor100, cpu = self.measured(self.parallel_floor, v2, 100)
         floor100 += (cpu,)
         t100, cpu = self.measured(self.deploy, v2, 100, settings=one_batch)
         t100["cpu"] = cpu
         assert t100["state"] == "live", t100["msg"]
+        gone = self.gone_after(t100)
         after, cpu = self.measured(self.parallel_floor, v1, 100)
         rows.append(self.floor_row(100, t100, [floor100, after + (cpu,)], t10))
+        rows.append({"name": "old instances gone after return (N=100)", "value": round(gone, 2),
+                     "unit": "s", "goal": "-",
+                     "detail": "from the controller's return until the last conf of %s left the include "
+                               "dir (the deletion finisher: members stopped, programs removed)"
+                               % self.old_group(t100)})
         rows.append({"name": "controller peak RSS (100-instance rollout)",
                      "value": round(t100["peak_rss_mb"], 1), "unit": "MB", "goal": "<= 150",
                      "detail": "VmHWM of the controller process; its ru_maxrss %.1f MB also holds the "

@@ -70,7 +70,7 @@ def spawn_daemon(work: Callable[[], None], keep: Iterable[int] = ()) -> int:
             os.close(write_fd)
             release_inherited(keep)
             work()
-        except BaseException:  # pylint: disable=broad-except - a daemon has no one to raise to
+        except BaseException:  # a daemon has no one to raise to
             code = 1
         os._exit(code)
     os.close(write_fd)
