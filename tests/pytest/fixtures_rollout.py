@@ -187,8 +187,8 @@ class Env:
                 "weights": {n: (g.weight, g.attached, g.size) for n, g in self.groups().items()}}
 
     def clean(self):
-        for name in list(self.groups()):
-            if self.groups()[name].attached:
+        for name, group in self.groups().items():  # a deleting one may be gone meanwhile
+            if group.attached:
                 self.platform.drain_and_detach(name)
             self.platform.destroy(name)
         self.settled_groups()  # the deletion finishers are done
