@@ -184,12 +184,14 @@ class Bench:
 
     @staticmethod
     def old_group(result):
-        """The group the rollout destroyed (its ``destroyed <group>`` event)."""
-        return next(e["group"] for e in result["events"] if e["message"].startswith("destroyed "))
+        """The group the rollout destroyed (its ``destroyed <group>`` event), or None."""
+        return next((e["group"] for e in result["events"] if e["message"].startswith("destroyed ")), None)
 
     def gone_after(self, result, limit=120):
         """Seconds from the controller's return until the last conf of the
         group it destroyed is gone from supervisord's include dir (polled)."""
+        if self.old_group(result) is None:
+            return 0.0
         prefix = self.old_group(result) + "."
         include = self.infra["instance_manager"]["include_dir"]
         while [f for f in os.listdir(include) if f.startswith(prefix) and f.endswith(".conf")]:
