@@ -5,6 +5,7 @@ The stack lives in a temp dir (own file backend, own state dir, own loopback
 block), never in the repository: a tiny project file there points ``main`` at
 ``infra/``, so ``Pulumi.<stack>.yaml`` is written to the temp dir, not to
 ``infra/``. Used by ``bench/infra_local.py`` too (``TempLocalStack``)."""
+import copy
 import fcntl
 import json
 import os
@@ -91,6 +92,7 @@ class TempLocalStack:
         self.state_dir = self.tmp / "st"
         self.log = []  # every line Pulumi printed, for the secret check
         self.destroyed = False
+        self._outputs = None  # (checkpoint, outputs)
         proj = self.tmp / "proj"
         proj.mkdir()
         (self.tmp / "backend").mkdir()
@@ -121,7 +123,9 @@ class TempLocalStack:
             raise
 
     def up(self, **kw):
-        return self._capture(self.stack.up, **kw)
+        result = self._capture(self.stack.up, **kw)
+        self._outputs = (self._checkpoint(), {k: v.value for k, v in result.outputs.items()})  # read by up
+        return result
 
     def refresh(self, **kw):
         return self._capture(self.stack.refresh, **kw)
@@ -147,8 +151,22 @@ class TempLocalStack:
     def remove_config(self, key):
         self.stack.remove_config(f"phoenix-infra:{key}")
 
+    def _checkpoint(self):
+        """(mtime, size) of the stack's checkpoint in the file backend: it
+        changes with every update of the stack, by whichever process."""
+        try:
+            st = os.stat(self.tmp / "backend" / ".pulumi" / "stacks" / "phoenix-infra" / f"{self.name}.json")
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
     def outputs(self):
-        return {k: v.value for k, v in self.stack.outputs().items()}
+        """The stack outputs (a fresh copy), read again only when the stack's
+        checkpoint changed: each read is two Pulumi CLI runs."""
+        key = self._checkpoint()
+        if self._outputs is None or key is None or self._outputs[0] != key:
+            self._outputs = (key, {k: v.value for k, v in self.stack.outputs().items()})
+        return copy.deepcopy(self._outputs[1])
 
     # -- processes
     def pid(self, rel):
