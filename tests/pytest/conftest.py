@@ -52,6 +52,19 @@ def pytest_xdist_make_scheduler(config, log):
     return FileScheduling(config, log)
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The tests that share one k8s-local cluster (fixture ``k8s_rollout_stack``,
+    see fixtures_k8s_rollout) run one after the other, where the first of them
+    was: the cluster is removed after the last, before another cluster starts."""
+    shared = [i for i in items if "k8s_rollout_stack" in getattr(i, "fixturenames", ())]
+    if not shared:
+        return
+    first = items.index(shared[0])
+    ids = {id(i) for i in shared}
+    rest = [i for i in items if id(i) not in ids]
+    items[:] = rest[:first] + shared + rest[first:]
+
+
 def pytest_configure(config):
     missing = [v for v in ("PULUMI_HOME", "PULUMI_BACKEND_URL", "PHOENIX_STATE_DIR") if v not in os.environ]
     if missing:

@@ -52,12 +52,12 @@ def admin_client(stack):
     return client.ApiClient(cfg)
 
 
-@pytest.fixture(scope="module")
-def k8s_rollout_stack():
-    """A real k8s-local cluster for one test module, with the hello image and a
-    crash image in its dev registry (``stack.images``) and the outputs (``stack.infra``)."""
-    if os.geteuid() != 0:
-        pytest.fail("the kubernetes driver tests need root (kubelet and containerd run as root)")
+#: the one cluster of the consecutive test modules that use ``k8s_rollout_stack``
+#: (``conftest.pytest_collection_modifyitems`` keeps their tests together)
+_SHARED = {}
+
+
+def _start_cluster():
     stack = TempK8sStack()
     try:
         t0 = time.monotonic()
@@ -69,9 +69,34 @@ def k8s_rollout_stack():
             "hello": push(build_hello_image(stack.tmp / "img-hello"), dev, "phoenix-it/hello"),
             "crash": push(build_crash_image(stack.tmp / "img-crash"), dev, "phoenix-it/crash"),
         }
-        yield stack
-    finally:
+    except BaseException:
         stack.cleanup()
+        raise
+    return stack
+
+
+@pytest.fixture(scope="module")
+def k8s_rollout_stack():
+    """A real k8s-local cluster with the hello image and a crash image in its
+    dev registry (``stack.images``) and the outputs (``stack.infra``).  The
+    modules that use it run one after the other and share it (a cluster
+    costs about 30 s to make and remove); it is removed after the last test
+    that needs it (``pytest_runtest_teardown`` below), before any other
+    module can start a cluster of its own."""
+    if os.geteuid() != 0:
+        pytest.fail("the kubernetes driver tests need root (kubelet and containerd run as root)")
+    if "stack" not in _SHARED:
+        _SHARED["stack"] = _start_cluster()
+    yield _SHARED["stack"]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After a test's own teardown (its module's fixtures included): remove the
+    shared cluster when the next test does not use it."""
+    yield
+    if "stack" in _SHARED and (nextitem is None or "k8s_rollout_stack" not in nextitem.fixturenames):
+        _SHARED.pop("stack").cleanup()
 
 
 def k8s_platform(stack, **kw):

@@ -6,7 +6,8 @@ racing writers and controllers (threads and processes), lease renewal and
 takeover of an expired lease, fencing of a lost lease, RBAC of the deployer
 token, and the errors of bad credentials and an unreachable API server.
 
-One module-scoped cluster (run under flock /tmp/phoenix-k8s.lock); all
+The cluster shared with the Kubernetes driver tests (fixtures_k8s_rollout;
+run under flock /tmp/phoenix-k8s.lock); all
 traffic goes to the stack's loopback address."""
 import itertools
 import json
@@ -27,7 +28,7 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.release_stores.kube
     ConfigMapReleaseStore, object_name)
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
     ConflictError, LockHeld, LockHolder, Release, StoreError)
-from fixtures_k8s_local import TempK8sStack, wait_for
+from fixtures_k8s_local import wait_for
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "unit" / "plugins" / "module_utils"))
 from release_store_contract import ReleaseStoreContract, StoreSubject  # noqa: E402  pylint: disable=wrong-import-position
@@ -37,18 +38,10 @@ NAMES = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
-def k8s():
-    if os.geteuid() != 0:
-        pytest.fail("test_release_store_kubernetes needs root (kubelet and containerd run as root)")
-    stack = TempK8sStack()
-    try:
-        t0 = time.monotonic()
-        stack.up()
-        print(f"\nk8s-local cluster up in {time.monotonic() - t0:.1f} s")
-        stack.kube = stack.outputs()["kubernetes"]
-        yield stack
-    finally:
-        stack.cleanup()
+def k8s(k8s_rollout_stack):
+    """The shared cluster of the Kubernetes driver tests (fixtures_k8s_rollout)."""
+    k8s_rollout_stack.kube = k8s_rollout_stack.infra["kubernetes"]
+    return k8s_rollout_stack
 
 
 def make_store(k8s, keep=100, **kw):
