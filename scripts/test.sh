@@ -119,7 +119,7 @@ elif [[ "$only" != pytest ]]; then
 fi
 
 if want pytest; then
-  echo "==> pytest (unit + integration, ${PYTEST_WORKERS:-3} workers)"
-  python -m pytest -n "${PYTEST_WORKERS:-3}" --durations=15 "$@"
+  echo "==> pytest (unit + integration, ${PYTEST_WORKERS:-2} workers)"
+  python -m pytest -n "${PYTEST_WORKERS:-2}" --durations=15 "$@"
 fi
 echo "==> make test finished in $(( $(date +%s) - T0 ))s"

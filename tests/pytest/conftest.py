@@ -3,7 +3,7 @@
 Fixture modules live beside this file as ``fixtures_<area>.py`` and are loaded
 automatically, so each area owns its fixtures without editing this file.
 
-With pytest-xdist (``make test`` runs ``-n 3``) every test file goes to one
+With pytest-xdist (``make test`` runs ``-n 2``) every test file goes to one
 worker as a whole (its module-scoped stacks are set up once), and the files
 that use FIXED loopback blocks (``FIXED_BLOCK_FILES``) form one unit, so they
 never run at the same time.  Stacks of the other files lease a free block

@@ -47,7 +47,7 @@ def test_rollback_refuses_to_recreate_from_a_chmodded_bundle(private_env):
     env = private_env
     assert env.deploy("v1", size=1).state == "live"
     assert env.deploy("v2", size=1, strategy="rolling").state == "live"
-    assert len(env.groups()) == 1  # the v1 group is gone: a rollback must re-create it from the image
+    assert len(env.settled_groups()) == 1  # the v1 group is gone: a rollback must re-create it from the image
     app = pathlib.Path(env.images["v1"]["path"]) / "rootfs" / "opt" / "phoenix" / "catalog" / "bin" / "run"
     os.chmod(app, stat.S_IMODE(os.stat(app).st_mode) | 0o022)  # group/other may now write the entrypoint
 
