@@ -830,12 +830,7 @@ class LocalDriver:
             self._probation.pop(name, None)
             self._settled.discard(name)
         self._drain_servers(members[0]["backend"], names)
-        self._mark_deleting(members)
-        procs = self._processes(names)
-        self._stop_deleting(names, procs)
-        if not self._reap(group, members, procs):
-            pending.append(group)
-        self.history.drop(group)
+        self._delete(group, members, pending)
         if pending:
             self._spawn_finisher(pending)
 
@@ -937,13 +932,20 @@ class LocalDriver:
             attached = [n for n in names if n in servers]
             if attached:  # never re-added by us; removed again if anything did
                 self._drain_servers(backend, attached)
-            self._mark_deleting(members)
-            procs = self._processes(names)
-            self._stop_deleting(names, procs)
-            if not self._reap(group, members, procs):
-                pending.append(group)
-            self.history.drop(group)
+            self._delete(group, members, pending)
         return pending
+
+    def _delete(self, group, members, pending) -> None:
+        """Mark ``group`` (off HAProxy) deleting, ask supervisord to stop its
+        members, remove those already stopped; ``pending`` gets the group
+        when members are left for a finisher."""
+        self._mark_deleting(members)
+        names = [m["instance"] for m in members]
+        procs = self._processes(names)
+        self._stop_deleting(names, procs)
+        if not self._reap(group, members, procs):
+            pending.append(group)
+        self.history.drop(group)
 
     def _spawn_pending(self, pending) -> None:
         if pending:
