@@ -23,6 +23,7 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.releases import (
 
 try:
     from pulumi import automation as auto
+    from semver import VersionInfo  # a dependency of pulumi
     HAS_PULUMI = True
     PULUMI_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - exercised by sanity's import test
@@ -86,6 +87,26 @@ def find_pulumi_root(project_path):
     return None
 
 
+def pulumi_command(root):
+    """The Pulumi CLI under ``root`` (None: the one on PATH).  The project's
+    own build knows its version: ``scripts/install-pulumi.sh`` writes it to
+    ``bin/.version`` beside the binary, so no ``pulumi version`` run (a
+    quarter CPU-second, on every module run) is needed to learn it; a CLI
+    without that file is asked, as the Automation API always does."""
+    if root:
+        try:
+            with open(os.path.join(root, "bin", ".version")) as handle:
+                version = VersionInfo.parse(handle.read().strip())
+        except (OSError, ValueError, TypeError):
+            version = None
+        if version is not None:
+            command = auto.PulumiCommand.__new__(auto.PulumiCommand)
+            command.command = os.path.join(root, "bin", "pulumi")
+            command.version = version
+            return command
+    return auto.PulumiCommand(root=root)
+
+
 def config_values(config):
     """Module ``config`` → {key: (string value, secret)}. A value is a scalar,
     a list/dict (stored as JSON, read with Config.get_object), or
@@ -122,9 +143,8 @@ class StackRunner:
         self.project_path = os.path.abspath(project_path)
         self.name = stack
         self.env = pulumi_environment(self.project_path, stack, backend_url, passphrase)
-        root = find_pulumi_root(self.project_path)
         try:
-            command = auto.PulumiCommand(root=root)
+            command = pulumi_command(find_pulumi_root(self.project_path))
         except (OSError, ValueError) as exc:
             raise PhoenixError("cannot run the Pulumi CLI (%s): run `make setup` to build it" % exc)
         self.workspace = auto.LocalWorkspace(work_dir=self.project_path, env_vars=self.env,
