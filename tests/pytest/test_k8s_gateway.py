@@ -289,7 +289,10 @@ def test_a_deleted_pod_goes_maint_and_traffic_continues_without_a_failed_request
     gone = servers[before[ip]]
     assert gone["weight"] == 0 and gone["admin"] & 1 and gone["address"] == ip  # kept for its counters
     assert sorted(servers) == ["hello-v1.0", "hello-v1.1", "hello-v1.2", "hello-v2.0", "hello-v2.1"]
-    assert sum(1 for s in servers.values() if not s["admin"] & 1 and s["weight"] == 25) == 4
+
+    def weighted():  # a pod whose readiness probe missed on a busy machine is back within seconds
+        return sum(1 for s in _servers(k8s).values() if not s["admin"] & 1 and s["weight"] == 25) == 4
+    assert wait_for(weighted, 30, 0.2), _servers(k8s)
 
 
 def test_a_route_naming_a_missing_service_has_resolved_refs_false(k8s):
