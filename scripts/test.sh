@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make test: the collection checks Galaxy and collections' CI run, then the
-# pytest suite (unit + integration with real processes). Every step is timed.
+# make test: the collection checks Galaxy and collections' CI run, beside the
+# pytest suite (unit + integration with real processes, PYTEST_WORKERS=4
+# pytest-xdist workers); the checks' output follows pytest's. Every step is timed.
 #   scripts/test.sh [--only sanity|galaxy|lint|docs|pytest] [pytest args...]
 #
 #   sanity  ansible-test sanity on the git checkout (every tracked file, plus
@@ -100,26 +101,40 @@ step_docs() {
   step_done "antsibull-docs"
 }
 
+checks_pid=""
 if [[ -z "$only" ]]; then
-  # The Galaxy tools run beside sanity (each leaves a CPU mostly idle while it
-  # waits on its subprocesses); their output follows sanity's, each step timed.
-  # Every step runs even when one fails (the steps return 1 on failure).
+  # The collection checks run beside the pytest suite: the suite leaves the
+  # CPUs idle while its tests wait on real processes, and the checks fill
+  # that time. Sanity and the Galaxy tools run side by side (each waits on
+  # its subprocesses); their output follows pytest's, each step timed. Every
+  # step runs even when one fails (the steps return 1 on failure).
   checkout >/dev/null
-  (rc=0; step_galaxy || rc=1; step_lint || rc=1; step_docs || rc=1; exit $rc) > "$sandbox/tools.log" 2>&1 &
-  tools_pid=$!
-  sanity_rc=0; step_sanity || sanity_rc=$?
-  tools_rc=0; wait "$tools_pid" || tools_rc=$?
-  cat "$sandbox/tools.log"
-  if [[ $sanity_rc -ne 0 || $tools_rc -ne 0 ]]; then
-    echo "==> make test failed: sanity exit $sanity_rc, galaxy/lint/docs exit $tools_rc" >&2
-    exit 1
-  fi
+  (
+    (rc=0; step_galaxy || rc=1; step_lint || rc=1; step_docs || rc=1; exit $rc) > "$sandbox/tools.log" 2>&1 &
+    tools_pid=$!
+    sanity_rc=0; step_sanity > "$sandbox/sanity.log" 2>&1 || sanity_rc=$?
+    tools_rc=0; wait "$tools_pid" || tools_rc=$?
+    echo "$sanity_rc $tools_rc" > "$sandbox/checks.rc"
+  ) &
+  checks_pid=$!
 elif [[ "$only" != pytest ]]; then
   "step_$only"
 fi
 
+pytest_rc=0
 if want pytest; then
-  echo "==> pytest (unit + integration, ${PYTEST_WORKERS:-2} workers)"
-  python -m pytest -n "${PYTEST_WORKERS:-2}" --durations=15 "$@"
+  workers="${PYTEST_WORKERS:-4}"
+  echo "==> pytest (unit + integration, $workers workers)"
+  python -m pytest -n "$workers" --durations=15 "$@" || pytest_rc=$?
 fi
+if [[ -n "$checks_pid" ]]; then
+  wait "$checks_pid" || true
+  cat "$sandbox/sanity.log" "$sandbox/tools.log"
+  read -r sanity_rc tools_rc < "$sandbox/checks.rc" || { sanity_rc=1; tools_rc=1; }
+  if [[ $sanity_rc -ne 0 || $tools_rc -ne 0 ]]; then
+    echo "==> make test failed: sanity exit $sanity_rc, galaxy/lint/docs exit $tools_rc, pytest exit $pytest_rc" >&2
+    exit 1
+  fi
+fi
+[[ $pytest_rc -eq 0 ]] || { echo "==> make test failed: pytest exit $pytest_rc" >&2; exit "$pytest_rc"; }
 echo "==> make test finished in $(( $(date +%s) - T0 ))s"

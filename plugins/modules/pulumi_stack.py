@@ -304,7 +304,8 @@ class StackManager:
     def present(self):
         p = self.module.params
         changes = self.runner.config_changes(p["config"])
-        self.runner.apply_config(p["config"])
+        if changes:  # an unchanged config is not written again (one CLI run less)
+            self.runner.apply_config(p["config"])
         if p["refresh"]:
             self.result["refreshed"] = self.runner.refresh()
         res = self.runner.up(p["target"])
@@ -321,7 +322,8 @@ class StackManager:
         existed = self.runner.exists()
         try:
             changes = self.runner.config_changes(p["config"])
-            self.runner.apply_config(p["config"])
+            if changes:
+                self.runner.apply_config(p["config"])
             res = self.runner.preview(p["target"])
             self._finish(res, changes)
         finally:

@@ -3,7 +3,7 @@
 Fixture modules live beside this file as ``fixtures_<area>.py`` and are loaded
 automatically, so each area owns its fixtures without editing this file.
 
-With pytest-xdist (``make test`` runs ``-n 2``) every test file goes to one
+With pytest-xdist (``make test`` runs ``-n 4``) every test file goes to one
 worker as a whole (its module-scoped stacks are set up once), and the files
 that use FIXED loopback blocks (``FIXED_BLOCK_FILES``) form one unit, so they
 never run at the same time.  Stacks of the other files lease a free block
@@ -49,7 +49,29 @@ def pytest_xdist_make_scheduler(config, log):
                 return FIXED_BLOCK_UNIT
             return K8S_CLUSTER_UNIT if "unit" not in path.split("/") and _k8s_cluster_file(name) else path
 
+        def _assign_work_unit(self, node):
+            if not getattr(self, "_ordered", False):  # the first hand-out: the queue is complete
+                self._ordered = True
+                units = sorted(self.workqueue.items(), key=_unit_rank)
+                self.workqueue.clear()
+                self.workqueue.update(units)
+            super()._assign_work_unit(node)
+
     return FileScheduling(config, log)
+
+
+def _unit_rank(unit):
+    """The order units (scope, tests) are handed out: the k8s-local
+    cluster's files (the longest chain: one cluster at a time, on one
+    worker), then the fixed-block files, then the other integration files,
+    most tests first, and the short unit-test files last, to fill the
+    workers that end early. xdist's own order (most tests first) put
+    one-test files that take a minute at the end of the run."""
+    scope, tests = unit
+    first = {K8S_CLUSTER_UNIT: 0, FIXED_BLOCK_UNIT: 1}.get(scope)
+    if first is None:
+        first = 3 if "unit" in scope.split("/") else 2
+    return (first, -len(tests))
 
 
 def pytest_collection_modifyitems(session, config, items):
