@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests" / "pytest"))
 
 ARTIFACT = "benchapp"
 APP = r'''"""benchapp: a tiny HTTP service for the rollout benchmark."""
-import json, os, pathlib, signal, sys, threading, time
+import json, os, pathlib, signal, socketserver, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -74,7 +74,13 @@ class Handler(BaseHTTPRequestHandler):
         return self.reply(200, "hello")
 
 
-server = ThreadingHTTPServer((os.environ.get("BIND", "127.0.0.1"), int(os.environ["PORT"])), Handler)
+class Server(ThreadingHTTPServer):
+    def server_bind(self):  # no reverse DNS lookup (socket.getfqdn): see catalog.Server.server_bind
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
+server = Server((os.environ.get("BIND", "127.0.0.1"), int(os.environ["PORT"])), Handler)
 server.daemon_threads = True
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import queue
+import socketserver
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg
@@ -291,6 +292,14 @@ class Server(ThreadingHTTPServer):
     def __init__(self, app, address, handler):
         self.app = app
         ThreadingHTTPServer.__init__(self, address, handler)
+
+    def server_bind(self):
+        """Bind without HTTPServer's reverse DNS lookup of the address
+        (socket.getfqdn): 100 instances started at once sent 100 lookups at
+        once, and a resolver that drops part of such a burst kept half of
+        them from listening for its 5 s timeout."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
 
     def process_request(self, request, client_address):
         with self.app.inflight_cv:
