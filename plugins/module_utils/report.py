@@ -21,21 +21,17 @@ from typing import Optional
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.releases import atomic_write, iso
 
-MATPLOTLIB_IMPORT_ERROR = None  # why the last write_png could not import matplotlib
-
 
 def _pyplot():
     """matplotlib's pyplot (Agg backend), imported when a chart is drawn:
     importing it takes 0.4 CPU-seconds, which every run of the rollout
     module paid before, also the ones that draw nothing (no change, check
     mode, bad input).  None when matplotlib is missing."""
-    global MATPLOTLIB_IMPORT_ERROR  # pylint: disable=global-statement
     try:
         import matplotlib  # pylint: disable=import-outside-toplevel
         matplotlib.use("Agg")
         from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
-    except ImportError as exc:  # pragma: no cover - the PNG is optional
-        MATPLOTLIB_IMPORT_ERROR = exc
+    except ImportError:  # pragma: no cover - the PNG is optional
         return None
     return pyplot
 

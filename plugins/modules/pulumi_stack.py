@@ -301,11 +301,17 @@ class StackManager:
             return self.preview_present()
         return self.present()
 
+    def _configure(self):
+        """Write the wanted stack config when it differs (an unchanged one is
+        not written again: one CLI run less); the changes, as config_changes."""
+        changes = self.runner.config_changes(self.module.params["config"])
+        if changes:
+            self.runner.apply_config(self.module.params["config"])
+        return changes
+
     def present(self):
         p = self.module.params
-        changes = self.runner.config_changes(p["config"])
-        if changes:  # an unchanged config is not written again (one CLI run less)
-            self.runner.apply_config(p["config"])
+        changes = self._configure()
         if p["refresh"]:
             self.result["refreshed"] = self.runner.refresh()
         res = self.runner.up(p["target"])
@@ -321,9 +327,7 @@ class StackManager:
                 saved = handle.read()
         existed = self.runner.exists()
         try:
-            changes = self.runner.config_changes(p["config"])
-            if changes:
-                self.runner.apply_config(p["config"])
+            changes = self._configure()
             res = self.runner.preview(p["target"])
             self._finish(res, changes)
         finally:
