@@ -15,11 +15,7 @@ error mapping for every call (``Kube.call``):
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import json
-import os
-import tempfile
 
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import PlatformError
 
@@ -75,7 +71,9 @@ class Kube:
                                     param="infra")
             cfg.host = self.server
             cfg.api_key = {"authorization": "Bearer " + kube["token"]}
-            cfg.ssl_ca_cert = _ca_file(kube["ca_cert"])
+            # the PEM itself, never a file: a temp file outlived every controller that
+            # ended without atexit (os._exit after the detach, a kill)
+            cfg.ca_cert_data = kube["ca_cert"]
             cfg.verify_ssl = True
         else:  # GKE: the kubeconfig names its credential plugin; else the default kubeconfig
             try:
@@ -99,6 +97,8 @@ class Kube:
         try:
             return fn(*args, **kwargs)
         except ApiException as exc:
+            if isinstance(exc.__context__, urllib3.exceptions.SSLError):  # the client re-raises it as status 0
+                raise self.connection_error(what, exc.__context__)
             raise self.error(what, exc)
         except urllib3.exceptions.HTTPError as exc:
             raise self.connection_error(what, exc)
@@ -142,23 +142,3 @@ class Kube:
             return PlatformError("%s: Kubernetes API answered %s %s; retrying"
                                  % (what, status or "no status", message), transient=True)
         return PlatformError("%s: Kubernetes API answered %d: %s" % (what, status, message))
-
-
-_CA_FILES = []
-
-
-def _ca_file(pem: str) -> str:
-    """The CA certificate (not secret) in a 0600 temp file for the client; removed at exit."""
-    fd, path = tempfile.mkstemp(prefix="phoenix-k8s-ca-", suffix=".crt")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(pem)
-    if not _CA_FILES:
-        atexit.register(_remove_ca_files)
-    _CA_FILES.append(path)
-    return path
-
-
-def _remove_ca_files():
-    for path in _CA_FILES:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
