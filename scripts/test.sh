@@ -124,6 +124,11 @@ fi
 pytest_rc=0
 if want pytest; then
   workers="${PYTEST_WORKERS:-4}"
+  # The Go programs the suite starts (the Pulumi CLI about 2,000 times, Packer,
+  # the Kubernetes control plane, containerd) collect garbage less often: a
+  # Pulumi CLI run took 0.18 instead of 0.22 CPU-seconds, and its heap stays
+  # small. The user's own GOGC wins.
+  export GOGC="${GOGC:-400}"
   echo "==> pytest (unit + integration, $workers workers)"
   python -m pytest -n "$workers" --durations=15 "$@" || pytest_rc=$?
 fi

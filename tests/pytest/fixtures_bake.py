@@ -68,6 +68,31 @@ def bake_store(tmp_path_factory):
     make_writable(store)
 
 
+def shared_store_dir(config, basetemp) -> pathlib.Path:
+    """The image store shared by every xdist worker of one run (beside the
+    workers' own temp dirs; the run's own temp dir without xdist)."""
+    return (basetemp.parent if hasattr(config, "workerinput") else basetemp) / "shared-image-store"
+
+
+@pytest.fixture(scope="session")
+def shared_bake_store(request, tmp_path_factory):
+    """An image store for images the tests only run (never inspect as a
+    fresh bake, never change): every worker bakes into the same store, and
+    the engine's per-image lock runs Packer once per version for the whole
+    run (one worker bakes, the others wait and get the cache hit). Made
+    writable again by the controller at the end (pytest_sessionfinish)."""
+    store = shared_store_dir(request.config, tmp_path_factory.getbasetemp())
+    store.mkdir(exist_ok=True)
+    return store
+
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):  # the controller, after every worker ended
+        store = shared_store_dir(session.config, session.config._tmp_path_factory.getbasetemp())
+        if store.exists():
+            make_writable(store)
+
+
 @pytest.fixture(scope="session")
 def bake():
     """bake(store, version, **vars) -> engine result (a real Packer run unless cached;

@@ -29,7 +29,7 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.releases import Fil
 from ansible_collections.phoenix.deploy.plugins.module_utils.rollout import Rollout  # noqa: E402
 
 GIT = "5eed0f1"
-V1 = "1.0.0+%s.b1" % GIT       # shared with fixtures_bake.catalog_image
+V1 = "1.0.0+%s.b1" % GIT       # the version of fixtures_bake.catalog_image
 V2 = "1.1.0+%s.b11" % GIT
 FAULTY = "1.2.0-fault+%s.b12" % GIT  # every other /items request answers 500
 
@@ -97,14 +97,15 @@ class LoadGen:
 
 
 @pytest.fixture(scope="session")
-def rollout_images(bake_store, bake, catalog_image):
-    """Baked catalog images (shared store with the bake tests): v1, v2 and a
+def rollout_images(shared_bake_store, bake):
+    """Baked catalog images (the store all workers share): v1, v2 and a
     faulty one (50% 500s on /items)."""
-    bake(bake_store, V2)
-    bake(bake_store, FAULTY, fault={"error_rate": 0.5})
-    out = {"store": str(bake_store)}
+    bake(shared_bake_store, V1)
+    bake(shared_bake_store, V2)
+    bake(shared_bake_store, FAULTY, fault={"error_rate": 0.5})
+    out = {"store": str(shared_bake_store)}
     for key, version in (("v1", V1), ("v2", V2), ("faulty", FAULTY)):
-        out[key] = targets.resolve_image("catalog", version, None, str(bake_store))
+        out[key] = targets.resolve_image("catalog", version, None, str(shared_bake_store))
     return out
 
 

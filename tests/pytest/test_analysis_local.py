@@ -17,9 +17,9 @@ ANALYSIS = {"max_error_rate": 0.05, "min_requests": 5, "interval": 1, "failure_l
 
 
 @pytest.fixture(scope="module")
-def broken_image(rollout_images, bake_store, bake):
-    bake(bake_store, BROKEN, fault={"error_rate": 1.0})
-    return targets.resolve_image("catalog", BROKEN, None, str(bake_store))
+def broken_image(rollout_images, shared_bake_store, bake):
+    bake(shared_bake_store, BROKEN, fault={"error_rate": 1.0})
+    return targets.resolve_image("catalog", BROKEN, None, str(shared_bake_store))
 
 
 def test_blue_green_post_promotion_analysis_switches_back_under_load(rollout_env, broken_image):

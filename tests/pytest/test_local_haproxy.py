@@ -162,13 +162,13 @@ def test_faulty_canary_is_rolled_back_while_users_see_almost_no_errors(rollout_e
     assert env.history().live_release().version == env.images["v1"]["version"]
 
 
-def test_canary_failing_ten_percent_is_still_detected(rollout_env, bake_store, bake):
+def test_canary_failing_ten_percent_is_still_detected(rollout_env, shared_bake_store, bake):
     """Retries keep a 10 %-error canary's failures from users; analysis still
     sees its own error rate (about 0.1) and rolls it back."""
     env = rollout_env
     version = "1.3.0-fault10+5eed0f1.b13"
-    bake(bake_store, version, fault={"error_rate": 0.1})
-    env.images["fault10"] = targets.resolve_image("catalog", version, None, str(bake_store))
+    bake(shared_bake_store, version, fault={"error_rate": 0.1})
+    env.images["fault10"] = targets.resolve_image("catalog", version, None, str(shared_bake_store))
     assert env.deploy("v1", size=2).state == "live"
     with LoadGen(env.url, pause=0.005) as load:
         res = env.deploy("fault10", size=2, strategy="canary", analysis={
