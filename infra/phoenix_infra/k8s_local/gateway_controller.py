@@ -22,7 +22,10 @@ Run by the ``k8s-local`` stack as a process of its own (``gateway.py``):
   Service leaves the route; then its servers are deleted.
 - HTTPRoute ``status.parents[]`` gets Accepted and ResolvedRefs with
   ``observedGeneration`` = the route's generation, written only after HAProxy
-  shows that generation's servers and weights.
+  shows that generation's servers and weights. A new generation that weighs
+  a Service with no ready endpoint in the cache yet is held (HAProxy keeps
+  the last one) until the EndpointSlice shows one: the watch can lag the
+  pods' readiness, and that share would otherwise go to no server.
 """
 import importlib.util
 import json
@@ -209,6 +212,8 @@ class Controller:
         self.wake = threading.Event()
         self.stop = threading.Event()
         self.written = {}  # route -> (generation, conditions) last written
+        self.applied = {}  # route -> generation last applied to HAProxy
+        self.held = {}  # route -> generation held back (a weighted Service without ready endpoints)
 
     # -- watches
     def _lister(self, kind):
@@ -266,6 +271,7 @@ class Controller:
             if route not in served:
                 self._apply(lst["backend"], {})
                 self.written.pop(route, None)
+                self.applied.pop(route, None)
 
     def _route(self, name, route, refs, services, slices):
         gen = route["metadata"].get("generation", 1)
@@ -280,7 +286,7 @@ class Controller:
         elif why:
             accepted = (False, "UnsupportedValue", why)
         backend_refs = (((route.get("spec") or {}).get("rules") or [{}])[0].get("backendRefs") or [])
-        desired, missing, refused = {}, [], []
+        desired, missing, refused, starved = {}, [], [], []
         for ref in backend_refs:
             svc = ref.get("name")
             if ref.get("group", "") != "" or ref.get("kind", "Service") != "Service":
@@ -296,6 +302,8 @@ class Controller:
             if endpoints is None:
                 missing.append(f"Service {svc}" + (f" has no port {ref.get('port')}" if service else " not found"))
                 endpoints = []
+            elif weight > 0 and not endpoints:
+                starved.append(svc)
             prev = desired.get(svc)
             desired[svc] = ((prev[0] if prev else 0) + weight, endpoints)
         if refused:
@@ -305,9 +313,21 @@ class Controller:
         else:
             resolved = (True, "ResolvedRefs", "all backendRefs resolved")
         if accepted[0]:
+            if starved and self.applied.get(name) != gen:
+                # a new generation weighs a Service none of whose endpoints this
+                # controller has seen ready yet (its EndpointSlice watch lags the
+                # pods' readiness): applying it would send that share to no
+                # server (503s). HAProxy keeps the last applied generation, and
+                # no status is written for this one until the endpoints arrive
+                if self.held.get(name) != gen:
+                    log.info("route %s generation %s: held until %s has a ready endpoint", name, gen,
+                             ", ".join(sorted(set(starved))))
+                self.held[name] = gen
+                return
             weights = split_weights(desired)
             if not self._apply(lst["backend"], {s: (weights[s], eps) for s, (_w, eps) in desired.items()}):
                 return  # not applied yet: no status for this generation
+            self.applied[name] = gen
         self._status(name, route, refs, gen, accepted, resolved)
 
     def _apply(self, backend, desired):

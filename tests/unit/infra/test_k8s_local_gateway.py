@@ -102,3 +102,76 @@ def test_haproxy_config_has_a_frontend_per_listener_and_passes_haproxy_check(tmp
         (24010, "gateway stats"), (24011, "gateway listener catalog"), (24012, "gateway listener orders")]
     (tmp_path / "h.cfg").write_text(text)
     subprocess.run(["haproxy", "-c", "-q", "-f", str(tmp_path / "h.cfg")], check=True, timeout=30)
+
+
+class _RuntimeAPI:
+    """The controller's view of HAProxy's runtime API: ``servers_state`` and
+    ``batch`` over one backend's servers (what the real one answers is
+    checked against a real cluster in tests/pytest/test_k8s_gateway.py)."""
+
+    def __init__(self, servers):
+        self.servers, self.batches = servers, []
+
+    def servers_state(self, _backend):
+        return {name: dict(s) for name, s in self.servers.items()}
+
+    def batch(self, commands):
+        self.batches.append(commands)
+        for verb, _what, target, *rest in commands:
+            name = target.split("/", 1)[1]
+            if verb == "add":
+                ip, port = rest[0].split(":")
+                self.servers[name] = srv(ip, rest[2], port=int(port))
+            elif verb == "del":
+                self.servers.pop(name)
+            elif verb == "set" and rest[0] == "weight":
+                self.servers[name]["weight"] = rest[1]
+            elif verb == "set" and rest[0] == "state":
+                self.servers[name]["admin"] = 1 if rest[1] == "maint" else 0
+
+
+class _Routes:
+    def __init__(self):
+        self.patched = []
+
+    def patch_namespaced_custom_object_status(self, *args):
+        self.patched.append(args[-1]["status"]["parents"][0]["conditions"][0]["observedGeneration"])
+
+
+def _controller(proxy):
+    ctl = object.__new__(gc.Controller)
+    ctl.ns, ctl.gateway, ctl.controller_name = "ns", "phoenix", "phoenix.deploy/haproxy-gateway"
+    ctl.routes_by_name = {"catalog-dev": {"route": "catalog-dev", "backend": B, "listener": "catalog", "port": 8000}}
+    ctl.haproxy, ctl.proxy, ctl.custom = haproxy, proxy, _Routes()
+    ctl.written, ctl.applied, ctl.held = {}, {}, {}
+    return ctl
+
+
+def _slice(service, *addresses):
+    return {"metadata": {"labels": {"kubernetes.io/service-name": service}}, "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in addresses]}
+
+
+def test_a_generation_weighing_a_service_without_ready_endpoints_is_held_until_one_is_ready():
+    """The EndpointSlice watch can lag the pods' readiness: the driver sees a
+    new group healthy and weighs it 100, and the controller's cache has no
+    endpoint of it yet. Applying that generation set the old group to 0 and
+    the new one had no server: 503s, and a status saying the weights were
+    served. Held, HAProxy keeps serving the old generation's weights."""
+    services = {name: {"spec": {"ports": [{"name": "http", "port": 80}]}} for name in ("v1", "v2")}
+    proxy = _RuntimeAPI({"v1.0": srv("10.0.0.1", 100)})
+    ctl = _controller(proxy)
+    route = {"metadata": {"name": "catalog-dev", "generation": 2}, "spec": {
+        "parentRefs": [{"name": "phoenix"}],
+        "rules": [{"backendRefs": [{"name": "v1", "port": 80, "weight": 0}, {"name": "v2", "port": 80, "weight": 100}]}]}}
+    refs = gc.parent_refs(route, "phoenix", "ns")
+    ctl._route("catalog-dev", route, refs, services, [_slice("v1", "10.0.0.1")])
+    assert proxy.batches == [] and ctl.custom.patched == []
+    assert proxy.servers == {"v1.0": srv("10.0.0.1", 100)}  # still served
+    ctl._route("catalog-dev", route, refs, services, [_slice("v1", "10.0.0.1"), _slice("v2", "10.0.0.2")])
+    assert proxy.servers["v1.0"]["weight"] == 0 and proxy.servers["v2.0"]["weight"] == 100
+    assert ctl.custom.patched == [2]
+    # once applied, that generation follows its endpoints: v2's pod gone -> MAINT (not held)
+    ctl._route("catalog-dev", route, refs, services, [_slice("v1", "10.0.0.1")])
+    assert proxy.servers["v2.0"]["admin"] == 1
