@@ -65,6 +65,10 @@ def parse_stat(text: str, backend=None) -> dict:
             header = line[2:].split(",")
         elif line and header:
             row = dict(zip(header, line.split(",")))
+            if row.get("check_status", "").startswith("* "):
+                # "* L7OK": a check is running now; the status is still the last finished
+                # check's (HAProxy prefixes it while one is in progress)
+                row["check_status"], row["check_running"] = row["check_status"][2:], "1"
             if backend is None:
                 rows[(row.get("pxname"), row.get("svname"))] = row
             elif row.get("pxname") == backend and row.get("svname") not in ("FRONTEND", "BACKEND"):

@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base import PlatformError
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.kubernetes.api import Kube
 
+
 def _self_signed(tmp_path, name):
     """(PEM of a self-signed certificate for 127.0.0.1, cert file, key file)."""
     key = ec.generate_private_key(ec.SECP256R1())

@@ -8,7 +8,7 @@ from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.base impo
     FAILED, READY, STARTING, PlatformError)
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local import LocalDriver
 from ansible_collections.phoenix.deploy.plugins.module_utils.platforms.local.haproxy import (
-    check_options)
+    check_options, parse_stat)
 
 
 def infra(tmp_path, **balancer):
@@ -118,3 +118,17 @@ def test_servers_that_are_up_are_checked_rarely_and_coming_up_fast(tmp_path):
 def test_a_bad_check_interval_names_the_output(tmp_path, bad):
     with pytest.raises(PlatformError, match="load_balancer.check_inter"):
         LocalDriver(infra(tmp_path, check_inter=bad))
+
+
+@pytest.mark.parametrize("check_status, state", [("L7OK", READY), ("* L7OK", READY), ("* L4CON", STARTING)])
+def test_an_up_server_is_ready_while_its_next_check_runs(driver, check_status, state):
+    """HAProxy's ``show stat`` prefixes ``check_status`` with ``* `` while a
+    check is in progress (seen in a run as ``UP (check * L7OK)``): the status
+    is still the last finished check's. An instance read at that moment
+    counted as starting, and a whole group as not ready."""
+    text = ("# pxname,svname,status,check_status,\n"
+            "be_app,app-ci-v001.001,UP,%s,\n" % check_status)
+    row = parse_stat(text, "be_app")["app-ci-v001.001"]
+    assert row["check_status"] == check_status.replace("* ", "")
+    assert row.get("check_running") == ("1" if check_status.startswith("* ") else None)
+    assert judge(driver, proc("RUNNING"), (row, {"admin": 0, "weight": 0})).state == state
