@@ -38,3 +38,38 @@ def test_without_a_readable_version_file_the_cli_is_asked(cli, content):
     command = pulumi_command(str(root))
     assert str(command.version) == "3.259.0"
     assert runs.read_text().split() == ["version"]
+
+
+def test_the_outputs_an_up_read_serve_the_next_outputs_call_once(cli, tmp_path, monkeypatch):
+    """``Stack.up`` reads both output documents when the update ends; the
+    module's own outputs right after it take them (masked or revealed, as the
+    CLI printed them) instead of a third run; the next call asks the CLI."""
+    from ansible_collections.phoenix.deploy.plugins.module_utils import pulumi_stack
+
+    root, runs = cli
+    (root / "bin" / ".version").write_text("3.259.0\n")
+    masked = '{"db": "[secret]", "lb": {"url": "http://127.0.0.1:1/", "token": "[secret]"}}'
+    revealed = '{"db": {"password": "pw"}, "lb": {"url": "http://127.0.0.1:1/", "token": "t"}}'
+    (root / "bin" / "pulumi").write_text(
+        '#!/bin/sh\necho "$*" >> %s\ncase "$*" in *--show-secrets*) echo \'%s\';; *) echo \'%s\';; esac\n'
+        % (runs, revealed, masked))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text("name: p\nruntime: python\n")
+    monkeypatch.setenv("PHOENIX_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "x")
+    monkeypatch.setattr(pulumi_stack, "find_pulumi_root", lambda _path: str(root))
+    runner = pulumi_stack.StackRunner(str(project), "dev")
+
+    def ran():
+        return [line for line in runs.read_text().splitlines() if "stack output" in line] if runs.exists() else []
+
+    outputs = runner.workspace.stack_outputs("dev")  # what Stack.up calls when the update ends
+    assert (outputs["db"].secret, outputs["lb"].secret) == (True, False)
+    assert outputs["db"].value == {"password": "pw"} and len(ran()) == 2
+    assert runner.outputs() == {"db": "[secret]", "lb": {"url": "http://127.0.0.1:1/", "token": "[secret]"}}
+    assert len(ran()) == 2  # no third run
+    assert runner.outputs(show_secrets=True)["lb"]["token"] == "t" and len(ran()) == 3  # taken once
+    runner.workspace.stack_outputs("dev")
+    runner._run(lambda: None)  # every operation drops what an earlier one read
+    assert runner.outputs(show_secrets=True)["db"] == {"password": "pw"} and len(ran()) == 6
