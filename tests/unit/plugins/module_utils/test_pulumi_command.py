@@ -73,3 +73,40 @@ def test_the_outputs_an_up_read_serve_the_next_outputs_call_once(cli, tmp_path, 
     runner.workspace.stack_outputs("dev")
     runner._run(lambda: None)  # every operation drops what an earlier one read
     assert runner.outputs(show_secrets=True)["db"] == {"password": "pw"} and len(ran()) == 6
+
+
+def test_config_the_settings_file_already_holds_needs_no_cli_run(cli, tmp_path, monkeypatch):
+    """Plain values the stack's settings file holds as that text: no change,
+    no ``stack select`` or ``pulumi config`` run. A different value, a secret
+    or an ESC environment: the CLI is asked, as before."""
+    from ansible_collections.phoenix.deploy.plugins.module_utils import pulumi_stack
+
+    root, runs = cli
+    (root / "bin" / ".version").write_text("3.259.0\n")
+    current = '{"p:greeting": {"value": "hello", "secret": false}, "p:delay": {"value": "0", "secret": false}}'
+    (root / "bin" / "pulumi").write_text(
+        '#!/bin/sh\necho "$*" >> %s\ncase "$*" in *config*) echo \'%s\';; esac\n' % (runs, current))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text("name: p\nruntime: python\n")
+    settings = project / "Pulumi.dev.yaml"
+    settings.write_text('config:\n  p:greeting: hello\n  p:delay: "0"\n')
+    monkeypatch.setenv("PHOENIX_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "x")
+    monkeypatch.setattr(pulumi_stack, "find_pulumi_root", lambda _path: str(root))
+    runner = pulumi_stack.StackRunner(str(project), "dev")
+
+    def ran():
+        return runs.read_text().splitlines() if runs.exists() else []
+
+    assert runner.config_changes({"greeting": "hello", "delay": 0}) == {} and ran() == []
+    assert runner.config_changes({}) == {} and ran() == []
+    assert runner.config_changes({"greeting": "bye"}) == {"p:greeting": ("hello", "bye")}
+    assert [r for r in ran() if "config" in r]  # asked
+    for config, text in (({"greeting": {"value": "hello", "secret": True}}, None),
+                         ({"greeting": "hello"}, 'environment: [prod]\nconfig:\n  p:greeting: hello\n')):
+        if text:
+            settings.write_text(text)
+        before = len(ran())
+        runner.config_changes(config)
+        assert len([r for r in ran()[before:] if "config" in r]) == 1, config
