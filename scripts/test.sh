@@ -129,6 +129,11 @@ if want pytest; then
   # Pulumi CLI run took 0.18 instead of 0.22 CPU-seconds, and its heap stays
   # small. The user's own GOGC wins.
   export GOGC="${GOGC:-400}"
+  # The tree's own Python, byte-compiled once: with PYTHONDONTWRITEBYTECODE set
+  # (CI's environment sets it) no process writes the .pyc files, so every
+  # controller, infra program and provider process the suite starts compiled
+  # the modules it imports from the tree again (the engine's: 0.05 CPU-s).
+  python -m compileall -q -j 0 plugins infra tests bench >/dev/null
   echo "==> pytest (unit + integration, $workers workers)"
   python -m pytest -n "$workers" --durations=15 "$@" || pytest_rc=$?
 fi
