@@ -132,14 +132,11 @@ def config_values(config):
 SECRET_SENTINEL = "[secret]"  # what `pulumi stack output --json` prints for a secret
 
 
-def _output_docs(command, cwd, env, stack):
-    """(masked, revealed): the two ``pulumi stack output --json`` documents,
-    without and with ``--show-secrets``."""
-    docs = []
-    for reveal in (False, True):
-        args = ["stack", "output", "--json", "--stack", stack] + (["--show-secrets"] if reveal else [])
-        docs.append(json.loads(command.run(args, cwd, env).stdout or "{}"))
-    return tuple(docs)
+def _output_doc(command, cwd, env, stack, reveal):
+    """The ``pulumi stack output --json`` document of ``stack`` (with
+    ``--show-secrets`` when ``reveal``)."""
+    args = ["stack", "output", "--json", "--stack", stack] + (["--show-secrets"] if reveal else [])
+    return json.loads(command.run(args, cwd, env).stdout or "{}")
 
 
 if HAS_PULUMI:
@@ -152,7 +149,8 @@ if HAS_PULUMI:
         last_outputs = None
 
         def stack_outputs(self, stack_name):
-            masked, revealed = _output_docs(self.pulumi_command, self.work_dir, self.env_vars, stack_name)
+            masked, revealed = (_output_doc(self.pulumi_command, self.work_dir, self.env_vars, stack_name, reveal)
+                                for reveal in (False, True))
             self.last_outputs = (stack_name, masked, revealed)
             return {key: auto.OutputValue(value=value, secret=masked.get(key) == SECRET_SENTINEL)
                     for key, value in revealed.items()}
@@ -205,7 +203,7 @@ class StackRunner:
         current = self.stack().get_all_config()
         changes = {}
         for key, (value, secret) in values.items():
-            full = key if ":" in key else "%s:%s" % (self._project_name(), key)
+            full = self._qualified(key)
             old = current.get(full)
             if old is None or old.value != value or bool(old.secret) != secret:
                 changes[full] = ("[secret]" if secret or (old and old.secret) else (old.value if old else None),
@@ -226,8 +224,7 @@ class StackRunner:
             return False
         if not isinstance(doc, dict) or doc.get("environment") or not isinstance(doc.get("config"), dict):
             return False
-        project = self._project_name()
-        return all(doc["config"].get(key if ":" in key else "%s:%s" % (project, key)) == value
+        return all(doc["config"].get(self._qualified(key)) == value
                    for key, (value, _secret) in values.items())
 
     def apply_config(self, config):
@@ -239,6 +236,10 @@ class StackRunner:
     def _project_name(self):
         return self.workspace.project_settings().name
 
+    def _qualified(self, key):
+        """``key`` with the project's namespace (``greeting`` -> ``<project>:greeting``)."""
+        return key if ":" in key else "%s:%s" % (self._project_name(), key)
+
     def settings_value(self, key):
         """The plain value of project config ``key`` in the stack's settings file, or None
         (no file, no such key, a secret): read from the file, no CLI call."""
@@ -246,7 +247,7 @@ class StackRunner:
             config = self.workspace.stack_settings(self.name).config or {}
         except (OSError, ValueError, AttributeError, TypeError):
             return None
-        value = config.get("%s:%s" % (self._project_name(), key))
+        value = config.get(self._qualified(key))
         value = getattr(value, "value", value)
         return value if isinstance(value, str) else None
 
@@ -312,8 +313,7 @@ class StackRunner:
         last, self.workspace.last_outputs = self.workspace.last_outputs, None
         if last is not None and last[0] == self.name:
             return last[2] if show_secrets else last[1]
-        args = ["stack", "output", "--json", "--stack", self.name] + (["--show-secrets"] if show_secrets else [])
-        return json.loads(self.workspace.pulumi_command.run(args, self.project_path, self.env).stdout or "{}")
+        return _output_doc(self.workspace.pulumi_command, self.project_path, self.env, self.name, show_secrets)
 
 
 def _short_error(exc):
