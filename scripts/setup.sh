@@ -101,7 +101,9 @@ uv_install() {
     PIP_INDEX="${PIP_INDEX_URL:-$("$PYTHON" -m pip config get global.index-url 2>/dev/null || true)}"
     PIP_LINKS="${PIP_FIND_LINKS:-$("$PYTHON" -m pip config get global.find-links 2>/dev/null || true)}"
   fi
-  [[ -x "$dir/bin/python" ]] || "$uv" venv -q --seed --python "$PYTHON" "$dir" || return 1
+  # the interpreter "$PYTHON" runs (through a pyenv shim, say), never one uv would pick or download
+  [[ -x "$dir/bin/python" ]] || UV_PYTHON_DOWNLOADS=never "$uv" venv -q --seed \
+    --python "$("$PYTHON" -c 'import sys; print(sys.executable)')" "$dir" || return 1
   # --compile-bytecode, as pip does: with PYTHONDONTWRITEBYTECODE set (CI sets
   # it) nothing would ever write the .pyc files, and every process of the
   # suite would compile ansible, the Kubernetes client and Pulumi again
