@@ -85,10 +85,14 @@ UV_VERSION=0.13.9
 UV_HOME="${XDG_CACHE_HOME:-$HOME/.cache}/phoenix-deploy/uv-$UV_VERSION"
 uv_bin() {
   [[ "${PHOENIX_INSTALLER:-uv}" == uv ]] || return 1
-  if [[ ! -x "$UV_HOME/bin/uv" ]]; then
-    rm -rf "$UV_HOME.tmp"
-    { "$PYTHON" -m venv "$UV_HOME.tmp" && "$UV_HOME.tmp/bin/python" -m pip install -q "uv==$UV_VERSION" \
-        && rm -rf "$UV_HOME" && mv "$UV_HOME.tmp" "$UV_HOME"; } >&2 || { rm -rf "$UV_HOME.tmp"; return 1; }
+  if [[ ! -x "$UV_HOME/bin/uv" ]]; then  # built aside, then moved in: a setup beside this one keeps its own
+    local tmp
+    mkdir -p "$(dirname "$UV_HOME")" && tmp="$(mktemp -d "$UV_HOME.XXXXXX")" || return 1
+    { "$PYTHON" -m venv "$tmp" && "$tmp/bin/python" -m pip install -q "uv==$UV_VERSION"; } >&2 \
+      || { rm -rf "$tmp"; return 1; }
+    [[ -x "$UV_HOME/bin/uv" ]] || { rm -rf "$UV_HOME"; mv -T "$tmp" "$UV_HOME"; } || true
+    rm -rf "$tmp"
+    [[ -x "$UV_HOME/bin/uv" ]] || return 1
   fi
   printf '%s' "$UV_HOME/bin/uv"
 }
