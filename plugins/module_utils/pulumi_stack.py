@@ -217,15 +217,22 @@ class StackRunner:
         not run (a quarter CPU-second). Anything else: False, ask the CLI."""
         if any(secret for _value, secret in values.values()):
             return False
+        doc = self._settings_doc()
+        if doc.get("environment") or not isinstance(doc.get("config"), dict):
+            return False
+        return all(doc["config"].get(self._qualified(key)) == value
+                   for key, (value, _secret) in values.items())
+
+    def _settings_doc(self) -> dict:
+        """The stack's settings file as written ({} when missing or not YAML);
+        read as a document, since the Automation API's ``StackSettings`` drops
+        an ESC ``environment:``."""
         try:
             with open(self.settings_file(), encoding="utf-8") as handle:
                 doc = yaml.safe_load(handle)
         except (OSError, yaml.YAMLError):
-            return False
-        if not isinstance(doc, dict) or doc.get("environment") or not isinstance(doc.get("config"), dict):
-            return False
-        return all(doc["config"].get(self._qualified(key)) == value
-                   for key, (value, _secret) in values.items())
+            return {}
+        return doc if isinstance(doc, dict) else {}
 
     def apply_config(self, config):
         values = config_values(config)
@@ -243,12 +250,8 @@ class StackRunner:
     def settings_value(self, key):
         """The plain value of project config ``key`` in the stack's settings file, or None
         (no file, no such key, a secret): read from the file, no CLI call."""
-        try:
-            config = self.workspace.stack_settings(self.name).config or {}
-        except (OSError, ValueError, AttributeError, TypeError):
-            return None
-        value = config.get(self._qualified(key))
-        value = getattr(value, "value", value)
+        config = self._settings_doc().get("config")
+        value = config.get(self._qualified(key)) if isinstance(config, dict) else None
         return value if isinstance(value, str) else None
 
     # -- operations -----------------------------------------------------------
